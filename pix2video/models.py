@@ -40,7 +40,9 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str, **kwargs) ->
     path = resolve_model_path(name)
     if Path(path).exists():
         if not Path(path).is_dir():
-            raise ModelNotAvailableError(f"The {what} '{name}' is a file; pass a model folder or a hub id.")
+            raise ModelNotAvailableError(
+                f"The {what} '{name}' is a file; pass a model folder or a hub id."
+            )
         try:
             return loader(path, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one sentence

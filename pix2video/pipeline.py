@@ -1,0 +1,461 @@
+"""The Pix2Video pipeline: depth, DDIM inversion, then frame-by-frame editing.
+
+Reads like the paper's algorithm (and `ALGORITHM.md`, which states what the authors'
+code does):
+
+1. depth of every frame (the checkpoint's estimator, or maps given by the caller);
+2. DDIM inversion of every frame with the *source* prompt, guidance 1 (conditional branch
+   only), giving each frame its own starting noise x_T;
+3. DDIM sampling of every frame from its x_T with the *edit* prompt and classifier-free
+   guidance (both branches in one batched UNet call), where
+   - the decoder self-attention of frame i reads keys/values from the anchor's and the
+     previous frame's features at the same step (`attention.py`), and
+   - during the first half of the steps the latent is pulled towards the previous frame's
+     predicted clean latent (`guidance.py`);
+4. VAE decoding.
+
+Frame i at step s depends only on frames < i at step s (and on its own earlier steps), so
+the frames can be advanced step by step ("step-major") instead of frame by frame: the
+result is the same and the feature store then holds a single step's features. Frame-major
+order is used when a later step's prediction is the guidance target (`step:K`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+
+from .attention import ATTEND_MODES, FeatureStore, cross_frame_attention, reference_plan
+from .depth import estimate_depth, normalize_depth
+from .errors import InputError
+from .guidance import default_guided_steps, guidance_target_step, guided_latent_update
+from .inversion import ddim_invert, ddim_sample_step
+
+ProgressCallback = Callable[[str, int, int], None]
+"""progress(stage, done, total) with stage in {"depth", "inversion", "editing", "decoding"}."""
+
+FrameLike = np.ndarray | Image.Image
+
+
+@dataclass
+class Pix2VideoOutput:
+    """Edited frames (in input order) and what produced them."""
+
+    frames: list[np.ndarray]
+    inverted_latents: torch.Tensor  # (N, 4, h, w): x_T of each frame
+    final_latents: torch.Tensor  # (N, 4, h, w): the last denoising step, before decoding
+    depth: torch.Tensor  # (N, 1, h, w): normalised depth fed to the UNet
+    unet_evaluations: int = 0  # image evaluations: a batched CFG call counts 2
+    timings: dict[str, float] = field(default_factory=dict)
+    feature_store_peak_bytes: int = 0
+
+
+def reference_scheduler(config) -> DDIMScheduler:
+    """DDIM as the reference configures it: no clipping, final alpha = alphas_cumprod[0], offset 0."""
+    return DDIMScheduler.from_config(
+        config,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=0,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+
+
+class Pix2VideoPipeline(DiffusionPipeline):
+    """Text-guided video editing with a depth-conditioned Stable Diffusion 2 checkpoint.
+
+    Built from the components of `stabilityai/stable-diffusion-2-depth` (or any checkpoint
+    of that layout): `Pix2VideoPipeline.from_pretrained(hub_id_or_folder)`. The scheduler
+    is replaced by DDIM configured as in the reference implementation.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["depth_estimator", "feature_extractor"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder,
+        tokenizer,
+        unet: UNet2DConditionModel,
+        scheduler,
+        depth_estimator=None,
+        feature_extractor=None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=reference_scheduler(scheduler.config),
+            depth_estimator=depth_estimator,
+            feature_extractor=feature_extractor,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.unet_evaluations = 0
+
+    # ------------------------------------------------------------------ building blocks
+    @torch.inference_mode()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """(1, 77, D) text embedding; a prompt longer than the text encoder's context is an error."""
+        max_length = self.tokenizer.model_max_length
+        n_tokens = len(self.tokenizer(prompt, truncation=False).input_ids)
+        if n_tokens > max_length:
+            raise InputError(
+                f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoder reads at most "
+                f"{max_length} (including start and end): shorten it."
+            )
+        ids = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: Sequence[FrameLike]) -> torch.Tensor:
+        """(N, 4, h, w) latents: the VAE posterior mean (not a sample) times the scaling factor."""
+        latents = []
+        for frame in frames:
+            pixels = torch.from_numpy(np.asarray(frame, dtype=np.float32)).permute(2, 0, 1)[None]
+            pixels = (pixels / 127.5 - 1.0).to(device=self.device, dtype=self.vae.dtype)
+            posterior = self.vae.encode(pixels).latent_dist
+            latents.append(posterior.mean * self.vae.config.scaling_factor)
+        return torch.cat(latents).float()
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """uint8 RGB frames; like the reference, (x/2 + 0.5) * 255 is truncated, not rounded."""
+        frames = []
+        for latent in latents:
+            latent = latent[None].to(device=self.device, dtype=self.vae.dtype)
+            image = self.vae.decode(latent / self.vae.config.scaling_factor).sample
+            image = ((image.float().clamp(-1, 1) / 2 + 0.5) * 255).to(torch.uint8)
+            frames.append(image[0].permute(1, 2, 0).cpu().numpy())
+        return frames
+
+    @torch.inference_mode()
+    def prepare_depth(
+        self, frames: Sequence[FrameLike], depth_maps: torch.Tensor | np.ndarray | None = None
+    ) -> torch.Tensor:
+        """(N, 1, h, w) normalised depth at latent resolution, estimated unless given."""
+        height, width = np.asarray(frames[0]).shape[:2]
+        if depth_maps is None:
+            if self.depth_estimator is None or self.feature_extractor is None:
+                raise InputError("This model has no depth estimator: pass precomputed depth maps.")
+            depth_maps = estimate_depth(self.depth_estimator, self.feature_extractor, frames)
+        depth_maps = torch.as_tensor(
+            np.asarray(depth_maps) if not torch.is_tensor(depth_maps) else depth_maps
+        )
+        if depth_maps.ndim == 4 and depth_maps.shape[1] == 1:
+            depth_maps = depth_maps[:, 0]
+        if depth_maps.ndim != 3 or depth_maps.shape[0] != len(frames):
+            raise InputError(
+                f"Expected {len(frames)} depth maps of shape (height, width), got an array of shape "
+                f"{tuple(depth_maps.shape)}."
+            )
+        size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        return normalize_depth(depth_maps, size).to(self.device)
+
+    def predict_noise(
+        self,
+        latent: torch.Tensor,
+        depth: torch.Tensor,
+        t: int,
+        text: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Noise prediction with classifier-free guidance; `text` rows = [uncond, cond] or [cond].
+
+        Both branches go through the UNet in one batched call; the attention processors keep
+        the batch rows (branches) apart.
+        """
+        batch = text.shape[0]
+        model_input = (
+            torch.cat([latent, depth], dim=1).to(self.unet.dtype).expand(batch, -1, -1, -1)
+        )
+        eps = self.unet(
+            model_input, t, encoder_hidden_states=text.to(self.unet.dtype)
+        ).sample.float()
+        self.unet_evaluations += batch
+        if batch == 1:
+            return eps
+        eps_uncond, eps_cond = eps.chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def timesteps(self, num_inference_steps: int) -> list[int]:
+        self.scheduler.set_timesteps(num_inference_steps)
+        return [int(t) for t in self.scheduler.timesteps]
+
+    @torch.inference_mode()
+    def invert(
+        self,
+        latents: torch.Tensor,
+        depth: torch.Tensor,
+        source_embedding: torch.Tensor,
+        num_inference_steps: int = 50,
+        progress: ProgressCallback | None = None,
+    ) -> torch.Tensor:
+        """DDIM-invert every frame (independently) with the source prompt at guidance 1."""
+        timesteps = self.timesteps(num_inference_steps)
+        alphas = self.scheduler.alphas_cumprod.to(self.device)
+        final_alpha = self.scheduler.final_alpha_cumprod.to(self.device)
+        inverted = []
+        for i, (latent, frame_depth) in enumerate(zip(latents, depth, strict=True)):
+
+            def predict(
+                x: torch.Tensor, t: int, d: torch.Tensor = frame_depth[None]
+            ) -> torch.Tensor:
+                return self.predict_noise(x, d, t, source_embedding, 1.0)
+
+            inverted.append(
+                ddim_invert(predict, latent[None].to(self.device), timesteps, alphas, final_alpha)
+            )
+            if progress:
+                progress("inversion", i + 1, len(latents))
+        return torch.cat(inverted)
+
+    @torch.inference_mode()
+    def edit(
+        self,
+        inverted_latents: torch.Tensor,
+        depth: torch.Tensor,
+        prompt_embedding: torch.Tensor,
+        negative_embedding: torch.Tensor,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        attend: str = "anchor+previous",
+        latent_guidance_weight: float = 100.0,
+        latent_guidance_steps: int | None = None,
+        latent_guidance_target: str = "same-step",
+        seed: int = 0,
+        schedule: str = "auto",
+        feature_store_dtype: torch.dtype | None = None,
+        feature_store_device: str | torch.device | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[torch.Tensor, FeatureStore]:
+        """Denoise frames (in the given order: position 0 is the anchor) from their inverted noise.
+
+        Returns the final latents (N, 4, h, w) and the feature store (for its byte counts).
+        """
+        num_frames = inverted_latents.shape[0]
+        timesteps = self.timesteps(num_inference_steps)
+        step_ratio = self.scheduler.config.num_train_timesteps // num_inference_steps
+        alphas = self.scheduler.alphas_cumprod.to(self.device)
+        final_alpha = self.scheduler.final_alpha_cumprod.to(self.device)
+        text = (
+            prompt_embedding
+            if guidance_scale == 1
+            else torch.cat([negative_embedding, prompt_embedding])
+        )
+
+        guided = (
+            default_guided_steps(num_inference_steps)
+            if latent_guidance_steps is None
+            else latent_guidance_steps
+        )
+        guided = min(guided, num_inference_steps) if latent_guidance_weight else 0
+        target_of = {s: guidance_target_step(s, latent_guidance_target) for s in range(guided)}
+        if any(not 0 <= k < num_inference_steps for k in target_of.values()):
+            raise InputError(
+                f"The latent guidance target step must be in 0..{num_inference_steps - 1}."
+            )
+        last_use = {
+            k: max(s for s, k2 in target_of.items() if k2 == k) for k in set(target_of.values())
+        }
+        order = _processing_order(num_frames, num_inference_steps, schedule, target_of)
+
+        plan = reference_plan(num_frames, attend, seed)
+        store = FeatureStore(plan, dtype=feature_store_dtype, device=feature_store_device)
+        latents = [x[None].to(self.device) for x in inverted_latents]
+        x0_targets: dict[tuple[int, int], torch.Tensor] = {}
+        done = 0
+        injection = cross_frame_attention(self.unet, store) if attend != "none" else _nullcontext()
+        with injection:
+            for position, step in order:
+                t = timesteps[step]
+                with store.frame_step(position, step):
+                    eps = self.predict_noise(
+                        latents[position], depth[position][None], t, text, guidance_scale
+                    )
+                latent, x0 = ddim_sample_step(
+                    latents[position], eps, t, step_ratio, alphas, final_alpha
+                )
+                if position > 0 and step in target_of:
+                    key = (position - 1, target_of[step])
+                    latent = guided_latent_update(
+                        latent, x0, x0_targets[key], latent_guidance_weight
+                    )
+                    if last_use[key[1]] == step:
+                        del x0_targets[key]
+                if position + 1 < num_frames and step in last_use:
+                    x0_targets[(position, step)] = x0
+                latents[position] = latent
+                done += 1
+                if progress:
+                    progress("editing", done, len(order))
+        return torch.cat(latents), store
+
+    # ------------------------------------------------------------------ the whole method
+    @torch.inference_mode()
+    def __call__(
+        self,
+        frames: Sequence[FrameLike],
+        prompt: str,
+        source_prompt: str,
+        depth_maps: torch.Tensor | np.ndarray | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str = "",
+        attend: str = "anchor+previous",
+        anchor: str = "first",
+        latent_guidance_weight: float = 100.0,
+        latent_guidance_steps: int | None = None,
+        latent_guidance_target: str = "same-step",
+        seed: int = 0,
+        inverted_latents: torch.Tensor | None = None,
+        schedule: str = "auto",
+        feature_store_dtype: torch.dtype | None = None,
+        feature_store_device: str | torch.device | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Pix2VideoOutput:
+        """Edit `frames` so they show `prompt`, consistently across the clip.
+
+        Args:
+            frames: RGB frames (H x W x 3 uint8 arrays or PIL images), all the same size,
+                sides multiples of 64.
+            prompt: the edit prompt (describes the result).
+            source_prompt: describes the input; used for inversion.
+            depth_maps: optional raw depth per frame, (N, H', W'); -1 marks background.
+                Estimated with the checkpoint's depth estimator when omitted.
+            num_inference_steps: DDIM steps (reference: 50).
+            guidance_scale: classifier-free guidance scale of the edit (reference: 7.5).
+            negative_prompt: the unconditional prompt (reference: "").
+            attend: which edited frames the decoder self-attention reads:
+                `anchor+previous` (the paper), `anchor`, `previous`, `anchor+random`, or
+                `none` (independent per-frame editing).
+            anchor: `first` (frame 0) or `last` (the clip is processed from its end).
+            latent_guidance_weight: weight of the guided latent update (reference 100; 0 = off).
+            latent_guidance_steps: how many initial steps are guided (default steps//2 + 1,
+                26 of 50 as in the reference).
+            latent_guidance_target: `same-step` (the previous frame's x0 at the same step) or
+                `step:K` (its x0 at step index K).
+            seed: only `anchor+random` draws random numbers; the edit is otherwise
+                deterministic (every frame starts from its own inverted noise).
+            inverted_latents: reuse x_T from an earlier inversion (same frames, prompt, depth, steps).
+            schedule: `auto`, `frame` or `step`: processing order (same result; `step`
+                needs far less memory and is chosen by `auto` whenever possible).
+            feature_store_dtype / feature_store_device: keep injected features in another
+                precision or on another device (memory for exactness/speed).
+            progress: callback(stage, done, total).
+        """
+        self.check_inputs(frames, attend, anchor, num_inference_steps)
+        timings: dict[str, float] = {}
+        evaluations_before = self.unet_evaluations
+        frames = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in frames]
+        order = list(range(len(frames)))[:: -1 if anchor == "last" else 1]
+
+        tic = time.perf_counter()
+        depth = self.prepare_depth(frames, depth_maps)
+        timings["depth"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        if inverted_latents is None:
+            latents = self.encode_frames(frames)
+            source = self.encode_prompt(source_prompt)
+            inverted_latents = self.invert(latents, depth, source, num_inference_steps, progress)
+        timings["inversion"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        final, store = self.edit(
+            inverted_latents[order].to(self.device),
+            depth[order],
+            self.encode_prompt(prompt),
+            self.encode_prompt(negative_prompt),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            attend=attend,
+            latent_guidance_weight=latent_guidance_weight,
+            latent_guidance_steps=latent_guidance_steps,
+            latent_guidance_target=latent_guidance_target,
+            seed=seed,
+            schedule=schedule,
+            feature_store_dtype=feature_store_dtype,
+            feature_store_device=feature_store_device,
+            progress=progress,
+        )
+        final = final[np.argsort(order)]
+        timings["editing"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        edited = self.decode_latents(final)
+        timings["decoding"] = time.perf_counter() - tic
+        return Pix2VideoOutput(
+            frames=edited,
+            inverted_latents=inverted_latents.cpu(),
+            final_latents=final.cpu(),
+            depth=depth.cpu(),
+            unet_evaluations=self.unet_evaluations - evaluations_before,
+            timings=timings,
+            feature_store_peak_bytes=store.peak_nbytes,
+        )
+
+    def check_inputs(
+        self, frames: Sequence[FrameLike], attend: str, anchor: str, num_inference_steps: int
+    ) -> None:
+        if len(frames) == 0:
+            raise InputError("There are no frames to edit.")
+        sizes = {
+            np.asarray(f).shape[:2] if not isinstance(f, Image.Image) else f.size[::-1]
+            for f in frames
+        }
+        if len(sizes) > 1:
+            raise InputError(f"All frames must have the same size, got {sorted(sizes)}.")
+        height, width = sizes.pop()
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if height % multiple or width % multiple:
+            raise InputError(f"Frame sides must be multiples of {multiple}, got {width}x{height}.")
+        if attend not in ATTEND_MODES:
+            raise InputError(f"attend must be one of {', '.join(ATTEND_MODES)}; got {attend!r}.")
+        if anchor not in ("first", "last"):
+            raise InputError(f"anchor must be 'first' or 'last'; got {anchor!r}.")
+        if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
+            raise InputError(
+                f"The number of steps must be between 1 and 1000; got {num_inference_steps}."
+            )
+
+
+def _processing_order(
+    num_frames: int, num_steps: int, schedule: str, target_of: dict[int, int]
+) -> list[tuple[int, int]]:
+    """(position, step) pairs in execution order; step-major unless a guidance target lies ahead."""
+    needs_future_step = any(k > s for s, k in target_of.items())
+    if schedule == "auto":
+        schedule = "frame" if needs_future_step else "step"
+    if schedule == "step" and needs_future_step:
+        raise InputError(
+            "Step-by-step processing cannot pull towards a later step's prediction; use schedule='frame'."
+        )
+    if schedule == "step":
+        return [(p, s) for s in range(num_steps) for p in range(num_frames)]
+    if schedule == "frame":
+        return [(p, s) for p in range(num_frames) for s in range(num_steps)]
+    raise InputError(f"schedule must be 'auto', 'frame' or 'step'; got {schedule!r}.")
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
