@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +34,10 @@ from PIL import Image
 
 from .attention import ATTEND_MODES, FeatureStore, cross_frame_attention, reference_plan
 from .depth import estimate_depth, normalize_depth
-from .errors import InputError
+from .errors import InputError, ModelNotAvailableError
 from .guidance import default_guided_steps, guidance_target_step, guided_latent_update
 from .inversion import ddim_invert, ddim_sample_step
+from .models import DEFAULT_MODEL, load_pretrained
 
 ProgressCallback = Callable[[str, int, int], None]
 """progress(stage, done, total) with stage in {"depth", "inversion", "editing", "decoding"}."""
@@ -54,6 +56,15 @@ class Pix2VideoOutput:
     unet_evaluations: int = 0  # image evaluations: a batched CFG call counts 2
     timings: dict[str, float] = field(default_factory=dict)
     feature_store_peak_bytes: int = 0
+
+
+@dataclass
+class EditCheckpoint:
+    """State of a step-major edit after every frame has finished step `step`."""
+
+    step: int
+    latents: torch.Tensor  # (N, 4, h, w), processing order
+    x0_targets: dict[tuple[int, int], torch.Tensor]  # predictions later guided steps still need
 
 
 def reference_scheduler(config) -> DDIMScheduler:
@@ -243,9 +254,14 @@ class Pix2VideoPipeline(DiffusionPipeline):
         feature_store_dtype: torch.dtype | None = None,
         feature_store_device: str | torch.device | None = None,
         progress: ProgressCallback | None = None,
+        resume: EditCheckpoint | None = None,
+        on_step_end: Callable[[EditCheckpoint], None] | None = None,
     ) -> tuple[torch.Tensor, FeatureStore]:
         """Denoise frames (in the given order: position 0 is the anchor) from their inverted noise.
 
+        In step-major order every completed step is a consistent state (`EditCheckpoint`):
+        `on_step_end` receives it, and `resume` continues from it with the same result as an
+        uninterrupted run (the features of the next step are produced afresh).
         Returns the final latents (N, 4, h, w) and the feature store (for its byte counts).
         """
         num_frames = inverted_latents.shape[0]
@@ -274,13 +290,20 @@ class Pix2VideoPipeline(DiffusionPipeline):
             k: max(s for s, k2 in target_of.items() if k2 == k) for k in set(target_of.values())
         }
         order = _processing_order(num_frames, num_inference_steps, schedule, target_of)
+        step_major = num_frames == 1 or order[1][1] == order[0][1]
+        if (resume or on_step_end) and not step_major:
+            raise InputError("Checkpoints need step-by-step processing (schedule 'step').")
 
         plan = reference_plan(num_frames, attend, seed)
         store = FeatureStore(plan, dtype=feature_store_dtype, device=feature_store_device)
         latents = [x[None].to(self.device) for x in inverted_latents]
         x0_targets: dict[tuple[int, int], torch.Tensor] = {}
-        done = 0
-        injection = cross_frame_attention(self.unet, store) if attend != "none" else _nullcontext()
+        if resume is not None:
+            latents = [x[None].to(self.device) for x in resume.latents]
+            x0_targets = {k: v.to(self.device) for k, v in resume.x0_targets.items()}
+            order = [(p, s) for p, s in order if s > resume.step]
+        done = num_frames * num_inference_steps - len(order)
+        injection = cross_frame_attention(self.unet, store) if attend != "none" else nullcontext()
         with injection:
             for position, step in order:
                 t = timesteps[step]
@@ -303,7 +326,9 @@ class Pix2VideoPipeline(DiffusionPipeline):
                 latents[position] = latent
                 done += 1
                 if progress:
-                    progress("editing", done, len(order))
+                    progress("editing", done, num_frames * num_inference_steps)
+                if on_step_end is not None and position == num_frames - 1:
+                    on_step_end(EditCheckpoint(step, torch.cat(latents).cpu(), dict(x0_targets)))
         return torch.cat(latents), store
 
     # ------------------------------------------------------------------ the whole method
@@ -324,10 +349,13 @@ class Pix2VideoPipeline(DiffusionPipeline):
         latent_guidance_target: str = "same-step",
         seed: int = 0,
         inverted_latents: torch.Tensor | None = None,
+        depth: torch.Tensor | None = None,
         schedule: str = "auto",
         feature_store_dtype: torch.dtype | None = None,
         feature_store_device: str | torch.device | None = None,
         progress: ProgressCallback | None = None,
+        resume: EditCheckpoint | None = None,
+        on_step_end: Callable[[EditCheckpoint], None] | None = None,
     ) -> Pix2VideoOutput:
         """Edit `frames` so they show `prompt`, consistently across the clip.
 
@@ -353,35 +381,42 @@ class Pix2VideoPipeline(DiffusionPipeline):
             seed: only `anchor+random` draws random numbers; the edit is otherwise
                 deterministic (every frame starts from its own inverted noise).
             inverted_latents: reuse x_T from an earlier inversion (same frames, prompt, depth, steps).
+            depth: reuse normalised depth (N, 1, h, w) from `prepare_depth` (e.g. cached).
             schedule: `auto`, `frame` or `step`: processing order (same result; `step`
                 needs far less memory and is chosen by `auto` whenever possible).
             feature_store_dtype / feature_store_device: keep injected features in another
                 precision or on another device (memory for exactness/speed).
             progress: callback(stage, done, total).
+            resume / on_step_end: continue from / receive step checkpoints (see `edit`).
         """
         self.check_inputs(frames, attend, anchor, num_inference_steps)
+        edit_embedding = self.encode_prompt(prompt)  # prompts first: a bad one fails fast
+        negative_embedding = self.encode_prompt(negative_prompt)
+        source_embedding = self.encode_prompt(source_prompt) if inverted_latents is None else None
         timings: dict[str, float] = {}
         evaluations_before = self.unet_evaluations
         frames = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in frames]
         order = list(range(len(frames)))[:: -1 if anchor == "last" else 1]
 
         tic = time.perf_counter()
-        depth = self.prepare_depth(frames, depth_maps)
+        if depth is None:
+            depth = self.prepare_depth(frames, depth_maps)
         timings["depth"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
         if inverted_latents is None:
             latents = self.encode_frames(frames)
-            source = self.encode_prompt(source_prompt)
-            inverted_latents = self.invert(latents, depth, source, num_inference_steps, progress)
+            inverted_latents = self.invert(
+                latents, depth, source_embedding, num_inference_steps, progress
+            )
         timings["inversion"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
         final, store = self.edit(
             inverted_latents[order].to(self.device),
             depth[order],
-            self.encode_prompt(prompt),
-            self.encode_prompt(negative_prompt),
+            edit_embedding,
+            negative_embedding,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             attend=attend,
@@ -393,6 +428,8 @@ class Pix2VideoPipeline(DiffusionPipeline):
             feature_store_dtype=feature_store_dtype,
             feature_store_device=feature_store_device,
             progress=progress,
+            resume=resume,
+            on_step_end=on_step_end,
         )
         final = final[np.argsort(order)]
         timings["editing"] = time.perf_counter() - tic
@@ -435,6 +472,24 @@ class Pix2VideoPipeline(DiffusionPipeline):
             )
 
 
+def load_pipeline(
+    model: str = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+) -> Pix2VideoPipeline:
+    """Load a depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) offline-first."""
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    pipe = load_pretrained(Pix2VideoPipeline.from_pretrained, model, "diffusion model", **kwargs)
+    if pipe.unet.config.in_channels != 5:
+        raise ModelNotAvailableError(
+            f"The model '{model}' is not depth-conditioned (its UNet reads "
+            f"{pipe.unet.config.in_channels} channels, not 4 latent + 1 depth); use a "
+            "stable-diffusion-2-depth checkpoint."
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
 def _processing_order(
     num_frames: int, num_steps: int, schedule: str, target_of: dict[int, int]
 ) -> list[tuple[int, int]]:
@@ -451,11 +506,3 @@ def _processing_order(
     if schedule == "frame":
         return [(p, s) for p in range(num_frames) for s in range(num_steps)]
     raise InputError(f"schedule must be 'auto', 'frame' or 'step'; got {schedule!r}.")
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
