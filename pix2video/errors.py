@@ -13,7 +13,7 @@ class Pix2VideoError(Exception):
     exit_code: int = 2
 
 
-class InputError(Pix2VideoError):
+class InputError(Pix2VideoError, ValueError):
     """The input (frames, video, depth maps, prompt, option values) cannot be used."""
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 
 def guided_latent_update(
     latent: torch.Tensor, x0: torch.Tensor, x0_target: torch.Tensor, weight: float
@@ -41,4 +43,4 @@ def guidance_target_step(step: int, target: str) -> int:
             return int(target.split(":", 1)[1])
         except ValueError:
             pass
-    raise ValueError(f"latent guidance target must be 'same-step' or 'step:K', got {target!r}")
+    raise InputError(f"latent guidance target must be 'same-step' or 'step:K', got {target!r}")

@@ -280,6 +280,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
             if latent_guidance_steps is None
             else latent_guidance_steps
         )
+        guidance_target_step(0, latent_guidance_target)  # a malformed target fails even when unused
         guided = min(guided, num_inference_steps) if latent_guidance_weight else 0
         target_of = {s: guidance_target_step(s, latent_guidance_target) for s in range(guided)}
         if any(not 0 <= k < num_inference_steps for k in target_of.values()):

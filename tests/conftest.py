@@ -1,0 +1,49 @@
+"""Shared fixtures: the bundled tiny SD2-depth pipeline (offline) and the shared data folder.
+
+Nothing here may touch the network: the hub is switched to offline mode before anything from
+diffusers/transformers is imported. The tiny pipeline is loaded once per session; tests that
+change its state (attention processors) must restore it, which `tiny_pipe` re-checks at the end
+of the session.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Idle OpenMP workers sleep instead of spinning: with another process on the same 2 cores, spinning
+# workers made a 20 ms UNet call take 0.2-3.8 s (measured); passive waiting keeps it at ~25 ms.
+# Read by the OpenMP runtime when torch loads, so it must be set before the import below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """The bundled random-weight SD2-depth pipeline (exact SD2-depth topology), on the CPU."""
+    from pix2video.pipeline import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    processors = dict(pipe.unet.attn_processors)
+    yield pipe
+    after = pipe.unet.attn_processors
+    leaked = [name for name, proc in processors.items() if after[name] is not proc]
+    assert not leaked, f"a test left foreign attention processors installed: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared folder (`../shared` next to the checkout): models, data, reference."""
+    path = Path(__file__).resolve().parents[1].parent / "shared"
+    if not path.is_dir():
+        pytest.skip(
+            f"the shared folder {path} is not present (reference data and models live there)"
+        )
+    return path
