@@ -44,3 +44,28 @@ def guidance_target_step(step: int, target: str) -> int:
         except ValueError:
             pass
     raise InputError(f"latent guidance target must be 'same-step' or 'step:K', got {target!r}")
+
+
+def latent_guidance_schedule(
+    num_steps: int, weight: float, guided_steps: int | None, target: str
+) -> dict[int, int]:
+    """{guided step index: step of the previous frame's x0 it is pulled towards}; {} when off.
+
+    A malformed or out-of-range `target` is an `InputError` even when guidance is off.
+    """
+    guidance_target_step(0, target)
+    guided = default_guided_steps(num_steps) if guided_steps is None else guided_steps
+    guided = min(guided, num_steps) if weight else 0
+    schedule = {s: guidance_target_step(s, target) for s in range(guided)}
+    if any(not 0 <= k < num_steps for k in schedule.values()):
+        raise InputError(f"The latent guidance target step must be in 0..{num_steps - 1}.")
+    return schedule
+
+
+def needs_frame_major(schedule: dict[int, int]) -> bool:
+    """True when some guided step pulls towards a *later* step of the previous frame.
+
+    Then frame i cannot start before frame i-1 has finished, so frames must be processed one
+    after another (no step-by-step order, hence no step checkpoints).
+    """
+    return any(target > step for step, target in schedule.items())

@@ -32,7 +32,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def load_pretrained(loader: Callable[..., T], name: str, what: str, **kwargs) -> T:
+def load_pretrained(
+    loader: Callable[..., T], name: str, what: str, fallback_hint: str = "", **kwargs
+) -> T:
     """Call `loader(name_or_path, **kwargs)` (a `from_pretrained`), turning failures into one sentence.
 
     Order: local folder; hub id from the local cache only; then (unless offline) a download.
@@ -64,5 +66,5 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str, **kwargs) ->
         f"The {what} '{name}' is not available offline and could not be downloaded "
         f"({type(cached_error).__name__}); download it once with "
         f"`huggingface-cli download {name}` on a machine with internet, or pass a local "
-        f"folder (or `tiny` for the bundled random-weight model)."
+        f"folder{fallback_hint}."
     ) from cached_error

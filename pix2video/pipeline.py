@@ -35,7 +35,7 @@ from PIL import Image
 from .attention import ATTEND_MODES, FeatureStore, cross_frame_attention, reference_plan
 from .depth import estimate_depth, normalize_depth
 from .errors import InputError, ModelNotAvailableError
-from .guidance import default_guided_steps, guidance_target_step, guided_latent_update
+from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
 from .inversion import ddim_invert, ddim_sample_step
 from .models import DEFAULT_MODEL, load_pretrained
 
@@ -260,7 +260,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
         """Denoise frames (in the given order: position 0 is the anchor) from their inverted noise.
 
         In step-major order every completed step is a consistent state (`EditCheckpoint`):
-        `on_step_end` receives it, and `resume` continues from it with the same result as an
+        `on_step_end` receives it (it is not called in frame-major order), and `resume` continues from it with the same result as an
         uninterrupted run (the features of the next step are produced afresh).
         Returns the final latents (N, 4, h, w) and the feature store (for its byte counts).
         """
@@ -275,25 +275,21 @@ class Pix2VideoPipeline(DiffusionPipeline):
             else torch.cat([negative_embedding, prompt_embedding])
         )
 
-        guided = (
-            default_guided_steps(num_inference_steps)
-            if latent_guidance_steps is None
-            else latent_guidance_steps
+        target_of = latent_guidance_schedule(
+            num_inference_steps,
+            latent_guidance_weight,
+            latent_guidance_steps,
+            latent_guidance_target,
         )
-        guidance_target_step(0, latent_guidance_target)  # a malformed target fails even when unused
-        guided = min(guided, num_inference_steps) if latent_guidance_weight else 0
-        target_of = {s: guidance_target_step(s, latent_guidance_target) for s in range(guided)}
-        if any(not 0 <= k < num_inference_steps for k in target_of.values()):
-            raise InputError(
-                f"The latent guidance target step must be in 0..{num_inference_steps - 1}."
-            )
         last_use = {
             k: max(s for s, k2 in target_of.items() if k2 == k) for k in set(target_of.values())
         }
         order = _processing_order(num_frames, num_inference_steps, schedule, target_of)
         step_major = num_frames == 1 or order[1][1] == order[0][1]
-        if (resume or on_step_end) and not step_major:
-            raise InputError("Checkpoints need step-by-step processing (schedule 'step').")
+        if resume is not None and not step_major:
+            raise InputError("Resuming needs step-by-step processing (schedule 'step').")
+        if not step_major:
+            on_step_end = None  # frame by frame, no step boundary is a consistent state
 
         plan = reference_plan(num_frames, attend, seed)
         store = FeatureStore(plan, dtype=feature_store_dtype, device=feature_store_device)
@@ -479,8 +475,11 @@ def load_pipeline(
     torch_dtype: torch.dtype | None = None,
 ) -> Pix2VideoPipeline:
     """Load a depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) offline-first."""
-    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-    pipe = load_pretrained(Pix2VideoPipeline.from_pretrained, model, "diffusion model", **kwargs)
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    hint = " (or `tiny` for the bundled random-weight model)"
+    pipe = load_pretrained(
+        Pix2VideoPipeline.from_pretrained, model, "diffusion model", fallback_hint=hint, **kwargs
+    )
     if pipe.unet.config.in_channels != 5:
         raise ModelNotAvailableError(
             f"The model '{model}' is not depth-conditioned (its UNet reads "
@@ -495,7 +494,7 @@ def _processing_order(
     num_frames: int, num_steps: int, schedule: str, target_of: dict[int, int]
 ) -> list[tuple[int, int]]:
     """(position, step) pairs in execution order; step-major unless a guidance target lies ahead."""
-    needs_future_step = any(k > s for s, k in target_of.items())
+    needs_future_step = needs_frame_major(target_of)
     if schedule == "auto":
         schedule = "frame" if needs_future_step else "step"
     if schedule == "step" and needs_future_step:

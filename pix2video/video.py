@@ -21,8 +21,6 @@ import math
 import operator
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_path
 from .errors import VideoError
 
 __all__ = [
@@ -861,63 +860,26 @@ def _check_reusable_folder(path: Path) -> None:
         )
 
 
-def _temp_name(path: Path) -> str:
-    """Hidden name in the same folder (same filesystem, so the final rename is atomic)."""
-    return f".{path.stem}.partial-"
-
-
 def _write_png_folder(path: Path, first: np.ndarray, rest: Iterator) -> Path:
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=_temp_name(path), dir=path.parent))
+        with atomic_path(path, directory=True) as tmp:
+            shape = first.shape[:2]
+            Image.fromarray(first).save(tmp / "000000.png", compress_level=4)
+            for i, frame in enumerate(rest, start=1):
+                arr = _as_rgb_frame(frame, i, shape)
+                Image.fromarray(arr).save(tmp / f"{i:06d}.png", compress_level=4)
     except OSError as exc:
         raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
-    try:
-        shape = first.shape[:2]
-        Image.fromarray(first).save(tmp / "000000.png", compress_level=4)
-        for i, frame in enumerate(rest, start=1):
-            arr = _as_rgb_frame(frame, i, shape)
-            Image.fromarray(arr).save(tmp / f"{i:06d}.png", compress_level=4)
-        _replace_folder(tmp, path)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
-        raise
     return path
 
 
-def _replace_folder(tmp: Path, path: Path) -> None:
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    backup.rmdir()
-    os.replace(path, backup)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(backup, path)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def _write_container(path, first, rest, rate: Fraction, crf: int, audio) -> Path:
-    suffix = path.suffix.lower()
-    muxer, video_codec, audio_codec = VIDEO_EXTENSIONS[suffix]
+    muxer, video_codec, audio_codec = VIDEO_EXTENSIONS[path.suffix.lower()]
     try:
-        handle, tmp_name = tempfile.mkstemp(prefix=_temp_name(path), suffix=suffix, dir=path.parent)
-        os.close(handle)
-    except OSError as exc:
+        with atomic_path(path) as tmp:
+            _encode(tmp, muxer, video_codec, audio_codec, first, rest, rate, crf, audio)
+    except (av.FFmpegError, OSError) as exc:
         raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
-    tmp = Path(tmp_name)
-    try:
-        _encode(tmp, muxer, video_codec, audio_codec, first, rest, rate, crf, audio)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (av.FFmpegError, OSError)):
-            raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
-        raise
     return path
 
 

