@@ -144,7 +144,12 @@ class Reporter:
     `update(stage, done, total)` has the signature of the pipeline's ``progress`` callback.
     """
 
-    UNITS = {"depth": "frames", "inversion": "frames", "editing": "frame-steps"}
+    UNITS = {
+        "depth": "frames",
+        "inversion": "frames",
+        "editing": "frame-steps",
+        "ablation": "variants",
+    }
 
     def __init__(self, quiet: bool = False, debug: bool = False) -> None:
         self.quiet = quiet
@@ -1001,6 +1006,45 @@ def run_options(f: Callable) -> Callable:
     )(f)
 
 
+def selection_options(f: Callable) -> Callable:
+    """--start, --end, --stride, --max-frames: which frames of a clip are used."""
+    return _compose(
+        click.option(
+            "--start",
+            default=None,
+            show_default="first frame",
+            help="First frame: frame number (12), seconds (2.5, 2.5s) or clock time (1:02.5).",
+        ),
+        click.option(
+            "--end",
+            default=None,
+            show_default="end of the clip",
+            help="End (exclusive), same notation as --start.",
+        ),
+        click.option(
+            "--stride", type=click.IntRange(min=1), default=1, help="Take every N-th frame."
+        ),
+        click.option(
+            "--max-frames",
+            type=click.IntRange(min=1),
+            default=None,
+            show_default="no limit",
+            help="Use at most this many frames (after --stride).",
+        ),
+    )(f)
+
+
+def size_option(f: Callable) -> Callable:
+    """--size: processing resolution."""
+    return click.option(
+        "--size",
+        default="512",
+        help="Processing size: one number = the long side (aspect ratio kept), or WxH. Both "
+        "sides must be multiples of 64 (rounded for a single number): the VAE latent is 8x "
+        "smaller than the image and the UNet halves it three more times.",
+    )(f)
+
+
 # =========================================================================== commands
 
 
@@ -1036,38 +1080,13 @@ def main() -> None:
 )
 @click.option("--negative-prompt", default="", help="Unconditional prompt for guidance.")
 @model_options
-@click.option(
-    "--size",
-    default="512",
-    help="Processing size: one number = the long side (aspect ratio kept), or WxH. Both "
-    "sides must be multiples of 64 (rounded for a single number): the VAE latent is 8x "
-    "smaller than the image and the UNet halves it three more times.",
-)
+@size_option
 @click.option(
     "--keep-source-size",
     is_flag=True,
     help="Resize the result back to the source resolution.",
 )
-@click.option(
-    "--start",
-    default=None,
-    show_default="first frame",
-    help="First frame: frame number (12), seconds (2.5, 2.5s) or clock time (1:02.5).",
-)
-@click.option(
-    "--end",
-    default=None,
-    show_default="end of the clip",
-    help="End (exclusive), same notation as --start.",
-)
-@click.option("--stride", type=click.IntRange(min=1), default=1, help="Take every N-th frame.")
-@click.option(
-    "--max-frames",
-    type=click.IntRange(min=1),
-    default=None,
-    show_default="no limit",
-    help="Edit at most this many frames.",
-)
+@selection_options
 @click.option(
     "--depth-dir",
     type=click.Path(),
@@ -1173,6 +1192,236 @@ def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
         result = run_edit(options, reporter)
     for line in format_summary(result):
         reporter.info(line)
+
+
+# --------------------------------------------------------------------------- eval / ablate
+
+
+def clip_model_option(f: Callable) -> Callable:
+    from .metrics import DEFAULT_CLIP_MODEL
+
+    return click.option(
+        "--clip-model",
+        default=DEFAULT_CLIP_MODEL,
+        help="CLIP checkpoint for CLIP-Text/CLIP-Image (hub id or folder). ViT-L/14 is what "
+        "recent video-editing papers report, so numbers compare with theirs.",
+    )(f)
+
+
+def _read_frames(path: str, start, end, stride: int, max_frames: int | None):
+    from . import video
+
+    return video.read_clip(Path(path).expanduser(), start, end, stride, max_frames)
+
+
+@main.command(name="eval", context_settings={"show_default": True})
+@click.argument("edited", type=click.Path())
+@click.option(
+    "--source",
+    required=True,
+    type=click.Path(),
+    help="The input video or frame folder the edit was made from.",
+)
+@click.option("-p", "--prompt", required=True, help="The edit prompt (for CLIP-Text).")
+@selection_options
+@clip_model_option
+@click.option("--device", default="auto", help="Torch device for CLIP: auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default="off",
+    help="Write the metrics and per-frame values as JSON.",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default="off",
+    help="Write the metrics table as Markdown.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default="off",
+    help="Write a PNG plot of the per-frame values.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
+@click.option(
+    "--debug", is_flag=True, callback=_set_debug, help="Full tracebacks and library logs."
+)
+def evaluate_command(
+    edited,
+    source,
+    prompt,
+    start,
+    end,
+    stride,
+    max_frames,
+    clip_model,
+    device,
+    json_path,
+    markdown_path,
+    plot_path,
+    quiet,
+    debug,
+) -> None:
+    """Measure an edit as the paper does: CLIP-Text, CLIP-Image and flow-warped PixelMSE.
+
+    EDITED and SOURCE are videos or frame folders with the same number of frames (select the
+    range you edited with --start/--end/--stride/--max-frames: they apply to SOURCE).
+    CLIP-Text: mean cosine similarity of each edited frame with the prompt (edit fidelity).
+    CLIP-Image: mean cosine similarity of consecutive edited frames (temporal coherence).
+    PixelMSE: optical flow of the SOURCE warps edited frame t onto t+1; mean squared error
+    against edited frame t+1, pixels in [0, 1] (lower = less flicker). The masked PixelMSE
+    only counts pixels whose forward and backward flows agree (occlusions excluded).
+    """
+    import transformers  # noqa: F401 - imported first so that its loading bars can be silenced
+
+    from .metrics import evaluate
+
+    with quiet_libraries(debug):
+        edited_clip = _read_frames(edited, None, None, 1, None)
+        source_clip = _read_frames(source, start, end, stride, max_frames)
+        device_, _ = resolve_device(device, "float32")
+        report = evaluate(
+            edited_clip.frames,
+            source_clip.frames,
+            prompt,
+            clip_model=clip_model,
+            device=str(device_),
+        )
+    if json_path:
+        report.save_json(json_path)
+    if markdown_path:
+        report.save_markdown(markdown_path)
+    if plot_path:
+        report.plot(plot_path)
+    if not quiet:
+        click.echo(report.to_markdown())
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("input", type=click.Path())
+@click.option("-p", "--prompt", required=True, help="Edit prompt: describes the result.")
+@click.option(
+    "--source-prompt",
+    default=None,
+    show_default="caption of the first frame",
+    help="Describes the input (used for inversion).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for ablation.md, ablation.json and contact_sheet.png.",
+)
+@click.option(
+    "--variants",
+    default=None,
+    show_default="all",
+    help="Comma-separated subset of the variants (see the list above).",
+)
+@model_options
+@size_option
+@selection_options
+@click.option("--steps", type=click.IntRange(1, 1000), default=50, help="DDIM steps.")
+@click.option("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance.")
+@click.option("--seed", type=int, default=0, help="Seed (used by the anchor+random variant).")
+@clip_model_option
+@click.option("--captioner", default=DEFAULT_CAPTIONER, help="Captioning model (hub id or folder).")
+@click.option(
+    "--columns", type=click.IntRange(min=2), default=4, help="Frames per row in the contact sheet."
+)
+@click.option("--save-frames", is_flag=True, help="Also write every variant's frames as PNG.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or table.")
+@click.option(
+    "--debug", is_flag=True, callback=_set_debug, help="Full tracebacks and library logs."
+)
+def ablate(
+    input,
+    prompt,
+    source_prompt,
+    output,
+    variants,
+    model,
+    device,
+    dtype,
+    size,
+    start,
+    end,
+    stride,
+    max_frames,
+    steps,
+    guidance_scale,
+    seed,
+    clip_model,
+    captioner,
+    columns,
+    save_frames,
+    quiet,
+    debug,
+) -> None:
+    """Run the paper's ablations on one clip with the same seed and settings, and compare them.
+
+    Variants: per-frame editing without injection or latent update (SDEdit-like), anchor
+    only, previous only, anchor + a random earlier frame, anchor + previous without the
+    latent update, and the full method. Depth and inversion are computed once and shared.
+    Writes a table (rows = variants, columns = CLIP-Text, CLIP-Image, PixelMSE, masked
+    PixelMSE, seconds per frame) and a contact sheet (rows = variants, columns = frames).
+    """
+    from . import video
+    from .ablation import run_ablation, save_ablation, select_variants
+
+    chosen = select_variants([v.strip() for v in variants.split(",")] if variants else None)
+    out_dir = Path(output).expanduser()
+    _check_writable_folder(out_dir.parent if not out_dir.exists() else out_dir, out_dir)
+    reporter = Reporter(quiet=quiet, debug=debug)
+    with quiet_libraries(debug):
+        clip = _read_frames(input, start, end, stride, max_frames)
+        width, height = video.fit_size(*clip.source_size, video.parse_size(size))
+        frames = video.resize_frames(clip.frames, (width, height))
+        device_, dtype_ = resolve_device(device, dtype)
+        from .metrics import ClipScorer
+        from .pipeline import load_pipeline
+
+        if not debug:
+            silence_libraries()
+        pipe = load_pipeline(model, device_, dtype_)
+        scorer = ClipScorer(clip_model, device=str(device_))
+        if source_prompt is None:
+            from .caption import caption_frame
+
+            source_prompt = caption_frame(clip.frames[0], captioner, str(device_))
+            if not source_prompt:
+                raise InputError(
+                    f"The captioner '{captioner}' gave an empty caption; pass --source-prompt."
+                )
+            reporter.info(f"Source prompt (caption of the first frame): {source_prompt!r}")
+        with reporter.live():
+            rows = run_ablation(
+                pipe,
+                frames,
+                prompt,
+                source_prompt,
+                variants=chosen,
+                scorer=scorer,
+                progress=reporter.update,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                seed=seed,
+            )
+        paths = save_ablation(rows, out_dir, frames, columns=columns, save_frames=save_frames)
+    if not quiet:
+        from .ablation import ablation_table
+
+        click.echo(ablation_table(rows))
+        click.echo(f"Wrote {paths['markdown']}, {paths['json']} and {paths['contact_sheet']}.")
 
 
 if __name__ == "__main__":

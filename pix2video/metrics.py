@@ -479,6 +479,7 @@ def evaluate(
     prompt: str,
     scorer: ClipScorer | None = None,
     clip_model: str = DEFAULT_CLIP_MODEL,
+    device: str = "cpu",
 ) -> EvalReport:
     """CLIP-Text, CLIP-Image and PixelMSE (plain and masked) of `edited` against `source`.
 
@@ -487,7 +488,7 @@ def evaluate(
     """
     _check_pair(edited, source)
     if scorer is None:
-        scorer = ClipScorer(clip_model)
+        scorer = ClipScorer(clip_model, device)
     text = scorer.text_embedding(prompt)  # checks the prompt length before the heavy work
     emb = scorer.image_embeddings(edited)
     clip_text = [float(v) for v in emb @ text]
