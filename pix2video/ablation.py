@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import InputError, Pix2VideoError
+from .atomic import write_output
+from .errors import InputError
 from .metrics import DEFAULT_CLIP_MODEL, ClipScorer, EvalReport, evaluate
 from .pipeline import Pix2VideoOutput, Pix2VideoPipeline, ProgressCallback
 
@@ -393,21 +394,11 @@ def _check_rows(rows: Sequence[AblationRow], source_frames: Sequence[np.ndarray]
 
 
 def _save_png(image: Image.Image, path: Path) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
-    except OSError as exc:
-        raise Pix2VideoError(f"Cannot write '{path}' ({exc.strerror or exc}).") from exc
-    return path
+    return write_output(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _save_text(text: str, path: Path) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise Pix2VideoError(f"Cannot write '{path}' ({exc.strerror or exc}).") from exc
-    return path
+    return write_output(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _markdown(rows: Sequence[AblationRow]) -> str:

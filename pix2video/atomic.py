@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,3 +73,20 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_output(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Create `path` (and its folders) atomically with `write(tmp_path)`; one-sentence error.
+
+    For report files (tables, JSON, plots, contact sheets) a user asked for by name.
+    """
+    from .errors import Pix2VideoError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except OSError as exc:
+        raise Pix2VideoError(f"Cannot write '{path}' ({exc.strerror or exc}).") from exc
+    return path

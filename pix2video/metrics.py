@@ -45,7 +45,8 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import InputError, Pix2VideoError
+from .atomic import write_output
+from .errors import InputError
 from .models import load_pretrained
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -345,16 +346,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise Pix2VideoError(f"Cannot write '{path}' ({exc.strerror or exc}).") from exc
-    return path
-
-
 @dataclass
 class EvalReport:
     """The metrics of one edited video; means plus the per-frame / per-pair values."""
@@ -430,10 +421,12 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
     def save_json(self, path: str | Path) -> Path:
-        return _write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_output(
+            path, lambda tmp: tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        )
 
     def save_markdown(self, path: str | Path) -> Path:
-        return _write_text(path, self.to_markdown())
+        return write_output(path, lambda tmp: tmp.write_text(self.to_markdown()))
 
     def plot(self, path: str | Path) -> Path:
         """PNG with the per-frame CLIP-Text, per-pair CLIP-Image and per-pair PixelMSE curves."""
@@ -464,13 +457,7 @@ class EvalReport:
         ax3.set_ylabel("PixelMSE (t→t+1)")
         ax3.set_xlabel("frame")
         ax3.legend(fontsize=8)
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, format="png", dpi=100)
-        except OSError as exc:
-            raise Pix2VideoError(f"Cannot write '{path}' ({exc.strerror or exc}).") from exc
-        return path
+        return write_output(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def evaluate(
