@@ -90,6 +90,8 @@ class EditOptions:
     latent_guidance_steps: int | None = None
     latent_guidance_target: str = "same-step"
     feature_store_dtype: str = "float32"
+    offload_features: bool = False
+    vae_tiling: bool = False
     save_latents: str | os.PathLike | None = None
     side_by_side: bool = False
     cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR
@@ -294,6 +296,8 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
         silence_libraries()
     tic = time.perf_counter()
     pipe = load_pipeline(o.model, device, dtype)
+    if o.vae_tiling:
+        pipe.vae.enable_tiling()
     pipe.check_inputs(frames, o.attend, o.anchor, o.steps)
     edit_embedding = pipe.encode_prompt(o.prompt)
     negative_embedding = pipe.encode_prompt(o.negative_prompt)
@@ -302,7 +306,11 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
 
     cache = Cache(None if o.no_cache else o.cache_dir)
     model_id = model_fingerprint(o.model)
-    compute = {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+    compute = {
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "vae_tiling": o.vae_tiling,
+    }
 
     tic = time.perf_counter()
     source_prompt, captioned = o.source_prompt, False
@@ -453,6 +461,7 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
                 latent_guidance_target=o.latent_guidance_target,
                 seed=o.seed,
                 feature_store_dtype=_feature_store_dtype(o.feature_store_dtype, pipe),
+                feature_store_device="cpu" if o.offload_features else None,
                 progress=reporter.update,
                 resume=resume,
                 on_step_end=on_step_end if step_major and cache.enabled else None,
@@ -1146,6 +1155,18 @@ def main() -> None:
     default="float32",
     help="Precision of the stored features injected into later frames; float16 halves that "
     "memory (slight numeric change).",
+)
+@click.option(
+    "--offload-features",
+    is_flag=True,
+    help="Keep the stored features in CPU memory while the model runs on a GPU (less GPU "
+    "memory, some transfer time; same result).",
+)
+@click.option(
+    "--vae-tiling",
+    is_flag=True,
+    help="Encode/decode large frames tile by tile (less memory at high resolution; tiles "
+    "are blended, so pixels differ slightly).",
 )
 @click.option(
     "--save-latents",
