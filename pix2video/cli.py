@@ -1067,6 +1067,28 @@ def main() -> None:
 
     Example: pix2video edit clip.mp4 -p "a swarovski crystal swan" -o edited.mp4
     """
+    return_large_buffers_to_os()
+
+
+MMAP_THRESHOLD = 16 << 20
+
+
+def return_large_buffers_to_os() -> None:
+    """Serve buffers over 16 MiB with mmap so that freeing them returns the memory at once.
+
+    glibc raises its mmap threshold after large frees, after which the VAE's 32-128 MB
+    activations come from the heap and stay there: measured on the tiny model, 8 frames at
+    512x512, peak RSS 931 MB -> 741 MB with this (1 MiB and 16 MiB thresholds give the
+    same peak; 16 MiB keeps the UNet's smaller buffers on the faster heap). No-op outside glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
+    except (OSError, AttributeError):
+        pass
 
 
 @main.command(context_settings={"show_default": True})
