@@ -1251,6 +1251,18 @@ def clip_model_option(f: Callable) -> Callable:
     )(f)
 
 
+def report_file_option(flag: str, dest: str, what: str) -> Callable:
+    """An optional output file of `eval` (off unless given)."""
+    return click.option(
+        flag,
+        dest,
+        type=click.Path(dir_okay=False),
+        default=None,
+        show_default="off",
+        help=f"Write {what}.",
+    )
+
+
 def _read_frames(path: str, start, end, stride: int, max_frames: int | None):
     from . import video
 
@@ -1269,30 +1281,9 @@ def _read_frames(path: str, start, end, stride: int, max_frames: int | None):
 @selection_options
 @clip_model_option
 @click.option("--device", default="auto", help="Torch device for CLIP: auto, cpu, cuda, cuda:N.")
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    show_default="off",
-    help="Write the metrics and per-frame values as JSON.",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    show_default="off",
-    help="Write the metrics table as Markdown.",
-)
-@click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    show_default="off",
-    help="Write a PNG plot of the per-frame values.",
-)
+@report_file_option("--json", "json_path", "the metrics and per-frame values as JSON")
+@report_file_option("--markdown", "markdown_path", "the metrics table as Markdown")
+@report_file_option("--plot", "plot_path", "a PNG plot of the per-frame values")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
 @click.option(
     "--debug", is_flag=True, callback=_set_debug, help="Full tracebacks and library logs."

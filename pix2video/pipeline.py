@@ -40,7 +40,7 @@ from .inversion import ddim_invert, ddim_sample_step
 from .models import DEFAULT_MODEL, load_pretrained
 
 ProgressCallback = Callable[[str, int, int], None]
-"""progress(stage, done, total) with stage in {"depth", "inversion", "editing", "decoding"}."""
+"""progress(stage, done, total), stage "inversion" (frames) or "editing" (frame-steps)."""
 
 FrameLike = np.ndarray | Image.Image
 
