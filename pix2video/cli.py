@@ -55,7 +55,6 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
 INTERRUPTED = "Interrupted; finished work is cached, re-run the same command to resume."
 INTERRUPTED_NO_CACHE = "Interrupted; nothing was kept (--no-cache)."
-_FRAME_PNG = re.compile(r"^[0-9]{6}\.png$")
 _GUIDANCE_TARGET = re.compile(r"^(same-step|step:([0-9]+))$")
 
 
@@ -516,7 +515,7 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
 
 def check_output_path(output: Path, input_path: Path | None = None) -> None:
     """Fail now, not after an hour of computing, when ``output`` cannot be written."""
-    from .video import VIDEO_EXTENSIONS
+    from .video import VIDEO_EXTENSIONS, check_reusable_folder
 
     folder_output = output.is_dir() or output.suffix == ""
     if not folder_output and output.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -531,12 +530,7 @@ def check_output_path(output: Path, input_path: Path | None = None) -> None:
         if output.resolve() == input_path.resolve():
             raise VideoError(f"The output {output} is the input; choose another output path.")
     if folder_output and output.is_dir():
-        foreign = sorted(p.name for p in output.iterdir() if not _FRAME_PNG.match(p.name))
-        if foreign:
-            raise VideoError(
-                f"Cannot write frames to {output}: it already contains other files (e.g. "
-                f"{foreign[0]}); choose a new or empty folder."
-            )
+        check_reusable_folder(output)
 
 
 def check_latents_dir(path: Path) -> None:

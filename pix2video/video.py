@@ -809,7 +809,7 @@ def write_video(
     if not parent.is_dir():
         raise VideoError(f"Cannot write {path}: the folder {parent} does not exist.")
     if folder_output and path.is_dir():
-        _check_reusable_folder(path)
+        check_reusable_folder(path)
 
     iterator = iter(frames)
     first = next(iterator, None)
@@ -850,7 +850,7 @@ def _audio_for_output(source: Path, start: float, end: float | None):
     return _decode_audio_segment(source, float(start), None if end is None else float(end))
 
 
-def _check_reusable_folder(path: Path) -> None:
+def check_reusable_folder(path: Path) -> None:
     """Only overwrite a folder that is empty or holds nothing but an earlier frame dump."""
     foreign = [p.name for p in path.iterdir() if not _FRAME_NAME.match(p.name)]
     if foreign:
