@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -48,14 +47,13 @@ from . import __version__
 from .atomic import atomic_path, atomic_write_text
 from .caption import DEFAULT_CAPTIONER
 from .errors import InputError, Pix2VideoError, VideoError
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_CLIP_MODEL, DEFAULT_MODEL
 
 ATTEND_CHOICES = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
 INTERRUPTED = "Interrupted; finished work is cached, re-run the same command to resume."
 INTERRUPTED_NO_CACHE = "Interrupted; nothing was kept (--no-cache)."
-_GUIDANCE_TARGET = re.compile(r"^(same-step|step:([0-9]+))$")
 
 
 # =========================================================================== the edit job
@@ -231,6 +229,7 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
     inversion, editing, decoding and writing.
     """
     from . import video
+    from .guidance import latent_guidance_schedule
 
     reporter = reporter or Reporter(quiet=True)
     o = options
@@ -239,7 +238,9 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
 
     # ---------------------------------------------------------------- cheap checks
     size_spec = video.parse_size(o.size)
-    _check_guidance_target(o.latent_guidance_target, o.steps)
+    target_of = latent_guidance_schedule(
+        o.steps, o.latent_guidance_weight, o.latent_guidance_steps, o.latent_guidance_target
+    )
     if o.feature_store_dtype not in ("float32", "float16"):
         raise InputError(
             f"--feature-store-dtype must be float32 or float16, got {o.feature_store_dtype!r}."
@@ -288,7 +289,7 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
     import torch
 
     from .cache import Cache, hash_array, make_key, model_fingerprint
-    from .guidance import latent_guidance_schedule, needs_frame_major
+    from .guidance import needs_frame_major
     from .pipeline import load_pipeline
 
     if not reporter.debug:
@@ -332,9 +333,6 @@ def run_edit(options: EditOptions, reporter: Reporter | None = None) -> EditResu
 
     # ---------------------------------------------------------------- cache keys
     latent_shape = (4, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    target_of = latent_guidance_schedule(
-        o.steps, o.latent_guidance_weight, o.latent_guidance_steps, o.latent_guidance_target
-    )
     guided = len(target_of)
     step_major = num_frames == 1 or not needs_frame_major(target_of)
     frame_hashes = [hash_array(f) for f in frames]
@@ -613,18 +611,6 @@ def resolve_device(device: str, dtype: str):
     if dtype != "float32" and resolved.type == "cpu":
         raise InputError(f"--dtype {dtype} needs a GPU; on the CPU use float32.")
     return resolved, getattr(torch, dtype)
-
-
-def _check_guidance_target(target: str, steps: int) -> None:
-    match = _GUIDANCE_TARGET.match(target or "")
-    if match is None:
-        raise InputError(
-            f"--latent-guidance-target must be 'same-step' or 'step:K', got {target!r}."
-        )
-    if match.group(2) is not None and not 0 <= int(match.group(2)) < steps:
-        raise InputError(
-            f"--latent-guidance-target {target}: K must be a step index from 0 to {steps - 1}."
-        )
 
 
 def _feature_store_dtype(name: str, pipe):
@@ -1235,8 +1221,6 @@ def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
 
 
 def clip_model_option(f: Callable) -> Callable:
-    from .metrics import DEFAULT_CLIP_MODEL
-
     return click.option(
         "--clip-model",
         default=DEFAULT_CLIP_MODEL,

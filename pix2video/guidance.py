@@ -12,9 +12,12 @@ when the layout is decided; guiding later steps lowers image quality.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch is not needed to validate options (the CLI does that before importing it)
+    import torch
 
 
 def guided_latent_update(
@@ -43,7 +46,7 @@ def guidance_target_step(step: int, target: str) -> int:
             return int(target.split(":", 1)[1])
         except ValueError:
             pass
-    raise InputError(f"latent guidance target must be 'same-step' or 'step:K', got {target!r}")
+    raise InputError(f"latent guidance target must be 'same-step' or 'step:K', got {target!r}.")
 
 
 def latent_guidance_schedule(

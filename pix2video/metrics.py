@@ -47,16 +47,15 @@ import torch
 
 from .atomic import write_output
 from .errors import InputError
-from .models import load_pretrained
+from .models import DEFAULT_CLIP_MODEL, load_pretrained
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-"""CLIP used for CLIP-Text / CLIP-Image unless another is named.
-
-ViT-L/14 is the CLIP that most text-driven video-editing papers since Tune-A-Video and
-Pix2Video report their CLIP scores with, so numbers computed with it are comparable to the
-published ones. `openai/clip-vit-base-patch32` is several times faster (and smaller to
-download) but gives systematically different values; pass it explicitly for quick checks.
-"""
+# `DEFAULT_CLIP_MODEL` (defined in `models`, so the CLI can show it without importing torch):
+# the CLIP used for CLIP-Text / CLIP-Image unless another is named.
+#
+# ViT-L/14 is the CLIP that most text-driven video-editing papers since Tune-A-Video and
+# Pix2Video report their CLIP scores with, so numbers computed with it are comparable to the
+# published ones. `openai/clip-vit-base-patch32` is several times faster (and smaller to
+# download) but gives systematically different values; pass it explicitly for quick checks.
 
 FLOW_METHOD = "opencv-dis-medium"
 CLIP_MAX_TOKENS = 77

@@ -20,6 +20,7 @@ T = TypeVar("T")
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_MODELS = {"tiny": ASSETS / "tiny-sd2-depth", "tiny-sd2-depth": ASSETS / "tiny-sd2-depth"}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
 
 
 def resolve_model_path(name: str) -> str:
