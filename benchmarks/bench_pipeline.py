@@ -50,7 +50,7 @@ def run_one(args) -> dict:
     import torch
     from PIL import Image
 
-    from pix2video.cli import return_large_buffers_to_os
+    from pix2video.cli.common import return_large_buffers_to_os
     from pix2video.pipeline import load_pipeline
 
     return_large_buffers_to_os()  # as the `pix2video` command does

@@ -1,15 +1,81 @@
 """pix2video: text-guided video editing with a depth-conditioned image diffusion model.
 
-The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. Where things live:
+The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The public API:
 
-- `pipeline.Pix2VideoPipeline`: the algorithm, top to bottom (depth, inversion, editing).
-- `attention`: the feature store (anchor / previous frame) and the injection processor.
-- `guidance`: the guided latent update towards the previous frame's predicted clean latent.
-- `inversion`: DDIM steps and DDIM inversion as small pure functions.
-- `depth`: depth estimation, loading and normalisation.
+    from pix2video import EditSettings, edit_clip, preview_anchor
+    from pix2video import Pix2VideoPipeline, load_pipeline
+
+- `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
+  with cache, resume, progress and cancellation; what the CLI and the web UI run.
+- `Pix2VideoPipeline` (`pipeline`): the algorithm top to bottom on in-memory frames.
+- `attention`: the anchor frame, the previous frame, the feature store and the injection
+  processor; `guidance`: the guided latent update; `inversion`: DDIM step and inversion.
+
+Names are imported on first use, so `import pix2video` does not load torch.
 """
 
-from .errors import InputError, ModelNotAvailableError, Pix2VideoError, VideoError
+from __future__ import annotations
 
-__all__ = ["InputError", "ModelNotAvailableError", "Pix2VideoError", "VideoError"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import EditCancelled, InputError, ModelNotAvailableError, Pix2VideoError, VideoError
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "EditSettings": "settings",
+    "ATTEND_MODES": "settings",
+    "edit_clip": "job",
+    "preview_anchor": "job",
+    "suggest_source_prompt": "job",
+    "EditJob": "job",
+    "EditResult": "job",
+    "AnchorPreview": "job",
+    "PipelineCache": "job",
+    "Pix2VideoPipeline": "pipeline",
+    "Pix2VideoOutput": "pipeline",
+    "load_pipeline": "pipeline",
+}
+
+__all__ = [  # the errors, then the names of _LAZY
+    "EditCancelled",
+    "InputError",
+    "ModelNotAvailableError",
+    "Pix2VideoError",
+    "VideoError",
+    "EditSettings",
+    "ATTEND_MODES",
+    "edit_clip",
+    "preview_anchor",
+    "suggest_source_prompt",
+    "EditJob",
+    "EditResult",
+    "AnchorPreview",
+    "PipelineCache",
+    "Pix2VideoPipeline",
+    "Pix2VideoOutput",
+    "load_pipeline",
+]
+
+if TYPE_CHECKING:
+    from .job import (
+        AnchorPreview,
+        EditJob,
+        EditResult,
+        PipelineCache,
+        edit_clip,
+        preview_anchor,
+        suggest_source_prompt,
+    )
+    from .pipeline import Pix2VideoOutput, Pix2VideoPipeline, load_pipeline
+    from .settings import ATTEND_MODES, EditSettings
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pix2video' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -214,7 +214,7 @@ def run_ablation(
     """
     names = select_variants(variants)
     frames = [np.asarray(f) for f in frames]
-    settings = _check_run(pipe, frames, pipeline_kwargs)
+    settings = _check_run(pipe, frames, prompt, source_prompt, pipeline_kwargs)
     if scorer is None:
         scorer = ClipScorer(clip_model)
     scorer.text_embedding(prompt)  # prompts too long for CLIP or the UNet's text encoder
@@ -246,7 +246,11 @@ def run_ablation(
 
 
 def _check_run(
-    pipe: Pix2VideoPipeline, frames: list[np.ndarray], pipeline_kwargs: dict[str, Any]
+    pipe: Pix2VideoPipeline,
+    frames: list[np.ndarray],
+    prompt: str,
+    source_prompt: str,
+    pipeline_kwargs: dict[str, Any],
 ) -> dict[str, Any]:
     """Validate everything before any model work; returns the pipeline defaults + kwargs."""
     if len(frames) < 2:
@@ -255,8 +259,16 @@ def _check_run(
         )
     _check_pipeline_kwargs(pipe, pipeline_kwargs)
     settings = {**_call_defaults(pipe), **pipeline_kwargs}
+    checked = inspect.signature(pipe.check_inputs).parameters
     pipe.check_inputs(
-        frames, settings["attend"], settings["anchor"], settings["num_inference_steps"]
+        frames,
+        prompt,
+        source_prompt,
+        **{
+            k: v
+            for k, v in settings.items()
+            if k in checked and k not in ("prompt", "source_prompt")
+        },
     )
     return settings
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-AttendMode = Literal["anchor+previous", "anchor", "previous", "anchor+random", "none"]
-ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
+from .settings import ATTEND_MODES  # noqa: F401 - re-exported: the modes live in settings
 
 
 def reference_plan(num_frames: int, attend: str, seed: int = 0) -> list[tuple[int, ...]]:

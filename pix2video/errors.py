@@ -23,3 +23,9 @@ class VideoError(InputError):
 
 class ModelNotAvailableError(Pix2VideoError):
     """A model is unknown, or not available offline and could not be downloaded."""
+
+
+class EditCancelled(Pix2VideoError):
+    """The user cancelled a running edit (checked before every UNet evaluation)."""
+
+    exit_code = 130

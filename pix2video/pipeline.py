@@ -22,6 +22,8 @@ order is used when a later step's prediction is the guidance target (`step:K`).
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -32,12 +34,13 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
-from .attention import ATTEND_MODES, FeatureStore, cross_frame_attention, reference_plan
+from .attention import FeatureStore, cross_frame_attention, reference_plan
 from .depth import estimate_depth, normalize_depth
-from .errors import InputError, ModelNotAvailableError
+from .errors import EditCancelled, InputError, ModelNotAvailableError
 from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
 from .inversion import ddim_invert, ddim_sample_step
 from .models import DEFAULT_MODEL, load_pretrained
+from .settings import ANCHORS, ATTEND_MODES, MAX_GUIDANCE_SCALE, SCHEDULES
 
 ProgressCallback = Callable[[str, int, int], None]
 """progress(stage, done, total), stage "inversion" (frames) or "editing" (frame-steps)."""
@@ -112,6 +115,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet_evaluations = 0
+        self.cancel_event: threading.Event | None = None  # set -> the next UNet call raises
 
     # ------------------------------------------------------------------ building blocks
     @torch.inference_mode()
@@ -164,7 +168,10 @@ class Pix2VideoPipeline(DiffusionPipeline):
         if depth_maps is None:
             if self.depth_estimator is None or self.feature_extractor is None:
                 raise InputError("This model has no depth estimator: pass precomputed depth maps.")
-            depth_maps = estimate_depth(self.depth_estimator, self.feature_extractor, frames)
+            # one frame at a time: every caller (clip, job, preview) gets bitwise the same maps
+            depth_maps = estimate_depth(
+                self.depth_estimator, self.feature_extractor, frames, batch_size=1
+            )
         depth_maps = torch.as_tensor(
             np.asarray(depth_maps) if not torch.is_tensor(depth_maps) else depth_maps
         )
@@ -191,6 +198,8 @@ class Pix2VideoPipeline(DiffusionPipeline):
         Both branches go through the UNet in one batched call; the attention processors keep
         the batch rows (branches) apart.
         """
+        if self.cancel_event is not None and self.cancel_event.is_set():
+            raise EditCancelled("The edit was cancelled.")
         batch = text.shape[0]
         model_input = (
             torch.cat([latent, depth], dim=1).to(self.unet.dtype).expand(batch, -1, -1, -1)
@@ -246,6 +255,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         attend: str = "anchor+previous",
+        anchor: str = "first",
         latent_guidance_weight: float = 100.0,
         latent_guidance_steps: int | None = None,
         latent_guidance_target: str = "same-step",
@@ -257,14 +267,21 @@ class Pix2VideoPipeline(DiffusionPipeline):
         resume: EditCheckpoint | None = None,
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
     ) -> tuple[torch.Tensor, FeatureStore]:
-        """Denoise frames (in the given order: position 0 is the anchor) from their inverted noise.
+        """Denoise frames (given in clip order) from their inverted noise, anchor first.
 
-        In step-major order every completed step is a consistent state (`EditCheckpoint`):
-        `on_step_end` receives it (it is not called in frame-major order), and `resume` continues from it with the same result as an
-        uninterrupted run (the features of the next step are produced afresh).
-        Returns the final latents (N, 4, h, w) and the feature store (for its byte counts).
+        The frames are processed in *anchor order*: position 0 is the anchor frame (the
+        clip's first frame, or its last with `anchor="last"`, when the clip is processed
+        from its end), position i attends to earlier positions. In step-major order every
+        completed step is a consistent state (`EditCheckpoint`, latents in anchor order):
+        `on_step_end` receives it (it is not called in frame-major order), and `resume`
+        continues from it with the same result as an uninterrupted run (the features of
+        the next step are produced afresh).
+        Returns the final latents (N, 4, h, w) in clip order and the feature store (for its
+        byte counts).
         """
         num_frames = inverted_latents.shape[0]
+        order = anchor_order(num_frames, anchor)
+        inverted_latents, depth = inverted_latents[order], depth[order]
         timesteps = self.timesteps(num_inference_steps)
         step_ratio = self.scheduler.config.num_train_timesteps // num_inference_steps
         alphas = self.scheduler.alphas_cumprod.to(self.device)
@@ -284,8 +301,8 @@ class Pix2VideoPipeline(DiffusionPipeline):
         last_use = {
             k: max(s for s, k2 in target_of.items() if k2 == k) for k in set(target_of.values())
         }
-        order = _processing_order(num_frames, num_inference_steps, schedule, target_of)
-        step_major = num_frames == 1 or order[1][1] == order[0][1]
+        steps = _processing_order(num_frames, num_inference_steps, schedule, target_of)
+        step_major = num_frames == 1 or steps[1][1] == steps[0][1]
         if resume is not None and not step_major:
             raise InputError("Resuming needs step-by-step processing (schedule 'step').")
         if not step_major:
@@ -298,11 +315,11 @@ class Pix2VideoPipeline(DiffusionPipeline):
         if resume is not None:
             latents = [x[None].to(self.device) for x in resume.latents]
             x0_targets = {k: v.to(self.device) for k, v in resume.x0_targets.items()}
-            order = [(p, s) for p, s in order if s > resume.step]
-        done = num_frames * num_inference_steps - len(order)
+            steps = [(p, s) for p, s in steps if s > resume.step]
+        done = num_frames * num_inference_steps - len(steps)
         injection = cross_frame_attention(self.unet, store) if attend != "none" else nullcontext()
         with injection:
-            for position, step in order:
+            for position, step in steps:
                 t = timesteps[step]
                 with store.frame_step(position, step):
                     eps = self.predict_noise(
@@ -326,7 +343,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
                     progress("editing", done, num_frames * num_inference_steps)
                 if on_step_end is not None and position == num_frames - 1:
                     on_step_end(EditCheckpoint(step, torch.cat(latents).cpu(), dict(x0_targets)))
-        return torch.cat(latents), store
+        return torch.cat(latents)[np.argsort(order)], store
 
     # ------------------------------------------------------------------ the whole method
     @torch.inference_mode()
@@ -386,14 +403,30 @@ class Pix2VideoPipeline(DiffusionPipeline):
             progress: callback(stage, done, total).
             resume / on_step_end: continue from / receive step checkpoints (see `edit`).
         """
-        self.check_inputs(frames, attend, anchor, num_inference_steps)
+        self.check_inputs(
+            frames,
+            prompt,
+            source_prompt,
+            depth_maps=depth_maps,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            attend=attend,
+            anchor=anchor,
+            latent_guidance_weight=latent_guidance_weight,
+            latent_guidance_steps=latent_guidance_steps,
+            latent_guidance_target=latent_guidance_target,
+            seed=seed,
+            inverted_latents=inverted_latents,
+            depth=depth,
+            schedule=schedule,
+        )
         edit_embedding = self.encode_prompt(prompt)  # prompts first: a bad one fails fast
         negative_embedding = self.encode_prompt(negative_prompt)
         source_embedding = self.encode_prompt(source_prompt) if inverted_latents is None else None
         timings: dict[str, float] = {}
         evaluations_before = self.unet_evaluations
         frames = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in frames]
-        order = list(range(len(frames)))[:: -1 if anchor == "last" else 1]
 
         tic = time.perf_counter()
         if depth is None:
@@ -410,13 +443,14 @@ class Pix2VideoPipeline(DiffusionPipeline):
 
         tic = time.perf_counter()
         final, store = self.edit(
-            inverted_latents[order].to(self.device),
-            depth[order],
+            inverted_latents.to(self.device),
+            depth,
             edit_embedding,
             negative_embedding,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             attend=attend,
+            anchor=anchor,
             latent_guidance_weight=latent_guidance_weight,
             latent_guidance_steps=latent_guidance_steps,
             latent_guidance_target=latent_guidance_target,
@@ -428,7 +462,6 @@ class Pix2VideoPipeline(DiffusionPipeline):
             resume=resume,
             on_step_end=on_step_end,
         )
-        final = final[np.argsort(order)]
         timings["editing"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
@@ -445,8 +478,25 @@ class Pix2VideoPipeline(DiffusionPipeline):
         )
 
     def check_inputs(
-        self, frames: Sequence[FrameLike], attend: str, anchor: str, num_inference_steps: int
+        self,
+        frames: Sequence[FrameLike],
+        prompt: str,
+        source_prompt: str | None,
+        depth_maps: torch.Tensor | np.ndarray | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str = "",
+        attend: str = "anchor+previous",
+        anchor: str = "first",
+        latent_guidance_weight: float = 100.0,
+        latent_guidance_steps: int | None = None,
+        latent_guidance_target: str = "same-step",
+        seed: int = 0,
+        inverted_latents: torch.Tensor | None = None,
+        depth: torch.Tensor | None = None,
+        schedule: str = "auto",
     ) -> None:
+        """Validate every argument of `__call__` before any model work; one `InputError` each."""
         if len(frames) == 0:
             raise InputError("There are no frames to edit.")
         sizes = {
@@ -456,17 +506,62 @@ class Pix2VideoPipeline(DiffusionPipeline):
         if len(sizes) > 1:
             raise InputError(f"All frames must have the same size, got {sorted(sizes)}.")
         height, width = sizes.pop()
-        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if height % multiple or width % multiple:
+        multiple = self.vae_scale_factor
+        if height % multiple or width % multiple or not height or not width:
             raise InputError(f"Frame sides must be multiples of {multiple}, got {width}x{height}.")
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise InputError(f"{name} must be a string; got {type(text).__name__}.")
+        if inverted_latents is None and not isinstance(source_prompt, str):
+            raise InputError("source_prompt must be a string describing the input frames.")
         if attend not in ATTEND_MODES:
             raise InputError(f"attend must be one of {', '.join(ATTEND_MODES)}; got {attend!r}.")
-        if anchor not in ("first", "last"):
-            raise InputError(f"anchor must be 'first' or 'last'; got {anchor!r}.")
-        if not 1 <= num_inference_steps <= self.scheduler.config.num_train_timesteps:
+        if anchor not in ANCHORS:
+            raise InputError(f"anchor must be one of {', '.join(ANCHORS)}; got {anchor!r}.")
+        if schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}.")
+        max_steps = self.scheduler.config.num_train_timesteps
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
             raise InputError(
-                f"The number of steps must be between 1 and 1000; got {num_inference_steps}."
+                f"The number of steps must be between 1 and {max_steps}; got {num_inference_steps}."
             )
+        for name, value, hi in (
+            ("guidance_scale", guidance_scale, MAX_GUIDANCE_SCALE),
+            ("latent_guidance_weight", latent_guidance_weight, math.inf),
+        ):
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not 0 <= value <= hi
+            ):
+                raise InputError(
+                    f"{name} must be a finite number >= 0 (and <= {hi:g}); got {value}."
+                )
+        if not isinstance(seed, int):
+            raise InputError(f"seed must be a whole number; got {seed!r}.")
+        if latent_guidance_steps is not None and (
+            not isinstance(latent_guidance_steps, int) or latent_guidance_steps < 0
+        ):
+            raise InputError(f"latent_guidance_steps must be >= 0; got {latent_guidance_steps!r}.")
+        target_of = latent_guidance_schedule(
+            num_inference_steps,
+            latent_guidance_weight,
+            latent_guidance_steps,
+            latent_guidance_target,
+        )
+        _processing_order(1, 1, schedule, target_of)  # a schedule that cannot work fails now
+        n, h, w = len(frames), height // multiple, width // multiple
+        if depth_maps is not None and (len(depth_maps) != n or np.ndim(depth_maps) not in (3, 4)):
+            raise InputError(
+                f"Expected {n} depth maps of shape (height, width), got an array of shape "
+                f"{tuple(np.shape(depth_maps))}."
+            )
+        for name, tensor, shape in (
+            ("inverted_latents", inverted_latents, (n, 4, h, w)),
+            ("depth", depth, (n, 1, h, w)),
+        ):
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise InputError(f"{name} must have shape {shape}; got {tuple(tensor.shape)}.")
 
 
 def load_pipeline(
@@ -488,6 +583,11 @@ def load_pipeline(
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def anchor_order(num_frames: int, anchor: str) -> list[int]:
+    """Clip indices in processing order: the anchor frame first (`last`: the clip reversed)."""
+    return list(range(num_frames))[:: -1 if anchor == "last" else 1]
 
 
 def _processing_order(

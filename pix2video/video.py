@@ -60,8 +60,10 @@ VIDEO_EXTENSIONS: dict[str, tuple[str, str, str | None]] = {
     ".webm": ("webm", "libvpx-vp9", "libopus"),
     ".gif": ("gif", "gif", None),
 }
-# The diffusion model's latent is 8x smaller than the image and the UNet halves it 3 more times.
-SIZE_MULTIPLE = 64
+# The diffusion model's latent is 8x smaller than the image: sides are multiples of 8. (The
+# UNet halves the latent 3 more times; diffusers forwards the skip sizes when that is uneven.)
+SIZE_MULTIPLE = 8
+MIN_SIDE = 64
 DEFAULT_FOLDER_FPS = 30.0
 
 _FRAME_NAME = re.compile(r"^[0-9]{6}\.png$")
@@ -197,12 +199,12 @@ def parse_size(text: str | int) -> int | tuple[int, int]:
 
 
 def fit_size(src_w: int, src_h: int, size: int | tuple[int, int]) -> tuple[int, int]:
-    """Output (width, height) for the diffusion model: both sides multiples of 64.
+    """Output (width, height) for the diffusion model: both sides multiples of 8.
 
-    ``size`` as an int is the long side (rounded to the nearest multiple of 64, at least 64);
-    the short side is the multiple of 64 (at least 64) whose aspect ratio is closest to the
-    source's, compared as a ratio (so 1280x720 and 854x480 both give 512x320 at 512, not
-    512x256). A ``(W, H)`` tuple is used as given but must be multiples of 64.
+    ``size`` as an int is the long side (rounded to the nearest multiple of 8, at least 64);
+    the short side is the multiple of 8 (at least 64) whose aspect ratio is closest to the
+    source's, compared as a ratio (so 1280x720 gives 512x288 at 512 and 854x480 512x288).
+    A ``(W, H)`` tuple is used as given but must be multiples of 8.
     """
     if src_w <= 0 or src_h <= 0:
         raise VideoError(f"Invalid source size {src_w}x{src_h}: sides must be positive.")
@@ -211,15 +213,15 @@ def fit_size(src_w: int, src_h: int, size: int | tuple[int, int]) -> tuple[int, 
         if w <= 0 or h <= 0 or w % SIZE_MULTIPLE or h % SIZE_MULTIPLE:
             raise VideoError(
                 f"Output size {w}x{h} is not usable: width and height must be multiples of "
-                f"{SIZE_MULTIPLE} (e.g. {_round64(w)}x{_round64(h)})."
+                f"{SIZE_MULTIPLE} (e.g. {_round_size(w)}x{_round_size(h)})."
             )
         return w, h
     if isinstance(size, bool) or int(size) <= 0:
         raise VideoError(f"Invalid size {size!r}: the long side must be a positive number.")
-    long_out = _round64(int(size))
+    long_out = _round_size(int(size))
     long_in, short_in = max(src_w, src_h), min(src_w, src_h)
     short_exact = short_in * long_out / long_in
-    lo = max(SIZE_MULTIPLE, math.floor(short_exact / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    lo = max(MIN_SIDE, math.floor(short_exact / SIZE_MULTIPLE) * SIZE_MULTIPLE)
     hi = lo + SIZE_MULTIPLE
     # Nearest in ratio terms: compare against the geometric mean of the two candidates.
     short_out = hi if short_exact >= math.sqrt(lo * hi) else lo
@@ -227,8 +229,8 @@ def fit_size(src_w: int, src_h: int, size: int | tuple[int, int]) -> tuple[int, 
     return (long_out, short_out) if src_w >= src_h else (short_out, long_out)
 
 
-def _round64(n: int) -> int:
-    return max(SIZE_MULTIPLE, int(math.floor(n / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE)
+def _round_size(n: int) -> int:
+    return max(MIN_SIDE, int(math.floor(n / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE)
 
 
 def fps_fraction(fps: float | Fraction) -> Fraction:

@@ -209,7 +209,7 @@ def test_bad_inputs_fail_before_model_work(pipe, scorer, frames):
     with pytest.raises(InputError, match="at least 2 frames"):
         run_ablation(pipe, frames[:1], PROMPT, SOURCE_PROMPT, scorer=scorer)
     with pytest.raises(InputError, match="multiples of"):
-        run_ablation(pipe, [f[:40] for f in frames], PROMPT, SOURCE_PROMPT, scorer=scorer)
+        run_ablation(pipe, [f[:36] for f in frames], PROMPT, SOURCE_PROMPT, scorer=scorer)
     assert pipe.unet_evaluations == before
 
 

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -25,8 +26,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pix2video import cli
-from pix2video.attention import ATTEND_MODES
+from pix2video.cli.common import INTERRUPTED
 from pix2video.errors import InputError
+from pix2video.job import EditResult, edit_clip
+from pix2video.models import DEFAULT_MODEL
+from pix2video.settings import ATTEND_MODES, EditSettings
 from pix2video.video import probe, read_audio_info, read_clip
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -106,9 +110,10 @@ def test_help_lists_every_option_with_its_default(runner):
     result = runner.invoke(cli.main, ["edit", "--help"], terminal_width=400, max_content_width=400)
     assert result.exit_code == 0
     text = result.output
-    ctx = cli.edit.make_context("edit", ["x", "-p", "p", "-o", "o.mp4"])
-    for param in cli.edit.params:
-        if not isinstance(param, cli.click.Option):
+    command = cli.main.commands["edit"]
+    ctx = command.make_context("edit", ["x", "-p", "p", "-o", "o.mp4"])
+    for param in command.params:
+        if not isinstance(param, click.Option):
             continue
         for opt in param.opts:
             assert re.search(rf"(^|[\s,]){re.escape(opt)}\b", text), opt
@@ -132,13 +137,13 @@ def test_help_lists_every_option_with_its_default(runner):
         "[default: float32]",
         "(caption of the anchor frame)",
         "(the model's depth estimator)",
-        "multiples of 64",
-        "UNet halves it three more times",
+        "multiples of 8",
     ):
         assert default in text, default
     top = runner.invoke(cli.main, ["--help"])
     assert top.exit_code == 0 and "edit" in top.output
-    assert set(cli.ATTEND_CHOICES) == set(ATTEND_MODES)
+    attend = next(p for p in command.params if p.name == "attend")
+    assert tuple(attend.type.choices) == ATTEND_MODES
 
 
 # --------------------------------------------------------------------------- end to end
@@ -157,12 +162,12 @@ def test_console_script_cockatoo_mp4_keeps_fps_aspect_audio_and_saves_latents(tm
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
     assert "Loading" not in proc.stderr  # the libraries' own progress bars are off
     # summary: frames, size, time and UNet evaluations per frame, where the output went
-    assert "Edited 4 frames at 128x64" in proc.stdout
+    assert "Edited 4 frames at 128x72" in proc.stdout
     assert "s per frame; 6 UNet evaluations per frame: inversion 2, editing 4" in proc.stdout
-    assert f"Wrote {out} (4 frames, 128x64, 20 fps, with audio)." in proc.stdout
+    assert f"Wrote {out} (4 frames, 128x72, 20 fps, with audio)." in proc.stdout
 
     info = probe(out)
-    assert (info["width"], info["height"]) == (128, 64)  # 16:9 -> nearest multiples of 64
+    assert (info["width"], info["height"]) == (128, 72)  # 16:9 kept on the latent grid of 8
     assert info["fps"] == pytest.approx(20.0)
     assert info["has_audio"]
     clip = read_clip(out)
@@ -177,7 +182,7 @@ def test_console_script_cockatoo_mp4_keeps_fps_aspect_audio_and_saves_latents(tm
         assert names == ["000040.npy", "000041.npy", "000042.npy", "000043.npy"]
         for name in names:
             array = np.load(latents / sub / name)
-            assert array.dtype == np.float32 and array.shape == (1, 4, 8, 16)
+            assert array.dtype == np.float32 and array.shape == (1, 4, 9, 16)
             assert np.isfinite(array).all()
     assert not np.array_equal(
         np.load(latents / "inverted" / "000040.npy"), np.load(latents / "final" / "000040.npy")
@@ -208,7 +213,7 @@ def test_avi_to_gif(runner, tmp_path):
     assert "Wrote" in result.stdout
     clip = read_clip(out)
     assert len(clip.frames) == 3
-    assert clip.size == (128, 128)  # 400x300 at long side 128: 96 rounds up to 128
+    assert clip.size == (128, 96)  # 400x300 at long side 128: 4:3 kept
     assert clip.fps == pytest.approx(25.0)
 
 
@@ -219,7 +224,7 @@ def test_mp4_without_audio_to_webm(runner, tmp_path):
     invoke(runner, args + ["-q"])
     clip = read_clip(out)
     assert len(clip.frames) == 3
-    assert clip.size == (128, 128)
+    assert clip.size == (128, 96)
     # webm keeps millisecond timestamps, so 29.97 fps reads back only to about 0.1 fps
     assert clip.fps == pytest.approx(30000 / 1001, abs=0.1)
 
@@ -292,12 +297,12 @@ def test_empty_caption_asks_for_a_source_prompt(monkeypatch, tmp_path):
     import pix2video.caption
 
     monkeypatch.setattr(pix2video.caption, "caption_frame", lambda *a, **k: "  ")
-    options = cli.EditOptions(
+    settings = EditSettings(
         input=BLACKSWAN, prompt="x", output=tmp_path / "o.mp4", model="tiny", size="64"
     )
-    options.max_frames, options.steps, options.no_cache = 1, 2, True
+    settings.max_frames, settings.steps, settings.no_cache = 1, 2, True
     with pytest.raises(InputError, match="--source-prompt"):
-        cli.run_edit(options)
+        edit_clip(settings)
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -398,9 +403,9 @@ def test_new_prompt_reuses_inversion_and_same_command_reuses_everything(runner, 
 def fake_run(monkeypatch) -> dict:
     seen = {}
 
-    def run(options, reporter=None):
+    def run(options, **callbacks):
         seen["options"] = options
-        return cli.EditResult(
+        return EditResult(
             output=str(options.output),
             frames=1,
             frame_indices=[0],
@@ -416,7 +421,7 @@ def fake_run(monkeypatch) -> dict:
             seconds={"total": 1.0},
         )
 
-    monkeypatch.setattr(cli, "run_edit", run)
+    monkeypatch.setattr("pix2video.cli.edit.edit_clip", run)
     return seen
 
 
@@ -442,7 +447,7 @@ def test_yaml_config_values_are_taken_and_the_command_line_wins(runner, tmp_path
         assert o.guidance_scale == 3.5 and isinstance(o.guidance_scale, float)
         assert (o.size, o.attend, o.side_by_side) == ("128x64", "anchor", True)
         assert o.latent_guidance_target == "step:2"
-        assert o.negative_prompt == "" and o.model == cli.DEFAULT_MODEL  # untouched defaults
+        assert o.negative_prompt == "" and o.model == DEFAULT_MODEL  # untouched defaults
 
 
 def test_toml_config_with_command_table(runner, tmp_path, monkeypatch):
@@ -498,7 +503,7 @@ def _error_cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "empty folder": ([tmp / "empty"], "contains no images"),
         "truncated video": ([tmp / "trunc.mp4"], "is not a video FFmpeg can read"),
         "start beyond the clip": ([G1, "--start", "100"], "is beyond the clip's 16 frames"),
-        "odd size": ([G1, "--size", "100x100"], "multiples of 64"),
+        "odd size": ([G1, "--size", "100x100"], "multiples of 8"),
         "depth dir not matching": ([G1, "--depth-dir", tmp / "depth"], "has no '000000.npy'"),
         "missing model folder": ([G1, "--model", "/nonexistent/folder"], "does not exist"),
         "unknown hub model": ([G1, "--model", "nobody/no-such-model"], "not available offline"),
@@ -716,7 +721,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
         args, tmp_path, lambda: len(cached(cache, "inversion")) >= 1, sig=signal.SIGINT
     )
     assert code == 130, stderr
-    assert stderr.strip().splitlines()[-1] == cli.INTERRUPTED
+    assert stderr.strip().splitlines()[-1] == INTERRUPTED
     assert "Traceback" not in stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

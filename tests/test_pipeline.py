@@ -353,8 +353,8 @@ def _call(pipe, frames, **kwargs):
     ("frames", "kwargs", "message"),
     [
         (make_frames(1) + make_frames(1, 64, 128), {}, "same size"),
-        (make_frames(2, 96, 64), {}, "multiples of 64"),
-        (make_frames(1, 64, 80), {}, "multiples of 64"),
+        (make_frames(2, 100, 64), {}, "multiples of 8"),
+        (make_frames(1, 64, 84), {}, "multiples of 8"),
         ([], {"depth_maps": torch.zeros(0, 8, 8)}, "no frames"),
         (make_frames(2), {"depth_maps": make_depth(1)}, "Expected 2 depth maps"),
         (make_frames(2), {"depth_maps": torch.rand(2, 3, 16, 16)}, "Expected 2 depth maps"),

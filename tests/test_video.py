@@ -319,24 +319,24 @@ def test_parse_size():
 
 
 def test_fit_size():
-    # 1280x720 at 512: exact short side 288 lies between 256 (2.0:1) and 320 (1.6:1); 320 is
-    # nearer to 16:9 in ratio terms.
-    assert fit_size(1280, 720, 512) == (512, 320)
-    assert fit_size(854, 480, 512) == (512, 320)
-    assert fit_size(720, 1280, 512) == (320, 512)
+    # Sides are multiples of 8 (the latent grid): 16:9 keeps its ratio exactly at 512 and 256.
+    assert fit_size(1280, 720, 512) == (512, 288)
+    assert fit_size(1280, 720, 256) == (256, 144)
+    assert fit_size(854, 480, 512) == (512, 288)
+    assert fit_size(720, 1280, 512) == (288, 512)
     assert fit_size(400, 300, 512) == (512, 384)
-    assert fit_size(512, 512, 500) == (512, 512)
-    assert fit_size(3000, 100, 512) == (512, 64)
-    assert fit_size(1280, 720, 768) == (768, 448)
+    assert fit_size(512, 512, 500) == (504, 504)
+    assert fit_size(3000, 100, 512) == (512, 64)  # the short side is at least 64
+    assert fit_size(1280, 720, 768) == (768, 432)
     for w, h in [(1280, 720), (854, 480), (400, 300), (333, 777), (1920, 1080)]:
         for size in (256, 512, 768):
             out = fit_size(w, h, size)
-            assert all(s % 64 == 0 and s >= 64 for s in out)
+            assert all(s % 8 == 0 and s >= 64 for s in out)
             assert max(out) == size
             exact_short = min(w, h) * size / max(w, h)
-            assert abs(min(out) - exact_short) <= 64
-    assert fit_size(1280, 720, (768, 448)) == (768, 448)
-    with pytest.raises(InputError, match="must be multiples of 64"):
+            assert abs(min(out) - exact_short) <= 4
+    assert fit_size(1280, 720, (768, 440)) == (768, 440)
+    with pytest.raises(InputError, match="must be multiples of 8"):
         fit_size(1280, 720, (770, 448))
 
 

@@ -1,0 +1,41 @@
+"""The `pix2video` command line: one small module per command, on the library.
+
+    pix2video edit INPUT -p "edit prompt" -o OUTPUT [options]   (edit.py -> job.edit_clip)
+    pix2video eval EDITED --source INPUT -p "prompt"            (evaluate.py -> metrics)
+    pix2video ablate INPUT -p "prompt" -o FOLDER                (ablate.py -> ablation)
+    pix2video ui [--port N]                                     (ui.py -> pix2video.ui)
+
+Each command parses its options, calls the library and prints; `common.py` holds what
+they share (error handling: one sentence and exit code 2 for anything a user can fix,
+130 on Ctrl-C; progress bars; ``--config`` files; option groups). Heavy libraries
+(torch, diffusers, gradio) are imported only when a command runs, so ``--help`` is
+instant. A new command is a module with a click command, added to `main` below.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from . import ablate, edit, evaluate
+from .common import Pix2VideoGroup, return_large_buffers_to_os
+
+
+@click.group(
+    cls=Pix2VideoGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="pix2video")
+def main() -> None:
+    """Pix2Video: text-guided video editing with depth-conditioned Stable Diffusion 2.
+
+    Example: pix2video edit clip.mp4 -p "a swarovski crystal swan" -o edited.mp4
+    """
+    return_large_buffers_to_os()
+
+
+main.add_command(edit.edit)
+main.add_command(evaluate.evaluate_command)
+main.add_command(ablate.ablate)
+
+__all__ = ["main"]

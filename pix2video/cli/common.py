@@ -1,0 +1,417 @@
+"""What every `pix2video` command shares: error handling, progress, config files, options.
+
+- `Pix2VideoGroup`: a `Pix2VideoError` or a usage error is one sentence on stderr and exit
+  code 2 (``--debug`` adds the traceback), Ctrl-C exits 130, anything else is one line
+  naming the unexpected error.
+- `Reporter`: rich progress bars on stderr fed by the job's ``progress(stage, done, total)``.
+- ``--config``: a YAML/TOML file whose keys become the command's option defaults.
+- Option groups used by several commands: `model_options`, `run_options`,
+  `selection_options`, `size_option`, `clip_model_option`, `report_file_option`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InputError, Pix2VideoError
+from ..job import STAGES
+from ..models import DEFAULT_CLIP_MODEL
+from ..quiet import quiet_libraries, silence_libraries  # noqa: F401 - used by the commands
+from ..settings import DTYPES, EditSettings
+
+DEFAULTS = EditSettings.defaults()
+INTERRUPTED = "Interrupted; finished work is cached, re-run the same command to resume."
+INTERRUPTED_NO_CACHE = "Interrupted; nothing was kept (--no-cache)."
+
+
+class Reporter:
+    """Progress bars (rich, on stderr) and messages; silent when ``quiet``.
+
+    `update(stage, done, total)` has the signature of the pipeline's ``progress`` callback.
+    """
+
+    UNITS = {**STAGES, "ablation": "variants"}
+
+    def __init__(self, quiet: bool = False, debug: bool = False) -> None:
+        self.quiet = quiet
+        self.debug = debug  # leave the libraries' own logging and progress bars on
+        self._progress = None
+        self._tasks: dict[str, Any] = {}
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message)
+
+    def warn(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(f"Warning: {message}", markup=False, highlight=False)
+        else:
+            click.echo(f"Warning: {message}", err=True)
+
+    @contextlib.contextmanager
+    def live(self) -> Iterator[Reporter]:
+        """Show progress bars while the block runs."""
+        if self.quiet:
+            yield self
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._progress = progress
+        try:
+            with progress:
+                yield self
+        finally:
+            self._progress = None
+            self._tasks.clear()
+
+    def start(self, stage: str, total: int, completed: int = 0) -> None:
+        """Open a bar; ``completed`` work (cached, resumed) does not count towards the ETA."""
+        if self._progress is None:
+            return
+        if stage in self._tasks:
+            self._progress.update(self._tasks[stage], total=total, completed=completed)
+            return
+        self._tasks[stage] = self._progress.add_task(
+            stage, total=total, completed=completed, unit=self.UNITS.get(stage, "frames")
+        )
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if stage not in self._tasks:  # work already done (cached, resumed) is not in the ETA
+            self.start(stage, total, done)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+
+class _State:
+    """Per-invocation flags the error handler needs after the command's context is gone."""
+
+    debug = False
+    interrupted_message = INTERRUPTED
+
+
+_STATE = _State()
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class _Interrupted(click.ClickException):
+    exit_code = 130
+
+
+class Pix2VideoGroup(click.Group):
+    """A click group whose errors are one line on stderr (plus the traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # before click turns it into a bare "Aborted!"
+            raise _Interrupted(_STATE.interrupted_message) from exc
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _STATE.debug = False
+        _STATE.interrupted_message = INTERRUPTED
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _Interrupted as exc:
+            _fail(exc.message, 130, exc, prefix="")
+        except click.exceptions.Abort as exc:
+            _fail(_STATE.interrupted_message, 130, exc, prefix="")
+        except _NO_ARGS_IS_HELP as exc:  # bare `pix2video`: the help, not an error line
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            message = exc.format_message().rstrip(".")
+            context = getattr(exc, "ctx", None)
+            if isinstance(exc, click.UsageError) and context is not None:
+                message += f" (see '{context.command_path} --help')"
+            _fail(f"{message}.", exc.exit_code, exc)
+        except Pix2VideoError as exc:
+            _fail(str(exc), exc.exit_code, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug or an environment problem
+            _fail(_unexpected(exc), 1, exc)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _unexpected(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if "OutOfMemory" in name:
+        return (
+            "Out of GPU memory; try --dtype float16, --feature-store-dtype float16, a smaller "
+            "--size or fewer frames."
+        )
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"Unexpected {name}: {first} (re-run with --debug for the traceback)."
+
+
+def _fail(message: str, code: int, exc: BaseException, prefix: str = "Error: ") -> None:
+    if _STATE.debug:
+        traceback.print_exception(exc)
+    click.echo(f"{prefix}{message}", err=True)
+    sys.exit(code)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    _STATE.debug = bool(value)
+    return value
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or TOML (.toml) file as a dict (other suffixes: tried as YAML)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"The config file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ModuleNotFoundError as exc:
+                raise InputError(
+                    f"Reading {path} needs Python 3.11+ or the tomli package; or use YAML."
+                ) from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"The config file {path} is not valid TOML ({exc}).") from exc
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(exc).split())
+            raise InputError(f"The config file {path} is not valid YAML ({reason}).") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"The config file {path} must hold option: value pairs.")
+    return data
+
+
+def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager callback of --config: the file's values become this command's defaults.
+
+    Keys are option names with - or _ (``guidance-scale`` or ``guidance_scale``); a table
+    named after the command (``[edit]`` / ``edit:``) overrides top-level keys, tables for
+    other commands are ignored, so one file can serve several subcommands. Options given
+    on the command line override the file.
+    """
+    if value is None or ctx.resilient_parsing:
+        return value
+    data = read_config(value)
+    known = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    # top-level tables are sections of commands (this one's is merged below; others' skipped)
+    merged = {str(k): v for k, v in data.items() if not isinstance(v, dict)}
+    section = data.get(ctx.info_name)
+    if isinstance(section, dict):
+        merged.update({str(k): v for k, v in section.items()})
+    values = {}
+    for key, item in merged.items():
+        name = key.strip().lstrip("-").replace("-", "_")
+        if name not in known:
+            raise InputError(
+                f"The config file {value} has an unknown key '{key}'; keys are the options of "
+                f"'{ctx.command_path}' (see --help)."
+            )
+        values[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _compose(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+def model_options(f: Callable) -> Callable:
+    """--model, --device, --dtype: which diffusion model runs where."""
+    return _compose(
+        click.option(
+            "--model",
+            default=DEFAULTS["model"],
+            help="Depth-conditioned Stable Diffusion 2 checkpoint: hub id (used offline when "
+            "cached) or local folder; 'tiny' = the bundled random-weight model for smoke runs.",
+        ),
+        click.option(
+            "--device",
+            default=DEFAULTS["device"],
+            help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N.",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(DTYPES),
+            default=DEFAULTS["dtype"],
+            help="Model precision; float16/bfloat16 only on a GPU (about half the memory).",
+        ),
+    )(f)
+
+
+def run_options(f: Callable) -> Callable:
+    """--cache-dir, --no-cache, --config, --quiet, --debug: how a command runs."""
+    return _compose(
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False),
+            default=DEFAULTS["cache_dir"],
+            envvar="PIX2VIDEO_CACHE_DIR",
+            show_envvar=True,
+            help="Where depth, inversions, editing checkpoints and final latents are cached "
+            "(keyed by content hashes; safe to delete).",
+        ),
+        click.option(
+            "--no-cache",
+            is_flag=True,
+            help="Neither read nor write the cache (no resume after an interruption).",
+        ),
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False),
+            is_eager=True,
+            show_default="none",
+            expose_value=False,
+            callback=_apply_config,
+            help="YAML or TOML file of option values (keys: option names, with - or _); "
+            "options on the command line override it.",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary."),
+        click.option(
+            "--debug",
+            is_flag=True,
+            callback=_set_debug,
+            help="Full tracebacks, and the libraries' own logs and warnings.",
+        ),
+    )(f)
+
+
+def selection_options(f: Callable) -> Callable:
+    """--start, --end, --stride, --max-frames: which frames of a clip are used."""
+    return _compose(
+        click.option(
+            "--start",
+            default=None,
+            show_default="first frame",
+            help="First frame: frame number (12), seconds (2.5, 2.5s) or clock time (1:02.5).",
+        ),
+        click.option(
+            "--end",
+            default=None,
+            show_default="end of the clip",
+            help="End (exclusive), same notation as --start.",
+        ),
+        click.option(
+            "--stride",
+            type=click.IntRange(min=1),
+            default=DEFAULTS["stride"],
+            help="Take every N-th frame.",
+        ),
+        click.option(
+            "--max-frames",
+            type=click.IntRange(min=1),
+            default=None,
+            show_default="no limit",
+            help="Use at most this many frames (after --stride).",
+        ),
+    )(f)
+
+
+def size_option(f: Callable) -> Callable:
+    """--size: processing resolution."""
+    return click.option(
+        "--size",
+        default=DEFAULTS["size"],
+        help="Processing size: one number = the long side (aspect ratio kept, 1280x720 at 512 "
+        "gives 512x288), or WxH. Both sides must be multiples of 8, the VAE's latent grid "
+        "(rounded for a single number).",
+    )(f)
+
+
+MMAP_THRESHOLD = 16 << 20
+
+
+def return_large_buffers_to_os() -> None:
+    """Serve buffers over 16 MiB with mmap so that freeing them returns the memory at once.
+
+    glibc raises its mmap threshold after large frees, after which the VAE's 32-128 MB
+    activations come from the heap and stay there: measured on the tiny model, 8 frames at
+    512x512, peak RSS 931 MB -> 741 MB with this (1 MiB and 16 MiB thresholds give the
+    same peak; 16 MiB keeps the UNet's smaller buffers on the faster heap). No-op outside glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
+    except (OSError, AttributeError):
+        pass
+
+
+def clip_model_option(f: Callable) -> Callable:
+    return click.option(
+        "--clip-model",
+        default=DEFAULT_CLIP_MODEL,
+        help="CLIP checkpoint for CLIP-Text/CLIP-Image (hub id or folder). ViT-L/14 is what "
+        "recent video-editing papers report, so numbers compare with theirs.",
+    )(f)
+
+
+def report_file_option(flag: str, dest: str, what: str) -> Callable:
+    """An optional output file of `eval` (off unless given)."""
+    return click.option(
+        flag,
+        dest,
+        type=click.Path(dir_okay=False),
+        default=None,
+        show_default="off",
+        help=f"Write {what}.",
+    )
+
+
+def read_frames(path: str, start, end, stride: int, max_frames: int | None):
+    from .. import video
+
+    return video.read_clip(Path(path).expanduser(), start, end, stride, max_frames)

@@ -1,0 +1,222 @@
+"""`pix2video edit`: parse the options into `EditSettings`, run `edit_clip`, print a summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..job import EditResult, edit_clip
+from ..settings import ANCHORS, ATTEND_MODES, FEATURE_STORE_DTYPES, MAX_STEPS, EditSettings
+from .common import (
+    _STATE,
+    INTERRUPTED_NO_CACHE,
+    Reporter,
+    model_options,
+    quiet_libraries,
+    run_options,
+    selection_options,
+    size_option,
+)
+
+DEFAULTS = EditSettings.defaults()
+
+
+def format_summary(result: EditResult) -> list[str]:
+    """The closing lines of `pix2video edit`."""
+    n = result.frames
+    total = result.seconds.get("total", 0.0)
+    w, h = result.size
+    lines = [
+        f"Edited {n} frame{'s' if n != 1 else ''} at {w}x{h} in {total:.1f} s "
+        f"({total / n:.2f} s per frame; {result.unet_evaluations / n:g} UNet evaluations per "
+        f"frame: inversion {result.unet_evaluations_inversion / n:g}, editing "
+        f"{result.unet_evaluations_editing / n:g}).",
+    ]
+    if result.captioned:
+        lines.append(f'Source prompt (BLIP caption): "{result.source_prompt}"')
+    if result.cache_enabled:
+        if result.editing == "cached":
+            editing = "cached (final latents)"
+        elif result.editing == "resumed":
+            editing = f"resumed after step {result.resumed_from_step + 1} of {result.steps}"
+        else:
+            editing = "computed"
+        inversion = (
+            f"inversion: {result.inversion_cached} cached, {result.inversion_computed} computed"
+            if result.editing != "cached" or result.latents_dir
+            else "inversion: not needed"
+        )
+        lines.append(
+            f"Cache: depth: {result.depth_cached} cached, {result.depth_computed} computed; "
+            f"{inversion}; editing: {editing}."
+        )
+    else:
+        lines.append("Cache: off (--no-cache).")
+    ow, oh = result.output_size
+    audio = ", with audio" if result.has_audio else ""
+    lines.append(f"Wrote {result.output} ({n} frames, {ow}x{oh}, {result.fps:g} fps{audio}).")
+    if result.latents_dir:
+        lines.append(f"Saved latents to {result.latents_dir}/inverted and /final.")
+    return lines
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("input", type=click.Path())
+@click.option("-p", "--prompt", required=True, help="Edit prompt: describes the result.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="Output: .mp4/.mov/.mkv (H.264), .webm (VP9), .gif, or a folder name for PNG frames; "
+    "written atomically (never a partial file).",
+)
+@click.option(
+    "--source-prompt",
+    default=None,
+    show_default="caption of the anchor frame",
+    help="Describes the input; used for inversion. Omitted: the anchor frame is captioned "
+    "with --captioner and the caption is printed.",
+)
+@click.option(
+    "--negative-prompt",
+    default=DEFAULTS["negative_prompt"],
+    help="Unconditional prompt for guidance.",
+)
+@model_options
+@size_option
+@click.option(
+    "--keep-source-size",
+    is_flag=True,
+    help="Resize the result back to the source resolution.",
+)
+@selection_options
+@click.option(
+    "--depth-dir",
+    type=click.Path(),
+    default=None,
+    show_default="the model's depth estimator",
+    help="Precomputed depth: one .npy per frame named like the frame (image folder: the "
+    "image's stem, e.g. 000012.npy; video: the source frame index with 6 digits).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1, max=MAX_STEPS),
+    default=DEFAULTS["steps"],
+    help="DDIM steps (inversion and editing).",
+)
+@click.option(
+    "--guidance-scale",
+    type=float,
+    default=DEFAULTS["guidance_scale"],
+    help="Classifier-free guidance.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULTS["seed"],
+    help="Only --attend anchor+random draws random numbers; the edit is otherwise deterministic.",
+)
+@click.option(
+    "--attend",
+    type=click.Choice(ATTEND_MODES),
+    default=DEFAULTS["attend"],
+    help="Frames whose features the decoder self-attention reads (the paper: "
+    "anchor+previous; others are its ablations; none = independent per-frame edits).",
+)
+@click.option(
+    "--anchor",
+    type=click.Choice(ANCHORS),
+    default=DEFAULTS["anchor"],
+    help="Anchor frame; last processes the clip from its end.",
+)
+@click.option(
+    "--latent-guidance-weight",
+    type=click.FloatRange(min=0),
+    default=DEFAULTS["latent_guidance_weight"],
+    help="Weight of the guided latent update towards the previous frame (0 turns it off).",
+)
+@click.option(
+    "--latent-guidance-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    show_default="steps//2+1",
+    help="How many initial steps get the guided latent update.",
+)
+@click.option(
+    "--latent-guidance-target",
+    default=DEFAULTS["latent_guidance_target"],
+    help="The previous frame's predicted clean latent at the same step ('same-step') or "
+    "at step index K ('step:K'; needs frame-by-frame processing, so no mid-edit checkpoints).",
+)
+@click.option(
+    "--feature-store-dtype",
+    type=click.Choice(FEATURE_STORE_DTYPES),
+    default=DEFAULTS["feature_store_dtype"],
+    help="Precision of the stored features injected into later frames; float16 halves that "
+    "memory (slight numeric change).",
+)
+@click.option(
+    "--offload-features",
+    is_flag=True,
+    help="Keep the stored features in CPU memory while the model runs on a GPU (less GPU "
+    "memory, some transfer time; same result).",
+)
+@click.option(
+    "--vae-tiling",
+    is_flag=True,
+    help="Encode/decode large frames tile by tile (less memory at high resolution; tiles "
+    "are blended, so pixels differ slightly).",
+)
+@click.option(
+    "--save-latents",
+    type=click.Path(),
+    default=None,
+    show_default="off",
+    help="Also write DIR/inverted/NNNNNN.npy (x_T) and DIR/final/NNNNNN.npy (last latent "
+    "before decoding), float32 (1, 4, H/8, W/8); NNNNNN = the frame's index in the input.",
+)
+@click.option(
+    "--side-by-side",
+    is_flag=True,
+    help="Write source | edit next to each other.",
+)
+@click.option(
+    "--captioner",
+    default=DEFAULTS["captioner"],
+    help="BLIP captioning model (hub id or folder) for the source prompt.",
+)
+@click.option(
+    "--stats-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    show_default="off",
+    help="Write what the run did (frames, timings, UNet evaluations, cache hits) as JSON.",
+)
+@run_options
+def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
+    """Edit the video (or image folder) INPUT so that it shows PROMPT.
+
+    Each frame is DDIM-inverted with the source prompt and its depth, then regenerated with
+    the edit prompt; decoder self-attention reads the anchor and previous edited frames and
+    a guided latent update keeps consecutive frames close (Pix2Video, ICCV 2023). Depth,
+    inversions and editing checkpoints are cached: an interrupted run resumes, and a new
+    prompt for the same clip skips inversion.
+
+    Example: pix2video edit clip.mp4 -p "a swarovski crystal swan" -o edited.mp4
+    """
+    settings = EditSettings(**kwargs)
+    if settings.no_cache:
+        _STATE.interrupted_message = INTERRUPTED_NO_CACHE
+    reporter = Reporter(quiet=quiet, debug=debug)
+    with quiet_libraries(debug), reporter.live():
+        result = edit_clip(
+            settings,
+            progress=reporter.update,
+            warn=reporter.warn,
+            info=reporter.info,
+            library_logs=debug,
+        )
+    for line in format_summary(result):
+        reporter.info(line)

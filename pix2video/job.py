@@ -1,0 +1,785 @@
+"""Editing one clip end to end: the job every front end runs (CLI, web UI, batch, Python).
+
+    from pix2video import EditSettings, edit_clip
+    result = edit_clip(EditSettings("clip.mp4", "a crystal swan", "out.mp4", model="tiny"))
+
+`EditJob` does, in order: validate the settings and the paths (before any model work),
+read and resize the clip, load the model (kept by a `PipelineCache` between jobs), check
+the prompts, caption the anchor frame when no source prompt is given, then depth ->
+inversion -> editing -> decoding and writing. Every stage is cached on disk (`cache.py`),
+keyed by content hashes: a killed or cancelled job resumes where it stopped, and a new
+prompt for the same clip reuses depth and inversion. `preview()` runs the same stages for
+the anchor frame alone; the anchor attends to no other frame, so its preview is exactly
+the anchor frame of the full edit (and the full edit then reuses its inversion).
+
+Progress is reported as ``progress(stage, done, total)`` with the stages of `STAGES`;
+cancellation is cooperative: set the `threading.Event` given as ``cancel`` and the job
+raises `EditCancelled` before its next UNet evaluation, leaving the cache resumable and
+nothing at the output path (outputs are written atomically).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import atomic_path, atomic_write_text
+from .errors import EditCancelled, InputError, ModelNotAvailableError, VideoError
+from .settings import DTYPES, EditSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .pipeline import Pix2VideoPipeline
+
+ProgressCallback = Callable[[str, int, int], None]
+MessageCallback = Callable[[str], None]
+
+STAGES: dict[str, str] = {
+    "depth": "frames",
+    "inversion": "frames",
+    "editing": "frame-steps",
+    "writing": "frames",
+}
+"""Progress stages in order, with the unit their counts are in."""
+
+CANCELLED = "The edit was cancelled; finished work is cached: run it again to resume."
+CANCELLED_NO_CACHE = "The edit was cancelled; nothing was kept (the cache is off)."
+
+
+@dataclass
+class EditResult:
+    """What an edit did: where the output went, what it cost, what came from the cache."""
+
+    output: str
+    frames: int
+    frame_indices: list[int]
+    size: tuple[int, int]  # (width, height) the model ran at
+    output_size: tuple[int, int]  # (width, height) of the written frames
+    fps: float
+    has_audio: bool
+    source_prompt: str
+    captioned: bool
+    device: str
+    dtype: str
+    steps: int
+    depth_cached: int = 0
+    depth_computed: int = 0
+    inversion_cached: int = 0
+    inversion_computed: int = 0
+    editing: str = "computed"  # "computed", "resumed" (from a checkpoint) or "cached"
+    resumed_from_step: int | None = None  # last finished step of the checkpoint resumed from
+    checkpoints_saved: int = 0
+    checkpoint_seconds: float = 0.0
+    unet_evaluations_inversion: int = 0
+    unet_evaluations_editing: int = 0
+    feature_store_peak_bytes: int = 0
+    cache_enabled: bool = True
+    latents_dir: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, and "total"
+
+    @property
+    def unet_evaluations(self) -> int:
+        return self.unet_evaluations_inversion + self.unet_evaluations_editing
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["unet_evaluations"] = self.unet_evaluations
+        return data
+
+
+@dataclass
+class AnchorPreview:
+    """The anchor frame edited alone: what the full edit's anchor frame will be."""
+
+    source: np.ndarray  # the anchor frame at the processing size
+    edited: np.ndarray
+    frame_index: int  # in the input (source frame number, or position in an image folder)
+    source_prompt: str
+    captioned: bool
+    unet_evaluations: int
+    seconds: float
+
+
+class PipelineCache:
+    """Loaded pipelines by (model, device, dtype), so that a server loads a model once.
+
+    Keeps the most recent `size` pipelines; thread-safe.
+    """
+
+    def __init__(self, size: int = 1) -> None:
+        self.size = size
+        self._pipes: dict[tuple[str, str, str], Pix2VideoPipeline] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str, device, dtype) -> Pix2VideoPipeline:
+        from .pipeline import load_pipeline
+
+        key = (model, str(device), str(dtype))
+        with self._lock:
+            pipe = self._pipes.pop(key, None)
+            if pipe is None:
+                pipe = load_pipeline(model, device, dtype)
+            self._pipes[key] = pipe  # most recent last
+            while len(self._pipes) > self.size:
+                self._pipes.pop(next(iter(self._pipes)))
+            return pipe
+
+
+def edit_clip(
+    settings: EditSettings,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    pipelines: PipelineCache | None = None,
+    warn: MessageCallback | None = None,
+    info: MessageCallback | None = None,
+    library_logs: bool = False,
+) -> EditResult:
+    """Edit one clip as `pix2video edit` does; raises `Pix2VideoError` on anything a user can fix."""
+    return EditJob(settings, progress, cancel, pipelines, warn, info, library_logs).run()
+
+
+def preview_anchor(
+    settings: EditSettings,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    pipelines: PipelineCache | None = None,
+    warn: MessageCallback | None = None,
+    info: MessageCallback | None = None,
+    library_logs: bool = False,
+) -> AnchorPreview:
+    """Invert and edit only the anchor frame (pixel-identical to the full edit's anchor frame)."""
+    return EditJob(settings, progress, cancel, pipelines, warn, info, library_logs).preview()
+
+
+def suggest_source_prompt(settings: EditSettings, pipelines: PipelineCache | None = None) -> str:
+    """The captioner's description of the anchor frame (cached), e.g. to pre-fill a form."""
+    job = EditJob(settings.replace(source_prompt=None), pipelines=pipelines)
+    job.read_input()
+    device, _ = resolve_device(settings.device, settings.dtype)
+    return caption_anchor(
+        job.anchor_source_frame, settings.captioner, str(device), job.cache, job.warn
+    )
+
+
+class EditJob:
+    """One edit of one clip, stage by stage (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: EditSettings,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        pipelines: PipelineCache | None = None,
+        warn: MessageCallback | None = None,
+        info: MessageCallback | None = None,
+        library_logs: bool = False,
+    ) -> None:
+        """`library_logs` leaves diffusers'/transformers' own logs and progress bars on."""
+        self.settings = settings.validate()
+        self.library_logs = library_logs
+        self.progress = progress or (lambda stage, done, total: None)
+        self.cancel = cancel or threading.Event()
+        self.pipelines = pipelines or PipelineCache()
+        self.warn = warn or (lambda message: None)
+        self.info = info or (lambda message: None)
+        self.seconds: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self.clip = None
+        self.pipe: Pix2VideoPipeline | None = None
+        self._cache = None
+
+    @property
+    def cache(self):
+        """The on-disk cache (imported lazily: it needs torch, bad input should fail first)."""
+        if self._cache is None:
+            from .cache import Cache
+
+            self._cache = Cache(None if self.settings.no_cache else self.settings.cache_dir)
+        return self._cache
+
+    @property
+    def cancelled_message(self) -> str:
+        return CANCELLED_NO_CACHE if self.settings.no_cache else CANCELLED
+
+    # ------------------------------------------------------------------ checks and input
+    def check_paths(self) -> None:
+        """Fail now, not after an hour of computing, on a path that cannot work."""
+        s = self.settings
+        self.input_path = Path(s.input).expanduser()
+        self.output = Path(s.output).expanduser()
+        check_output_path(self.output, self.input_path)
+        self.latents_dir = Path(s.save_latents).expanduser() if s.save_latents else None
+        if self.latents_dir is not None:
+            check_latents_dir(self.latents_dir)
+        self.stats_path = Path(s.stats_json).expanduser() if s.stats_json else None
+        if self.stats_path is not None:
+            check_writable_folder(self.stats_path.parent, self.stats_path)
+        self.depth_dir = Path(s.depth_dir).expanduser() if s.depth_dir else None
+        if self.depth_dir is not None and not self.depth_dir.is_dir():
+            raise InputError(f"The depth folder '{self.depth_dir}' does not exist.")
+
+    def read_input(self) -> None:
+        """Read the selected frames and resize them to the processing size."""
+        from . import video
+
+        s = self.settings
+        tic = time.perf_counter()
+        path = Path(s.input).expanduser()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clip = video.read_clip(path, s.start, s.end, s.stride, s.max_frames)
+        for warning in caught:
+            if issubclass(warning.category, UserWarning) and str(path) in str(warning.message):
+                self.warn(str(warning.message))
+        self.width, self.height = video.fit_size(*clip.source_size, video.parse_size(s.size))
+        self.frames = video.resize_frames(clip.frames, (self.width, self.height))
+        self.anchor_position = 0 if s.anchor == "first" else len(self.frames) - 1
+        self.anchor_source_frame = clip.frames[self.anchor_position]  # captioned at full size
+        if not s.side_by_side:
+            clip.frames = []  # only the resized frames are needed from here on
+        self.clip = clip
+        self.seconds["reading"] = time.perf_counter() - tic
+
+    def _check_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise EditCancelled(self.cancelled_message)
+
+    # ------------------------------------------------------------------ model and prompts
+    def prepare(self) -> None:
+        """Everything before the per-frame work: checks, input, model, prompts, cache keys."""
+        from .quiet import silence_libraries
+
+        s = self.settings
+        self.check_paths()
+        self.read_input()
+        raw_depth, depth_sources = None, ["estimator"] * len(self.frames)
+        if self.depth_dir is not None:
+            from .cache import hash_file
+            from .depth import load_depth_maps
+
+            names = frame_names(self.clip)
+            raw_depth = load_depth_maps(self.depth_dir, names, self.clip.source_size)
+            depth_sources = [hash_file(self.depth_dir / f"{Path(n).stem}.npy") for n in names]
+        self.raw_depth = raw_depth
+        device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+        self._check_cancelled()
+
+        from . import pipeline  # noqa: F401 - imports diffusers, whose logs are silenced next
+
+        if not self.library_logs:
+            silence_libraries()
+        tic = time.perf_counter()
+        pipe = self.pipelines.get(s.model, device, dtype)
+        if s.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        self.pipe = pipe
+        self.check_pipeline_inputs()
+        self.edit_embedding = pipe.encode_prompt(s.prompt)
+        self.negative_embedding = pipe.encode_prompt(s.negative_prompt)
+        self.seconds["loading"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        self.source_prompt, self.captioned = s.source_prompt, False
+        if not (self.source_prompt or "").strip():
+            self.source_prompt = caption_anchor(
+                self.anchor_source_frame, s.captioner, str(device), self.cache, self.warn
+            )
+            self.captioned = True
+            index = self.clip.indices[self.anchor_position]
+            self.info(f'Source prompt (caption of frame {index}): "{self.source_prompt}"')
+        try:
+            self.source_embedding = pipe.encode_prompt(self.source_prompt)
+        except InputError as exc:
+            if not self.captioned:
+                raise
+            raise InputError(
+                f"The caption {self.source_prompt[:40]!r}... is too long for the text encoder; "
+                "pass a shorter --source-prompt."
+            ) from exc
+        self.seconds["caption"] = time.perf_counter() - tic
+        self._make_keys(device, dtype, depth_sources)
+
+    def check_pipeline_inputs(self) -> None:
+        s = self.settings
+        self.pipe.check_inputs(
+            self.frames,
+            s.prompt,
+            s.source_prompt or "",
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            negative_prompt=s.negative_prompt,
+            attend=s.attend,
+            anchor=s.anchor,
+            latent_guidance_weight=s.latent_guidance_weight,
+            latent_guidance_steps=s.latent_guidance_steps,
+            latent_guidance_target=s.latent_guidance_target,
+            seed=s.seed,
+        )
+
+    def _make_keys(self, device, dtype, depth_sources: list[str]) -> None:
+        """Content-hash cache keys of every stage (see `cache.py`)."""
+        from .cache import hash_array, make_key, model_fingerprint
+        from .guidance import latent_guidance_schedule
+
+        s = self.settings
+        model_id = model_fingerprint(s.model)
+        compute = {
+            "device": device.type,
+            "dtype": str(dtype).removeprefix("torch."),
+            "vae_tiling": s.vae_tiling,
+        }
+        self.device_name, self.dtype_name = str(device), compute["dtype"]
+        size = [self.width, self.height]
+        frame_hashes = [hash_array(f) for f in self.frames]
+        self.depth_keys = [
+            make_key("depth", model=model_id, compute=compute, frame=h, size=size, depth=d)
+            for h, d in zip(frame_hashes, depth_sources, strict=True)
+        ]
+        self.inversion_keys = [
+            make_key(
+                "inversion",
+                model=model_id,
+                compute=compute,
+                frame=h,
+                size=size,
+                steps=s.steps,
+                source_prompt=self.source_prompt,
+                depth=d,
+            )
+            for h, d in zip(frame_hashes, self.depth_keys, strict=True)
+        ]
+        guided = len(
+            latent_guidance_schedule(
+                s.steps, s.latent_guidance_weight, s.latent_guidance_steps, s.latent_guidance_target
+            )
+        )
+
+        def edit_key(inversion_keys: list[str]) -> str:
+            return make_key(
+                "edit",
+                model=model_id,
+                compute=compute,
+                inversions=inversion_keys,
+                prompt=s.prompt,
+                negative_prompt=s.negative_prompt,
+                steps=s.steps,
+                guidance_scale=float(s.guidance_scale),
+                attend=s.attend,
+                anchor=s.anchor,
+                seed=s.seed,
+                latent_guidance_weight=float(s.latent_guidance_weight) if guided else 0.0,
+                latent_guidance_steps=guided,
+                latent_guidance_target=s.latent_guidance_target if guided else None,
+                feature_store_dtype=s.feature_store_dtype,
+            )
+
+        self.edit_key = edit_key(self.inversion_keys)
+        self.preview_key = edit_key([self.inversion_keys[self.anchor_position]])
+        self.latent_shape = (4, self.height // 8, self.width // 8)
+
+    # ------------------------------------------------------------------ per-frame stages
+    def depth_and_inversion(self, positions: list[int], result: EditResult | None = None):
+        """(depth (n,1,h,w), x_T (n,4,h,w)) of the frames at `positions`, cached per frame."""
+        pipe = self.pipe
+
+        def compute_depth(i: int):
+            maps = None if self.raw_depth is None else self.raw_depth[i : i + 1]
+            return pipe.prepare_depth([self.frames[i]], maps)
+
+        tic = time.perf_counter()
+        depth, hits = self._per_frame("depth", positions, self.depth_keys, compute_depth, 1)
+        self.seconds["depth"] = time.perf_counter() - tic
+
+        # one frame at a time, each stored as soon as it is done: a killed run keeps them
+        tic = time.perf_counter()
+        evaluations = pipe.unet_evaluations
+
+        def compute_inversion(i: int):
+            latent = pipe.encode_frames([self.frames[i]])
+            frame_depth = depth[positions.index(i)][None].to(pipe.device)
+            return pipe.invert(latent, frame_depth, self.source_embedding, self.settings.steps)
+
+        inverted, inv_hits = self._per_frame(
+            "inversion", positions, self.inversion_keys, compute_inversion, 4
+        )
+        self.seconds["inversion"] = time.perf_counter() - tic
+        if result is not None:
+            result.depth_cached, result.depth_computed = hits, len(positions) - hits
+            result.inversion_cached = inv_hits
+            result.inversion_computed = len(positions) - inv_hits
+            result.unet_evaluations_inversion = pipe.unet_evaluations - evaluations
+        return depth, inverted
+
+    def _per_frame(self, stage: str, positions, keys, compute, channels: int):
+        """Per frame: the cached tensor, or `compute(i)` stored at once; (stacked, cache hits)."""
+        import torch
+
+        shape = (1, channels, *self.latent_shape[1:])
+        values, hits = [], 0
+        self.progress(stage, 0, len(positions))
+        for n, i in enumerate(positions):
+            self._check_cancelled()
+            value = self._load_checked(stage, keys[i], shape)
+            if value is None:
+                with self.pipe_cancellable():
+                    value = compute(i).float().cpu()
+                self._save(stage, keys[i], value)
+            else:
+                hits += 1
+            values.append(value)
+            self.progress(stage, n + 1, len(positions))
+        return torch.cat(values), hits
+
+    @contextlib.contextmanager
+    def pipe_cancellable(self) -> Iterator[None]:
+        """Within the block, the pipeline raises `EditCancelled` once `cancel` is set."""
+        self.pipe.cancel_event = self.cancel
+        try:
+            yield
+        except EditCancelled as exc:
+            raise EditCancelled(self.cancelled_message) from exc
+        finally:
+            self.pipe.cancel_event = None
+
+    def edit_latents(self, depth, inverted, key: str, result: EditResult | None = None):
+        """Final latents (clip order) of the given frames, resuming from a step checkpoint."""
+        import torch
+
+        from .guidance import latent_guidance_schedule, needs_frame_major
+
+        s, pipe = self.settings, self.pipe
+        num_frames = inverted.shape[0]
+        target_of = latent_guidance_schedule(
+            s.steps, s.latent_guidance_weight, s.latent_guidance_steps, s.latent_guidance_target
+        )
+        step_major = num_frames == 1 or not needs_frame_major(target_of)
+        resume = None
+        if step_major and self.cache.enabled:
+            resume = self.cache.load_checkpoint(key, num_frames, s.steps)
+            if resume is not None and tuple(resume.latents.shape[1:]) != self.latent_shape:
+                resume = None
+        if resume is not None and result is not None:
+            result.editing = "resumed"
+            result.resumed_from_step = resume.step
+        total = num_frames * s.steps
+        self.progress("editing", 0 if resume is None else (resume.step + 1) * num_frames, total)
+
+        def on_step_end(checkpoint) -> None:
+            t0 = time.perf_counter()
+            if self._save("checkpoint", key, checkpoint) and result is not None:
+                result.checkpoints_saved += 1
+            if result is not None:
+                result.checkpoint_seconds += time.perf_counter() - t0
+
+        evaluations = pipe.unet_evaluations
+        torch.manual_seed(s.seed)
+        with self.pipe_cancellable():
+            final, store = pipe.edit(
+                inverted.to(pipe.device),
+                depth.to(pipe.device),
+                self.edit_embedding,
+                self.negative_embedding,
+                num_inference_steps=s.steps,
+                guidance_scale=s.guidance_scale,
+                attend=s.attend,
+                anchor=s.anchor,
+                latent_guidance_weight=s.latent_guidance_weight,
+                latent_guidance_steps=s.latent_guidance_steps,
+                latent_guidance_target=s.latent_guidance_target,
+                seed=s.seed,
+                feature_store_dtype=_feature_store_dtype(s.feature_store_dtype, pipe),
+                feature_store_device="cpu" if s.offload_features else None,
+                progress=self.progress,
+                resume=resume,
+                on_step_end=on_step_end if step_major and self.cache.enabled else None,
+            )
+        if result is not None:
+            result.unet_evaluations_editing = pipe.unet_evaluations - evaluations
+            result.feature_store_peak_bytes = store.peak_nbytes
+        final = final.float().cpu()
+        if self._save("final", key, final):
+            self.cache.remove("checkpoint", key)
+        return final
+
+    # ------------------------------------------------------------------ the two entry points
+    def preview(self) -> AnchorPreview:
+        """Depth, inversion and editing of the anchor frame alone, decoded."""
+        tic = time.perf_counter()
+        self.prepare()
+        a = self.anchor_position
+        evaluations = self.pipe.unet_evaluations
+        final = self._load_checked("final", self.preview_key, (1, *self.latent_shape))
+        if final is None:
+            depth, inverted = self.depth_and_inversion([a])
+            final = self.edit_latents(depth, inverted, self.preview_key)
+        edited = self.pipe.decode_latents(final)[0]
+        return AnchorPreview(
+            source=self.frames[a],
+            edited=edited,
+            frame_index=self.clip.indices[a],
+            source_prompt=self.source_prompt,
+            captioned=self.captioned,
+            unet_evaluations=self.pipe.unet_evaluations - evaluations,
+            seconds=time.perf_counter() - tic,
+        )
+
+    def run(self) -> EditResult:
+        """The whole selection, written to the output path."""
+        self.prepare()
+        s, clip = self.settings, self.clip
+        num_frames = len(self.frames)
+        result = EditResult(
+            output=str(self.output),
+            frames=num_frames,
+            frame_indices=list(clip.indices),
+            size=(self.width, self.height),
+            output_size=(self.width, self.height),
+            fps=clip.fps,
+            has_audio=False,
+            source_prompt=self.source_prompt,
+            captioned=self.captioned,
+            device=self.device_name,
+            dtype=self.dtype_name,
+            steps=s.steps,
+            cache_enabled=self.cache.enabled,
+            latents_dir=str(self.latents_dir) if self.latents_dir else None,
+            seconds=self.seconds,
+        )
+        final = self._load_checked("final", self.edit_key, (num_frames, *self.latent_shape))
+        inverted = None
+        if final is None or self.latents_dir is not None:
+            depth, inverted = self.depth_and_inversion(list(range(num_frames)), result)
+        tic = time.perf_counter()
+        if final is None:
+            final = self.edit_latents(depth, inverted, self.edit_key, result)
+        else:
+            result.editing = "cached"
+        self.seconds["editing"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        if self.latents_dir is not None:
+            save_latents(self.latents_dir, clip.indices, inverted, final)
+        self._write(final, result)
+        self.seconds["writing"] = time.perf_counter() - tic
+        self.seconds["total"] = time.perf_counter() - self._started
+        if self.stats_path is not None:
+            atomic_write_text(json.dumps(result.to_json(), indent=2) + "\n", self.stats_path)
+        return result
+
+    def _write(self, final, result: EditResult) -> None:
+        from . import video
+
+        s, clip, n = self.settings, self.clip, len(self.frames)
+        self.progress("writing", 0, n)
+
+        def output_frames() -> Iterator[np.ndarray]:
+            for i in range(n):
+                self._check_cancelled()
+                frame = self.pipe.decode_latents(final[i : i + 1])[0]
+                if s.keep_source_size:
+                    frame = video.resize_frames([frame], clip.source_size)[0]
+                if s.side_by_side:
+                    frame = video.side_by_side([clip.frames[i]], [frame])[0]
+                if i == 0:
+                    result.output_size = (frame.shape[1], frame.shape[0])
+                self.progress("writing", i + 1, n)
+                yield frame
+
+        container = video.VIDEO_EXTENSIONS.get(self.output.suffix.lower())
+        with_audio = (
+            clip.has_audio and not self.output.is_dir() and bool(container and container[2])
+        )
+        video.write_video(
+            self.output,
+            output_frames(),
+            fps=clip.fps,
+            audio_from=clip.source_path if with_audio else None,
+            audio_start=clip.start_time,
+            audio_end=clip.end_time,
+        )
+        result.has_audio = with_audio and video.probe(self.output)["has_audio"]
+
+    # ------------------------------------------------------------------ cache helpers
+    def _load_checked(self, kind: str, key: str, shape: tuple[int, ...]):
+        """A cached tensor of the expected shape, or None."""
+        import torch
+
+        value = self.cache.load(kind, key)
+        if not torch.is_tensor(value) or tuple(value.shape) != tuple(shape):
+            return None
+        return value.float()
+
+    def _save(self, kind: str, key: str, value) -> bool:
+        return save_to_cache(self.cache, kind, key, value, self.warn)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def save_to_cache(cache, kind: str, key: str, value, warn: MessageCallback) -> bool:
+    """Store in the cache; the first failure is reported once and caching stops."""
+    if not cache.enabled:
+        return False
+    had_error = cache.write_error is not None
+    if kind == "checkpoint":
+        saved = cache.save_checkpoint(key, value)
+    else:
+        saved = cache.save(kind, key, value)
+    if not saved and not had_error and cache.write_error is not None:
+        warn(f"the cache cannot be written, going on without it: {cache.write_error}.")
+    return saved
+
+
+def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallback) -> str:
+    """The source prompt: BLIP's caption of the anchor frame (cached by frame and captioner)."""
+    from .cache import hash_array, make_key, model_fingerprint
+    from .caption import MAX_NEW_TOKENS, caption_frame
+
+    key = make_key(
+        "caption",
+        captioner=model_fingerprint(captioner),
+        frame=hash_array(frame),
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    text = cache.load("caption", key)
+    if not isinstance(text, str):
+        try:
+            text = caption_frame(frame, captioner, device)
+        except ModelNotAvailableError as exc:
+            # models.py's hint about `tiny` concerns the diffusion model, not the captioner.
+            message = str(exc).replace(" (or `tiny` for the bundled random-weight model)", "")
+            raise ModelNotAvailableError(
+                f"{message.rstrip('.')}; or pass --source-prompt to skip captioning."
+            ) from exc
+        if text.strip():
+            save_to_cache(cache, "caption", key, text, warn)
+    if not text.strip():
+        raise InputError(
+            f"The captioner '{captioner}' gave an empty caption for the anchor frame; "
+            "describe the input with --source-prompt."
+        )
+    return text.strip()
+
+
+def check_output_path(output: Path, input_path: Path | None = None) -> None:
+    """Fail now, not after an hour of computing, when ``output`` cannot be written."""
+    from .video import VIDEO_EXTENSIONS, check_reusable_folder
+
+    folder_output = output.is_dir() or output.suffix == ""
+    if not folder_output and output.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise VideoError(
+            f"Cannot write {output}: unknown output type '{output.suffix}'; use "
+            f"{', '.join(VIDEO_EXTENSIONS)} or a folder name for PNG frames."
+        )
+    if folder_output and output.exists() and not output.is_dir():
+        raise VideoError(f"Cannot write frames to {output}: a file of that name exists.")
+    check_writable_folder(output.parent, output)
+    if input_path is not None and output.exists() and input_path.exists():
+        if output.resolve() == input_path.resolve():
+            raise VideoError(f"The output {output} is the input; choose another output path.")
+    if folder_output and output.is_dir():
+        check_reusable_folder(output)
+
+
+def check_latents_dir(path: Path) -> None:
+    """``--save-latents`` must be new, or a folder an earlier ``--save-latents`` wrote."""
+    check_writable_folder(path.parent, path)
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"Cannot save latents to {path}: a file of that name exists.")
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in ("inverted", "final"))
+        if foreign:
+            raise InputError(
+                f"Cannot save latents to {path}: it already contains other files (e.g. "
+                f"{foreign[0]}); choose a new or empty folder."
+            )
+
+
+def check_writable_folder(folder: Path, target: Path) -> None:
+    folder = folder if str(folder) else Path(".")
+    if not folder.exists():
+        raise VideoError(f"Cannot write {target}: the folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise VideoError(f"Cannot write {target}: {folder} is not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".pix2video-write-test-"):
+            pass
+    except OSError as exc:
+        raise VideoError(
+            f"Cannot write {target}: the folder {folder} is not writable ({exc.strerror or exc})."
+        ) from exc
+
+
+def save_latents(folder: Path, indices: list[int], inverted, final) -> None:
+    """``folder/inverted/NNNNNN.npy`` (x_T) and ``folder/final/NNNNNN.npy``, atomically.
+
+    NNNNNN is the frame's index in the input (source frame number of a video, position in
+    the sorted folder of an image sequence); each array is float32 (1, 4, H/8, W/8).
+    """
+    import numpy as np
+
+    try:
+        with atomic_path(folder, directory=True) as tmp:
+            for sub, latents in (("inverted", inverted), ("final", final)):
+                (tmp / sub).mkdir()
+                for index, latent in zip(indices, latents, strict=True):
+                    array = latent[None].detach().cpu().float().numpy().astype(np.float32)
+                    np.save(tmp / sub / f"{index:06d}.npy", array)
+    except OSError as exc:
+        raise InputError(f"Cannot save latents to {folder} ({exc.strerror or exc}).") from exc
+
+
+def frame_names(clip) -> list[str]:
+    """Per selected frame, the name its depth map carries: image stem, or the source index."""
+    if clip.source_path.is_dir():
+        from .video import list_image_files
+
+        files = list_image_files(clip.source_path)
+        return [files[i].name for i in clip.indices]
+    return [f"{i:06d}" for i in clip.indices]
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """(torch.device, torch.dtype) from the settings; reduced precision only on a GPU."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"Unknown --device {device!r}; use auto, cpu, cuda or cuda:N.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} was asked for but no CUDA GPU is available.")
+    if resolved.type == "cuda" and resolved.index is not None:
+        if resolved.index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs."
+            )
+    if dtype != "float32" and resolved.type == "cpu":
+        raise InputError(f"--dtype {dtype} needs a GPU; on the CPU use float32.")
+    return resolved, getattr(torch, dtype)
+
+
+def _feature_store_dtype(name: str, pipe):
+    """float16 halves the injected features' memory; float32 keeps them as computed."""
+    import torch
+
+    if name == "float16" and pipe.unet.dtype != torch.float16:
+        return torch.float16
+    return None

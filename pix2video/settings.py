@@ -1,0 +1,172 @@
+"""The settings of one edit, defined and validated once for every front end.
+
+`EditSettings` holds every option of `pix2video edit` with its default; the command line,
+config files, the web UI and Python callers all build one and call `validate()`, which
+checks values (choices, ranges, finiteness, the guidance schedule) before any model is
+loaded. The choice lists (attend modes, anchors, schedules, precisions) live here and
+nowhere else. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import platformdirs
+
+from .caption import DEFAULT_CAPTIONER
+from .errors import InputError
+from .models import DEFAULT_MODEL
+
+ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
+"""Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""
+ANCHORS: tuple[str, ...] = ("first", "last")
+"""The anchor frame; `last` processes the clip from its end."""
+SCHEDULES: tuple[str, ...] = ("auto", "step", "frame")
+"""Processing order (same result): all frames step by step, or each frame to the end."""
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+FEATURE_STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
+DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
+MAX_STEPS = 1000  # the scheduler's training timesteps
+MAX_GUIDANCE_SCALE = 100.0
+
+
+@dataclass
+class EditSettings:
+    """Everything one edit takes; the defaults are `pix2video edit`'s defaults.
+
+    Paths may be strings or `os.PathLike`; `size` is a long side (512) or "WxH".
+    """
+
+    input: str | os.PathLike
+    prompt: str
+    output: str | os.PathLike
+    source_prompt: str | None = None  # None: caption the anchor frame
+    negative_prompt: str = ""
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "float32"
+    size: str | int = "512"
+    keep_source_size: bool = False
+    start: str | int | float | None = None
+    end: str | int | float | None = None
+    stride: int = 1
+    max_frames: int | None = None
+    depth_dir: str | os.PathLike | None = None
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    attend: str = "anchor+previous"
+    anchor: str = "first"
+    latent_guidance_weight: float = 100.0
+    latent_guidance_steps: int | None = None
+    latent_guidance_target: str = "same-step"
+    feature_store_dtype: str = "float32"
+    offload_features: bool = False
+    vae_tiling: bool = False
+    save_latents: str | os.PathLike | None = None
+    side_by_side: bool = False
+    cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR
+    no_cache: bool = False
+    captioner: str = DEFAULT_CAPTIONER
+    stats_json: str | os.PathLike | None = None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each optional setting's default (what the command line and the UI show)."""
+        return {
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING
+        }
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], where: str = "the settings") -> EditSettings:
+        """Build from option names (`guidance-scale` or `guidance_scale`); unknown keys are errors."""
+        known = set(cls.field_names())
+        kwargs = {}
+        for key, value in values.items():
+            name = str(key).strip().lstrip("-").replace("-", "_")
+            if name not in known:
+                raise InputError(f"{where} has an unknown option '{key}'.")
+            kwargs[name] = value
+        missing = [n for n in ("input", "prompt", "output") if n not in kwargs]
+        if missing:
+            raise InputError(f"{where} lacks the required option '{missing[0]}'.")
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> EditSettings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> EditSettings:
+        """Check every value (not the file system); raise `InputError` with one sentence.
+
+        Returns self, so `EditSettings(...).validate()` reads naturally.
+        """
+        from .guidance import latent_guidance_schedule
+        from .video import parse_position, parse_size
+
+        for name in ("input", "output"):
+            if not str(getattr(self, name) or "").strip():
+                raise InputError(f"The {name} path is empty.")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InputError("The edit prompt is empty: describe the result you want.")
+        if self.source_prompt is not None and not isinstance(self.source_prompt, str):
+            raise InputError("The source prompt must be text (or omitted to caption the clip).")
+        if not isinstance(self.negative_prompt, str):
+            raise InputError("The negative prompt must be text.")
+        _choice("attend", self.attend, ATTEND_MODES)
+        _choice("anchor", self.anchor, ANCHORS)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("feature-store-dtype", self.feature_store_dtype, FEATURE_STORE_DTYPES)
+        _integer("steps", self.steps, 1, MAX_STEPS)
+        _integer("stride", self.stride, 1)
+        _integer("seed", self.seed, -(2**63), 2**63 - 1)
+        if self.max_frames is not None:
+            _integer("max-frames", self.max_frames, 1)
+        if self.latent_guidance_steps is not None:
+            _integer("latent-guidance-steps", self.latent_guidance_steps, 0)
+        _number("guidance-scale", self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
+        _number("latent-guidance-weight", self.latent_guidance_weight, 0.0)
+        parse_size(self.size)
+        parse_position(self.start)
+        parse_position(self.end)
+        latent_guidance_schedule(
+            self.steps,
+            self.latent_guidance_weight,
+            self.latent_guidance_steps,
+            self.latent_guidance_target,
+        )
+        if not str(self.model).strip():
+            raise InputError("The model name is empty: use a hub id, a folder or 'tiny'.")
+        return self
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def _integer(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"--{name} must be a whole number; got {value!r}.")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise InputError(f"--{name} must be {bound}; got {value}.")
+
+
+def _number(name: str, value: Any, lo: float, hi: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"--{name} must be a number; got {value!r}.")
+    if not math.isfinite(value):
+        raise InputError(f"--{name} must be a finite number; got {value}.")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo:g} and {hi:g}" if hi is not None else f"at least {lo:g}"
+        raise InputError(f"--{name} must be {bound}; got {value:g}.")
