@@ -17,7 +17,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import ablate, edit, evaluate
+from . import ablate, edit, evaluate, ui
 from .common import Pix2VideoGroup, return_large_buffers_to_os
 
 
@@ -37,5 +37,6 @@ def main() -> None:
 main.add_command(edit.edit)
 main.add_command(evaluate.evaluate_command)
 main.add_command(ablate.ablate)
+main.add_command(ui.ui)
 
 __all__ = ["main"]
