@@ -4,6 +4,11 @@ Nothing here may touch the network: the hub is switched to offline mode before a
 diffusers/transformers is imported. The tiny pipeline is loaded once per session; tests that
 change its state (attention processors) must restore it, which `tiny_pipe` re-checks at the end
 of the session.
+
+`report_measurement` records a measured figure, in particular one that is reported and not
+asserted on because its value depends on the CPU's kernels (the end-to-end gap to the authors'
+reference latents); every run prints the recorded figures in a "measurements" section at the
+end of its summary.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+_MEASUREMENTS = pytest.StashKey[list]()
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +54,29 @@ def shared_dir() -> Path:
             f"the shared folder {path} is not present (reference data and models live there)"
         )
     return path
+
+
+@pytest.fixture
+def report_measurement(request, record_property):
+    """`report(name, value)`: print `value` under "measurements" at the end of the run.
+
+    For figures worth seeing on every run, above all those that are measured and not asserted
+    (their value is the CPU's choice); also kept as a JUnit XML property of the test.
+    """
+
+    def report(name: str, value: str) -> None:
+        measurements = request.config.stash.setdefault(_MEASUREMENTS, [])
+        measurements.append((request.node.nodeid, name, value))
+        record_property(name, value)
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    measurements = config.stash.get(_MEASUREMENTS, [])
+    if not measurements:
+        return
+    terminalreporter.section("measurements")
+    for nodeid, name, value in measurements:
+        terminalreporter.write_line(f"{name}: {value}")
+        terminalreporter.write_line(f"    ({nodeid})")

@@ -269,7 +269,9 @@ def test_evaluate_video_against_itself(scorer, texture):
     assert report.clip_image == pytest.approx(1.0, abs=1e-5)
     assert all(v == pytest.approx(1.0, abs=1e-5) for v in report.clip_image_per_pair)
     assert report.pixel_mse < 1e-8 and report.pixel_mse_masked < 1e-8
-    assert len(set(np.round(report.clip_text_per_frame, 6))) == 1
+    # identical frames score alike; a tolerance, not rounding to 6 decimals, which could put
+    # two values 1e-9 apart (rows of one batch on another CPU's kernels) in different bins
+    assert np.ptp(report.clip_text_per_frame) <= 1e-6
 
     moving = translated_video(texture, 3.0, n=4)
     report = evaluate(moving, moving, "a cat", scorer=scorer)

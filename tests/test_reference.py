@@ -6,12 +6,19 @@ blackswan frames at 512x512, 50 steps, in four variants. Tolerances (its README)
 
 DDIM inversion of this random-weight model is chaotic: a 1e-6 change of the input latent
 moves x_T by ~4e-3 (`test_inversion_is_chaotic`), and any kernel difference (SDPA vs
-baddbmm attention, batch-2 vs batch-1 GEMMs) is of that order. Our x_T lands within 1e-3
-of the reference's, but the 50 guided CFG steps amplify that ~100x, so the *final* latents
-of an end-to-end run differ by ~0.1 (measured 0.114 on frame 0 even without injection).
-The editing mechanisms (injection, latent update, variants) are therefore checked from the
-reference's own x_T, where every variant matches to ~1.5e-3; the end-to-end run is checked
-on x_T and on the decoded frames, and its final-latent gap is recorded as a strict xfail.
+baddbmm attention, batch-2 vs batch-1 GEMMs, the CPU's BLAS/oneDNN code paths) is of that
+order. Our x_T lands within 2e-3 of the reference's, but the 50 guided CFG steps amplify
+that ~100x, so how close the *final* latents of an end-to-end run land depends on the CPU
+that runs it: 0.05-0.11 from the reference on one 2-core machine of our kind (0.114 on
+frame 0 even without injection), within 5e-2 on another with the same code and torch
+build. A pass/fail on that figure would be the CPU's choice, so it is measured and
+reported (the "measurements" section at the end of every pytest run), not asserted.
+
+What is asserted holds on every CPU: the editing mechanisms (injection, latent update,
+variants) are checked from the reference's own x_T, where every variant matches to ~1.5e-3
+(tolerance 5e-2) and each result is >10x closer to its own variant's reference than to any
+other's; the end-to-end run is checked on x_T (5e-3) and on the decoded frames (1 grey
+level); `test_inversion_is_chaotic` is the evidence for the chaos.
 
 The fast tier uses the first 2-3 frames (frame i depends only on frames 0..i); the `slow`
 tier (`pytest -m slow`) checks all 8 frames of every variant.
@@ -97,10 +104,19 @@ def end_to_end(ref_pipe, reference):
     return ref_pipe(frames, prompt, source, depth_maps=depth)
 
 
-def test_inverted_latents_match_reference(end_to_end, reference):
+def _per_frame(err: np.ndarray) -> str:
+    return ", ".join(f"{e:.3g}" for e in err)
+
+
+def test_inverted_latents_match_reference(end_to_end, reference, report_measurement):
     ours = end_to_end.inverted_latents.numpy()
-    err = np.abs(ours - _ref(reference, "default", "inverted", 2)).max()
-    assert err <= TOL_INVERTED, f"x_T differs by {err:.2e}"
+    err = np.abs(ours - _ref(reference, "default", "inverted", 2)).max(axis=(1, 2, 3))
+    report_measurement(
+        f"end-to-end x_T (default, 2 frames), max |ours - reference| per frame "
+        f"(asserted <= {TOL_INVERTED})",
+        _per_frame(err),
+    )
+    assert (err <= TOL_INVERTED).all(), f"x_T differs by {err} per frame"
 
 
 def test_decoded_frames_match_reference_end_to_end(end_to_end, reference):
@@ -109,14 +125,22 @@ def test_decoded_frames_match_reference_end_to_end(end_to_end, reference):
     assert (err <= TOL_FRAME_GREY).all(), f"mean grey-level error per frame {err}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chaotic inversion: x_T within 1e-3 of the reference is amplified ~100x by 50 CFG "
-    "steps (measured 0.11 on frame 0); see the module docstring",
-)
-def test_final_latents_match_reference_end_to_end(end_to_end, reference):
-    err = np.abs(end_to_end.final_latents.numpy() - _ref(reference, "default", "final", 2)).max()
-    assert err <= TOL_FINAL
+def test_final_latents_end_to_end_gap_is_reported(end_to_end, reference, report_measurement):
+    """The end-to-end final-latent gap to the reference: measured and reported, not asserted.
+
+    It depends on the CPU (0.05-0.11 on one machine of our kind, within the 5e-2 tolerance on
+    another; see the module docstring), so only what holds on every CPU is asserted here.
+    """
+    ours = end_to_end.final_latents.numpy()
+    want = _ref(reference, "default", "final", 2)
+    assert ours.shape == want.shape and ours.dtype == want.dtype
+    assert np.isfinite(ours).all()
+    err = np.abs(ours - want).max(axis=(1, 2, 3))
+    report_measurement(
+        "end-to-end final latents (default, 2 frames), max |ours - reference| per frame "
+        "(not asserted)",
+        _per_frame(err),
+    )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -140,7 +164,8 @@ def test_final_latents_match_reference_from_reference_noise(ref_pipe, reference,
 
 
 def test_inversion_is_chaotic(ref_pipe, reference):
-    """Why end-to-end final latents cannot match to 5e-2: 1e-6 of input noise moves x_T by >1e-3."""
+    """Why the end-to-end final-latent gap is the CPU's choice: 1e-6 of input noise moves x_T
+    by >1e-3, far more than the kernels' rounding differences that separate two CPUs."""
     frames, depth_maps = _inputs(reference, 1)
     _, source = _prompts(reference)
     depth = ref_pipe.prepare_depth(frames, depth_maps)
@@ -155,12 +180,20 @@ def test_inversion_is_chaotic(ref_pipe, reference):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_all_eight_frames(ref_pipe, reference, variant):
+def test_all_eight_frames(ref_pipe, reference, variant, report_measurement):
     frames, depth = _inputs(reference, 8)
     prompt, source = _prompts(reference)
     out = ref_pipe(frames, prompt, source, depth_maps=depth, **VARIANTS[variant])
     inv_err = np.abs(out.inverted_latents.numpy() - _ref(reference, variant, "inverted", 8)).max()
     assert inv_err <= TOL_INVERTED
+    final = out.final_latents.numpy()
+    assert np.isfinite(final).all()
+    gap = np.abs(final - _ref(reference, variant, "final", 8)).max(axis=(1, 2, 3))
+    report_measurement(
+        f"end-to-end final latents ({variant}, 8 frames), max |ours - reference| per frame "
+        "(not asserted)",
+        _per_frame(gap),
+    )
     frame_err = np.abs(
         np.stack(out.frames).astype(np.float64) - _ref(reference, variant, "frames", 8)
     )
