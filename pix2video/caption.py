@@ -7,6 +7,8 @@ config instead; the paper proposes BLIP, which is what this uses.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import InputError
@@ -16,8 +18,12 @@ DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 MAX_NEW_TOKENS = 30
 
 
+@functools.lru_cache(maxsize=1)
 def load_captioner(model: str = DEFAULT_CAPTIONER, device: str = "cpu"):
-    """(processor, model) of a BLIP captioning checkpoint: hub id (offline-first) or folder."""
+    """(processor, model) of a BLIP captioning checkpoint: hub id (offline-first) or folder.
+
+    The last one loaded is kept, so a server captions each new clip without reloading it.
+    """
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     processor = load_pretrained(BlipProcessor.from_pretrained, model, what="captioning model")

@@ -119,17 +119,24 @@ class PipelineCache:
 
     def __init__(self, size: int = 1) -> None:
         self.size = size
-        self._pipes: dict[tuple[str, str, str], Pix2VideoPipeline] = {}
+        self._pipes: dict[tuple[str, str, str, bool], Pix2VideoPipeline] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str, device, dtype) -> Pix2VideoPipeline:
+    def get(self, model: str, device, dtype, compile: bool = False) -> Pix2VideoPipeline:
+        """The loaded pipeline; on a GPU its UNet is channels-last (faster convolutions)."""
+        import torch
+
         from .pipeline import load_pipeline
 
-        key = (model, str(device), str(dtype))
+        key = (model, str(device), str(dtype), compile)
         with self._lock:
             pipe = self._pipes.pop(key, None)
             if pipe is None:
                 pipe = load_pipeline(model, device, dtype)
+                if pipe.device.type == "cuda":
+                    pipe.unet.to(memory_format=torch.channels_last)
+                if compile:
+                    pipe.unet.compile()  # in place: the attention processors stay swappable
             self._pipes[key] = pipe  # most recent last
             while len(self._pipes) > self.size:
                 self._pipes.pop(next(iter(self._pipes)))
@@ -163,8 +170,15 @@ def preview_anchor(
 
 
 def suggest_source_prompt(settings: EditSettings, pipelines: PipelineCache | None = None) -> str:
-    """The captioner's description of the anchor frame (cached), e.g. to pre-fill a form."""
-    job = EditJob(settings.replace(source_prompt=None), pipelines=pipelines)
+    """The captioner's description of the anchor frame (cached), e.g. to pre-fill a form.
+
+    Only the reading options, `anchor`, `captioner`, `device` and the cache matter; the
+    edit prompt may still be empty.
+    """
+    job = EditJob(
+        settings.replace(source_prompt=None, prompt=settings.prompt.strip() or "(none yet)"),
+        pipelines=pipelines,
+    )
     job.read_input()
     device, _ = resolve_device(settings.device, settings.dtype)
     return caption_anchor(
@@ -273,6 +287,9 @@ class EditJob:
             depth_sources = [hash_file(self.depth_dir / f"{Path(n).stem}.npy") for n in names]
         self.raw_depth = raw_depth
         device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+        from .pipeline import default_inversion_batch
+
+        self.inversion_batch = s.inversion_batch or default_inversion_batch(device)
         self._check_cancelled()
 
         from . import pipeline  # noqa: F401 - imports diffusers, whose logs are silenced next
@@ -280,7 +297,7 @@ class EditJob:
         if not self.library_logs:
             silence_libraries()
         tic = time.perf_counter()
-        pipe = self.pipelines.get(s.model, device, dtype)
+        pipe = self.pipelines.get(s.model, device, dtype, s.compile)
         if s.vae_tiling:
             pipe.vae.enable_tiling()
         else:
@@ -392,56 +409,71 @@ class EditJob:
 
     # ------------------------------------------------------------------ per-frame stages
     def depth_and_inversion(self, positions: list[int], result: EditResult | None = None):
-        """(depth (n,1,h,w), x_T (n,4,h,w)) of the frames at `positions`, cached per frame."""
+        """(depth (n,1,h,w), x_T (n,4,h,w)) of the frames at `positions`, cached per frame.
+
+        Depth is estimated one frame at a time; frames missing from the cache are inverted
+        `inversion_batch` at a time, each stored as soon as its batch is done (a killed run
+        keeps them).
+        """
+        import torch
+
         pipe = self.pipe
-
-        def compute_depth(i: int):
-            maps = None if self.raw_depth is None else self.raw_depth[i : i + 1]
-            return pipe.prepare_depth([self.frames[i]], maps)
-
         tic = time.perf_counter()
-        depth, hits = self._per_frame("depth", positions, self.depth_keys, compute_depth, 1)
+        depth = []
+        hits = 0
+        self.progress("depth", 0, len(positions))
+        for n, i in enumerate(positions):
+            self._check_cancelled()
+            value = self._load_checked("depth", self.depth_keys[i], (1, 1, *self.latent_shape[1:]))
+            if value is None:
+                maps = None if self.raw_depth is None else self.raw_depth[i : i + 1]
+                value = pipe.prepare_depth([self.frames[i]], maps).float().cpu()
+                self._save("depth", self.depth_keys[i], value)
+            else:
+                hits += 1
+            depth.append(value)
+            self.progress("depth", n + 1, len(positions))
+        depth = torch.cat(depth)
         self.seconds["depth"] = time.perf_counter() - tic
 
-        # one frame at a time, each stored as soon as it is done: a killed run keeps them
         tic = time.perf_counter()
         evaluations = pipe.unet_evaluations
-
-        def compute_inversion(i: int):
-            latent = pipe.encode_frames([self.frames[i]])
-            frame_depth = depth[positions.index(i)][None].to(pipe.device)
-            return pipe.invert(latent, frame_depth, self.source_embedding, self.settings.steps)
-
-        inverted, inv_hits = self._per_frame(
-            "inversion", positions, self.inversion_keys, compute_inversion, 4
-        )
+        inverted: dict[int, torch.Tensor] = {}
+        for i in positions:
+            value = self._load_checked("inversion", self.inversion_keys[i], (1, *self.latent_shape))
+            if value is not None:
+                inverted[i] = value
+        inv_hits = len(inverted)
+        missing = [i for i in positions if i not in inverted]
+        self.progress("inversion", inv_hits, len(positions))
+        for start in range(0, len(missing), self.inversion_batch):
+            batch = missing[start : start + self.inversion_batch]
+            self._check_cancelled()
+            with self.pipe_cancellable():
+                latents = torch.cat([pipe.encode_frames([self.frames[i]]) for i in batch])
+                rows = torch.stack([depth[positions.index(i)] for i in batch])
+                values = (
+                    pipe.invert(
+                        latents,
+                        rows,
+                        self.source_embedding,
+                        self.settings.steps,
+                        batch_size=len(batch),
+                    )
+                    .float()
+                    .cpu()
+                )
+            for i, value in zip(batch, values, strict=True):
+                inverted[i] = value[None]
+                self._save("inversion", self.inversion_keys[i], value[None])
+            self.progress("inversion", len(inverted), len(positions))
         self.seconds["inversion"] = time.perf_counter() - tic
         if result is not None:
             result.depth_cached, result.depth_computed = hits, len(positions) - hits
             result.inversion_cached = inv_hits
             result.inversion_computed = len(positions) - inv_hits
             result.unet_evaluations_inversion = pipe.unet_evaluations - evaluations
-        return depth, inverted
-
-    def _per_frame(self, stage: str, positions, keys, compute, channels: int):
-        """Per frame: the cached tensor, or `compute(i)` stored at once; (stacked, cache hits)."""
-        import torch
-
-        shape = (1, channels, *self.latent_shape[1:])
-        values, hits = [], 0
-        self.progress(stage, 0, len(positions))
-        for n, i in enumerate(positions):
-            self._check_cancelled()
-            value = self._load_checked(stage, keys[i], shape)
-            if value is None:
-                with self.pipe_cancellable():
-                    value = compute(i).float().cpu()
-                self._save(stage, keys[i], value)
-            else:
-                hits += 1
-            values.append(value)
-            self.progress(stage, n + 1, len(positions))
-        return torch.cat(values), hits
+        return depth, torch.cat([inverted[i] for i in positions])
 
     @contextlib.contextmanager
     def pipe_cancellable(self) -> Iterator[None]:
@@ -477,10 +509,19 @@ class EditJob:
         total = num_frames * s.steps
         self.progress("editing", 0 if resume is None else (resume.step + 1) * num_frames, total)
 
+        last_saved = time.monotonic()
+
         def on_step_end(checkpoint) -> None:
+            """At most one checkpoint per `checkpoint_interval` (plus the final latents)."""
+            nonlocal last_saved
+            if checkpoint.step == s.steps - 1:
+                return  # the final latents are saved next
+            if time.monotonic() - last_saved < s.checkpoint_interval:
+                return
             t0 = time.perf_counter()
             if self._save("checkpoint", key, checkpoint) and result is not None:
                 result.checkpoints_saved += 1
+            last_saved = time.monotonic()
             if result is not None:
                 result.checkpoint_seconds += time.perf_counter() - t0
 

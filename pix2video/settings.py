@@ -67,6 +67,9 @@ class EditSettings:
     feature_store_dtype: str = "float32"
     offload_features: bool = False
     vae_tiling: bool = False
+    inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
+    compile: bool = False  # torch.compile the UNet (pays off on a GPU for long clips)
+    checkpoint_interval: float = 60.0  # seconds between editing checkpoints (at a step's end)
     save_latents: str | os.PathLike | None = None
     side_by_side: bool = False
     cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR
@@ -131,6 +134,9 @@ class EditSettings:
         _integer("seed", self.seed, -(2**63), 2**63 - 1)
         if self.max_frames is not None:
             _integer("max-frames", self.max_frames, 1)
+        if self.inversion_batch is not None:
+            _integer("inversion-batch", self.inversion_batch, 1)
+        _number("checkpoint-interval", self.checkpoint_interval, 0.0)
         if self.latent_guidance_steps is not None:
             _integer("latent-guidance-steps", self.latent_guidance_steps, 0)
         _number("guidance-scale", self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)

@@ -626,6 +626,7 @@ def resume_args(out: Path, cache: Path, report: Path) -> list:
         "edit", BLACKSWAN, "-p", "a crystal swan", "--source-prompt", "a black swan",
         "--model", "tiny", "--size", "128", "--max-frames", "4", "--steps", str(RESUME_STEPS),
         "-o", out, "--cache-dir", cache, "--stats-json", report,
+        "--checkpoint-interval", "0.5",  # throttled: a checkpoint every few steps
     ]  # fmt: skip
 
 

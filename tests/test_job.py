@@ -222,7 +222,7 @@ def test_progress_reports_every_stage_in_order(tmp_path, pipelines):
 
 
 def test_cancelled_job_leaves_a_resumable_cache_and_no_output(tmp_path, pipelines):
-    s = settings(tmp_path, steps=4, output=tmp_path / "out.mp4")
+    s = settings(tmp_path, steps=4, output=tmp_path / "out.mp4", checkpoint_interval=0.0)
     cancel = threading.Event()
     pipe = pipelines.get("tiny", "cpu", "float32")
     calls_at_cancel = {}

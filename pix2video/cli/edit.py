@@ -170,6 +170,27 @@ def format_summary(result: EditResult) -> list[str]:
     "are blended, so pixels differ slightly).",
 )
 @click.option(
+    "--inversion-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default="8 on a GPU, 1 on a CPU",
+    help="Frames per UNet call during inversion (frames invert independently; results "
+    "differ from one at a time only by rounding).",
+)
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the UNet: slow first step, faster after (worth it on a GPU for long "
+    "clips).",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=click.FloatRange(min=0),
+    default=DEFAULTS["checkpoint_interval"],
+    help="Seconds between editing checkpoints (written at the end of a step; 0 = every "
+    "step). A killed run resumes from the last one.",
+)
+@click.option(
     "--save-latents",
     type=click.Path(),
     default=None,
