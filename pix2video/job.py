@@ -27,10 +27,11 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import EditCancelled, InputError, ModelNotAvailableError, VideoError
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from .pipeline import Pix2VideoPipeline
 
+T = TypeVar("T")
 ProgressCallback = Callable[[str, int, int], None]
 MessageCallback = Callable[[str], None]
 
@@ -84,6 +86,7 @@ class EditResult:
     unet_evaluations_inversion: int = 0
     unet_evaluations_editing: int = 0
     feature_store_peak_bytes: int = 0
+    peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     cache_enabled: bool = True
     latents_dir: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, and "total"
@@ -109,6 +112,27 @@ class AnchorPreview:
     captioned: bool
     unet_evaluations: int
     seconds: float
+
+
+class FrameTracker:
+    """Counts decoded frames alive at once, through weak references.
+
+    Every frame the job decodes, resizes or composes is tracked; `peak` is the most that
+    were alive together, the bound that lets a clip of any length fit in the same memory.
+    """
+
+    def __init__(self) -> None:
+        self.alive = 0
+        self.peak = 0
+
+    def track(self, frame: T) -> T:
+        self.alive += 1
+        self.peak = max(self.peak, self.alive)
+        weakref.finalize(frame, self._release)
+        return frame
+
+    def _release(self) -> None:
+        self.alive -= 1
 
 
 class PipelineCache:
@@ -179,7 +203,7 @@ def suggest_source_prompt(settings: EditSettings, pipelines: PipelineCache | Non
         settings.replace(source_prompt=None, prompt=settings.prompt.strip() or "(none yet)"),
         pipelines=pipelines,
     )
-    job.read_input()
+    job.read_input(anchor_only=True)
     device, _ = resolve_device(settings.device, settings.dtype)
     return caption_anchor(
         job.anchor_source_frame, settings.captioner, str(device), job.cache, job.warn
@@ -209,9 +233,10 @@ class EditJob:
         self.info = info or (lambda message: None)
         self.seconds: dict[str, float] = {}
         self._started = time.perf_counter()
-        self.clip = None
         self.pipe: Pix2VideoPipeline | None = None
         self._cache = None
+        self._warned: set[str] = set()
+        self.frames_held = FrameTracker()
 
     @property
     def cache(self):
@@ -243,49 +268,112 @@ class EditJob:
         if self.depth_dir is not None and not self.depth_dir.is_dir():
             raise InputError(f"The depth folder '{self.depth_dir}' does not exist.")
 
-    def read_input(self) -> None:
-        """Read the selected frames and resize them to the processing size."""
+    def read_input(self, anchor_only: bool = False) -> None:
+        """Open the selection and make one pass over it: sizes, frame hashes, the anchor frame.
+
+        Frames are decoded and resized one at a time and not kept (a clip of any length
+        takes the same memory); later stages decode them again. With `anchor_only` and the
+        first frame as anchor, the pass stops after that frame.
+        """
         from . import video
 
         s = self.settings
         tic = time.perf_counter()
+        self.reader = self._open_reader()  # fails on a bad input before torch is imported
+
+        from .cache import hash_array
+
+        self.width, self.height = video.fit_size(*self.reader.source_size, video.parse_size(s.size))
+        self.frame_hashes: list[str] = []
+        for position, frame, small in self._frames():
+            self.frame_hashes.append(hash_array(small))
+            if position == 0 or s.anchor == "last":
+                self.anchor_source_frame, self.anchor_frame = frame, small
+            if anchor_only and s.anchor == "first":
+                break
+        self.num_frames = len(self.frame_hashes)
+        self.anchor_position = 0 if s.anchor == "first" else self.num_frames - 1
+        self.anchor_index = self.reader.start_index + self.anchor_position * self.reader.stride
+        self.seconds["reading"] = time.perf_counter() - tic
+
+    def _open_reader(self):
+        from . import video
+
+        s = self.settings
         path = Path(s.input).expanduser()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            clip = video.read_clip(path, s.start, s.end, s.stride, s.max_frames)
+            reader = video.open_clip(path, s.start, s.end, s.stride, s.max_frames)
+        self._forward_warnings(caught, path)
+        return reader
+
+    def _forward_warnings(self, caught, path: Path) -> None:
         for warning in caught:
-            if issubclass(warning.category, UserWarning) and str(path) in str(warning.message):
-                self.warn(str(warning.message))
-        self.width, self.height = video.fit_size(*clip.source_size, video.parse_size(s.size))
-        self.frames = video.resize_frames(clip.frames, (self.width, self.height))
-        self.anchor_position = 0 if s.anchor == "first" else len(self.frames) - 1
-        self.anchor_source_frame = clip.frames[self.anchor_position]  # captioned at full size
-        if not s.side_by_side:
-            clip.frames = []  # only the resized frames are needed from here on
-        self.clip = clip
-        self.seconds["reading"] = time.perf_counter() - tic
+            message = str(warning.message)
+            if issubclass(warning.category, UserWarning) and str(path) in message:
+                if message not in self._warned:
+                    self._warned.add(message)
+                    self.warn(message)
+
+    def _frames(self, positions: list[int] | None = None) -> Iterator[tuple[int, Any, Any]]:
+        """One decoding pass: (position, source frame, frame at the processing size).
+
+        Only `positions` are resized and yielded (all when None); the pass stops after the
+        last of them. Every frame is counted in `frames_held` while it is alive.
+        """
+        from . import video
+
+        wanted = None if positions is None else set(positions)
+        last = None if positions is None else max(positions, default=-1)
+        iterator = iter(self.reader)
+        position = 0
+        try:
+            while last is None or position <= last:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    item = next(iterator, None)
+                self._forward_warnings(caught, Path(self.settings.input).expanduser())
+                if item is None:
+                    return
+                frame = self.frames_held.track(item[1])
+                del item
+                if wanted is None or position in wanted:
+                    small = video.resize_frames([frame], (self.width, self.height))[0]
+                    yield position, frame, self.frames_held.track(small)
+                    del small
+                del frame
+                position += 1
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # a pass stopped early releases its decoder now
 
     def _check_cancelled(self) -> None:
         if self.cancel.is_set():
             raise EditCancelled(self.cancelled_message)
 
     # ------------------------------------------------------------------ model and prompts
-    def prepare(self) -> None:
+    def prepare(self, anchor_only: bool = False) -> None:
         """Everything before the per-frame work: checks, input, model, prompts, cache keys."""
         from .quiet import silence_libraries
 
         s = self.settings
         self.check_paths()
-        self.read_input()
-        raw_depth, depth_sources = None, ["estimator"] * len(self.frames)
+        self.read_input(anchor_only=anchor_only)
+        depth_sources = ["estimator"] * self.num_frames
+        self.depth_files: list[Path] | None = None
         if self.depth_dir is not None:
             from .cache import hash_file
-            from .depth import load_depth_maps
 
-            names = frame_names(self.clip)
-            raw_depth = load_depth_maps(self.depth_dir, names, self.clip.source_size)
-            depth_sources = [hash_file(self.depth_dir / f"{Path(n).stem}.npy") for n in names]
-        self.raw_depth = raw_depth
+            names = frame_names(self.reader, self.num_frames)
+            self.depth_files = [self.depth_dir / f"{Path(n).stem}.npy" for n in names]
+            for name, path in zip(names, self.depth_files, strict=True):
+                if not path.is_file():
+                    raise InputError(
+                        f"The depth folder '{self.depth_dir}' has no '{path.name}' for frame "
+                        f"'{name}'."
+                    )
+            depth_sources = [hash_file(path) for path in self.depth_files]
         device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
         from .pipeline import default_inversion_batch
 
@@ -315,8 +403,9 @@ class EditJob:
                 self.anchor_source_frame, s.captioner, str(device), self.cache, self.warn
             )
             self.captioned = True
-            index = self.clip.indices[self.anchor_position]
-            self.info(f'Source prompt (caption of frame {index}): "{self.source_prompt}"')
+            self.info(
+                f'Source prompt (caption of frame {self.anchor_index}): "{self.source_prompt}"'
+            )
         try:
             self.source_embedding = pipe.encode_prompt(self.source_prompt)
         except InputError as exc:
@@ -332,7 +421,7 @@ class EditJob:
     def check_pipeline_inputs(self) -> None:
         s = self.settings
         self.pipe.check_inputs(
-            self.frames,
+            [self.anchor_frame],  # all frames have its size
             s.prompt,
             s.source_prompt or "",
             num_inference_steps=s.steps,
@@ -348,7 +437,7 @@ class EditJob:
 
     def _make_keys(self, device, dtype, depth_sources: list[str]) -> None:
         """Content-hash cache keys of every stage (see `cache.py`)."""
-        from .cache import hash_array, make_key, model_fingerprint
+        from .cache import make_key, model_fingerprint
         from .guidance import latent_guidance_schedule
 
         s = self.settings
@@ -360,7 +449,7 @@ class EditJob:
         }
         self.device_name, self.dtype_name = str(device), compute["dtype"]
         size = [self.width, self.height]
-        frame_hashes = [hash_array(f) for f in self.frames]
+        frame_hashes = self.frame_hashes
         self.depth_keys = [
             make_key("depth", model=model_id, compute=compute, frame=h, size=size, depth=d)
             for h, d in zip(frame_hashes, depth_sources, strict=True)
@@ -411,69 +500,92 @@ class EditJob:
     def depth_and_inversion(self, positions: list[int], result: EditResult | None = None):
         """(depth (n,1,h,w), x_T (n,4,h,w)) of the frames at `positions`, cached per frame.
 
-        Depth is estimated one frame at a time; frames missing from the cache are inverted
-        `inversion_batch` at a time, each stored as soon as its batch is done (a killed run
-        keeps them).
+        One decoding pass, and none when everything is cached. Depth is estimated one frame
+        at a time; frames missing from the inversion cache are inverted `inversion_batch` at
+        a time, each stored as soon as its batch is done (a killed run keeps them). Only
+        latents are kept, never the frames.
         """
         import torch
 
-        pipe = self.pipe
-        tic = time.perf_counter()
-        depth = []
-        hits = 0
-        self.progress("depth", 0, len(positions))
-        for n, i in enumerate(positions):
-            self._check_cancelled()
-            value = self._load_checked("depth", self.depth_keys[i], (1, 1, *self.latent_shape[1:]))
-            if value is None:
-                maps = None if self.raw_depth is None else self.raw_depth[i : i + 1]
-                value = pipe.prepare_depth([self.frames[i]], maps).float().cpu()
-                self._save("depth", self.depth_keys[i], value)
-            else:
-                hits += 1
-            depth.append(value)
-            self.progress("depth", n + 1, len(positions))
-        depth = torch.cat(depth)
-        self.seconds["depth"] = time.perf_counter() - tic
-
-        tic = time.perf_counter()
-        evaluations = pipe.unet_evaluations
+        pipe, s = self.pipe, self.settings
+        depth_shape, latent_shape = (1, 1, *self.latent_shape[1:]), (1, *self.latent_shape)
+        depth: dict[int, torch.Tensor] = {}
         inverted: dict[int, torch.Tensor] = {}
         for i in positions:
-            value = self._load_checked("inversion", self.inversion_keys[i], (1, *self.latent_shape))
-            if value is not None:
-                inverted[i] = value
-        inv_hits = len(inverted)
-        missing = [i for i in positions if i not in inverted]
-        self.progress("inversion", inv_hits, len(positions))
-        for start in range(0, len(missing), self.inversion_batch):
-            batch = missing[start : start + self.inversion_batch]
-            self._check_cancelled()
+            cached = self._load_checked("depth", self.depth_keys[i], depth_shape)
+            if cached is not None:
+                depth[i] = cached
+            cached = self._load_checked("inversion", self.inversion_keys[i], latent_shape)
+            if cached is not None:
+                inverted[i] = cached
+        depth_hits, inversion_hits = len(depth), len(inverted)
+        todo = [i for i in positions if i not in depth or i not in inverted]
+        timer = {"depth": 0.0, "inversion": 0.0}
+        evaluations = pipe.unet_evaluations
+        self.progress("depth", depth_hits, len(positions))
+        self.progress("inversion", inversion_hits, len(positions))
+        batch: list[tuple[int, torch.Tensor]] = []  # (position, VAE latent) waiting to invert
+
+        def invert_batch() -> None:
+            tic = time.perf_counter()
             with self.pipe_cancellable():
-                latents = torch.cat([pipe.encode_frames([self.frames[i]]) for i in batch])
-                rows = torch.stack([depth[positions.index(i)] for i in batch])
-                values = (
-                    pipe.invert(
-                        latents,
-                        rows,
-                        self.source_embedding,
-                        self.settings.steps,
-                        batch_size=len(batch),
-                    )
-                    .float()
-                    .cpu()
+                values = pipe.invert(
+                    torch.cat([latent for _, latent in batch]),
+                    torch.cat([depth[i] for i, _ in batch]),
+                    self.source_embedding,
+                    s.steps,
+                    batch_size=len(batch),
                 )
-            for i, value in zip(batch, values, strict=True):
+            for (i, _), value in zip(batch, values.float().cpu(), strict=True):
                 inverted[i] = value[None]
                 self._save("inversion", self.inversion_keys[i], value[None])
+            batch.clear()
+            timer["inversion"] += time.perf_counter() - tic
             self.progress("inversion", len(inverted), len(positions))
-        self.seconds["inversion"] = time.perf_counter() - tic
+
+        for i, _frame, small in self._frames(todo) if todo else ():
+            self._check_cancelled()
+            if i not in depth:
+                tic = time.perf_counter()
+                depth[i] = self._estimate_depth(i, small)
+                self._save("depth", self.depth_keys[i], depth[i])
+                timer["depth"] += time.perf_counter() - tic
+                self.progress("depth", len(depth), len(positions))
+            if i not in inverted:
+                tic = time.perf_counter()
+                with self.pipe_cancellable():
+                    batch.append((i, pipe.encode_frames([small])))
+                timer["inversion"] += time.perf_counter() - tic
+                if len(batch) == self.inversion_batch:
+                    invert_batch()
+            del small
+        if batch:
+            invert_batch()
+        if len(depth) < len(positions) or len(inverted) < len(positions):
+            raise InputError(  # the file changed or lost frames since it was first read
+                f"{self.settings.input} gave fewer frames on a second reading than on the "
+                "first; is it being written to?"
+            )
+        self.seconds.update(timer)
         if result is not None:
-            result.depth_cached, result.depth_computed = hits, len(positions) - hits
-            result.inversion_cached = inv_hits
-            result.inversion_computed = len(positions) - inv_hits
+            result.depth_cached, result.depth_computed = depth_hits, len(positions) - depth_hits
+            result.inversion_cached = inversion_hits
+            result.inversion_computed = len(positions) - inversion_hits
             result.unet_evaluations_inversion = pipe.unet_evaluations - evaluations
-        return depth, torch.cat([inverted[i] for i in positions])
+        return (
+            torch.cat([depth[i] for i in positions]),
+            torch.cat([inverted[i] for i in positions]),
+        )
+
+    def _estimate_depth(self, position: int, frame):
+        """Normalised depth of one frame: from `--depth-dir`, or the model's estimator."""
+        maps = None
+        if self.depth_files is not None:
+            from .depth import load_depth_maps
+
+            path = self.depth_files[position]
+            maps = load_depth_maps(path.parent, [path.name], self.reader.source_size)
+        return self.pipe.prepare_depth([frame], maps).float().cpu()
 
     @contextlib.contextmanager
     def pipe_cancellable(self) -> Iterator[None]:
@@ -559,7 +671,7 @@ class EditJob:
     def preview(self) -> AnchorPreview:
         """Depth, inversion and editing of the anchor frame alone, decoded."""
         tic = time.perf_counter()
-        self.prepare()
+        self.prepare(anchor_only=True)
         a = self.anchor_position
         evaluations = self.pipe.unet_evaluations
         final = self._load_checked("final", self.preview_key, (1, *self.latent_shape))
@@ -568,9 +680,9 @@ class EditJob:
             final = self.edit_latents(depth, inverted, self.preview_key)
         edited = self.pipe.decode_latents(final)[0]
         return AnchorPreview(
-            source=self.frames[a],
+            source=self.anchor_frame,
             edited=edited,
-            frame_index=self.clip.indices[a],
+            frame_index=self.anchor_index,
             source_prompt=self.source_prompt,
             captioned=self.captioned,
             unet_evaluations=self.pipe.unet_evaluations - evaluations,
@@ -580,15 +692,14 @@ class EditJob:
     def run(self) -> EditResult:
         """The whole selection, written to the output path."""
         self.prepare()
-        s, clip = self.settings, self.clip
-        num_frames = len(self.frames)
+        s, reader, num_frames = self.settings, self.reader, self.num_frames
         result = EditResult(
             output=str(self.output),
             frames=num_frames,
-            frame_indices=list(clip.indices),
+            frame_indices=list(reader.indices),
             size=(self.width, self.height),
             output_size=(self.width, self.height),
-            fps=clip.fps,
+            fps=reader.fps,
             has_audio=False,
             source_prompt=self.source_prompt,
             captioned=self.captioned,
@@ -612,44 +723,52 @@ class EditJob:
 
         tic = time.perf_counter()
         if self.latents_dir is not None:
-            save_latents(self.latents_dir, clip.indices, inverted, final)
+            save_latents(self.latents_dir, reader.indices, inverted, final)
         self._write(final, result)
         self.seconds["writing"] = time.perf_counter() - tic
         self.seconds["total"] = time.perf_counter() - self._started
+        result.peak_frames_held = self.frames_held.peak
         if self.stats_path is not None:
             atomic_write_text(json.dumps(result.to_json(), indent=2) + "\n", self.stats_path)
         return result
 
     def _write(self, final, result: EditResult) -> None:
+        """Decode and encode one frame at a time (a side-by-side output decodes the source again)."""
         from . import video
 
-        s, clip, n = self.settings, self.clip, len(self.frames)
+        s, reader, n = self.settings, self.reader, self.num_frames
         self.progress("writing", 0, n)
+        sources = self._frames() if s.side_by_side else None
 
         def output_frames() -> Iterator[np.ndarray]:
             for i in range(n):
                 self._check_cancelled()
-                frame = self.pipe.decode_latents(final[i : i + 1])[0]
+                frame = self.frames_held.track(self.pipe.decode_latents(final[i : i + 1])[0])
                 if s.keep_source_size:
-                    frame = video.resize_frames([frame], clip.source_size)[0]
-                if s.side_by_side:
-                    frame = video.side_by_side([clip.frames[i]], [frame])[0]
+                    frame = self.frames_held.track(
+                        video.resize_frames([frame], reader.source_size)[0]
+                    )
+                if sources is not None:
+                    _, source, _ = next(sources)
+                    frame = self.frames_held.track(video.side_by_side([source], [frame])[0])
+                    del source
                 if i == 0:
                     result.output_size = (frame.shape[1], frame.shape[0])
                 self.progress("writing", i + 1, n)
                 yield frame
+                del frame
 
         container = video.VIDEO_EXTENSIONS.get(self.output.suffix.lower())
         with_audio = (
-            clip.has_audio and not self.output.is_dir() and bool(container and container[2])
+            reader.has_audio and not self.output.is_dir() and bool(container and container[2])
         )
         video.write_video(
             self.output,
             output_frames(),
-            fps=clip.fps,
-            audio_from=clip.source_path if with_audio else None,
-            audio_start=clip.start_time,
-            audio_end=clip.end_time,
+            fps=reader.fps,
+            audio_from=reader.source_path if with_audio else None,
+            audio_start=reader.start_time,
+            audio_end=reader.end_time,
         )
         result.has_audio = with_audio and video.probe(self.output)["has_audio"]
 
@@ -783,14 +902,15 @@ def save_latents(folder: Path, indices: list[int], inverted, final) -> None:
         raise InputError(f"Cannot save latents to {folder} ({exc.strerror or exc}).") from exc
 
 
-def frame_names(clip) -> list[str]:
+def frame_names(reader, num_frames: int) -> list[str]:
     """Per selected frame, the name its depth map carries: image stem, or the source index."""
-    if clip.source_path.is_dir():
+    indices = [reader.start_index + i * reader.stride for i in range(num_frames)]
+    if reader.source_path.is_dir():
         from .video import list_image_files
 
-        files = list_image_files(clip.source_path)
-        return [files[i].name for i in clip.indices]
-    return [f"{i:06d}" for i in clip.indices]
+        files = list_image_files(reader.source_path)
+        return [files[i].name for i in indices]
+    return [f"{i:06d}" for i in indices]
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -256,3 +256,46 @@ def test_cancel_during_inversion_keeps_finished_frames(tmp_path, pipelines):
         edit_clip(s, progress=progress, cancel=cancel, pipelines=pipelines)
     again = edit_clip(s, pipelines=pipelines)
     assert (again.inversion_cached, again.inversion_computed) == (1, FRAMES - 1)
+
+
+# --------------------------------------------------------------------------- long clips
+
+
+def generated_clip(path: Path, frames: int) -> Path:
+    """An H.264 clip with audio-free moving content, 96x64 at 24 fps."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        yy, xx = np.mgrid[0:64, 0:96]
+        for i in range(frames):
+            rgb = np.stack([(xx + 3 * i) % 256, (yy * 4) % 256, np.full_like(xx, 8 * i % 256)], -1)
+            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_frames_held_at_once_do_not_grow_with_the_clip(tmp_path, pipelines, side_by_side):
+    """Decoded frames are streamed: a 48-frame clip holds as many at once as a 6-frame one."""
+    peaks = {}
+    for frames in (6, 48):
+        clip = generated_clip(tmp_path / f"clip{frames}.mp4", frames)
+        s = settings(
+            tmp_path,
+            input=clip,
+            output=tmp_path / f"out{frames}.mp4",
+            max_frames=None,
+            steps=1,
+            size="64",
+            side_by_side=side_by_side,
+            no_cache=True,
+        )
+        result = edit_clip(s, pipelines=pipelines)
+        assert result.frames == frames
+        peaks[frames] = result.peak_frames_held
+    # the anchor frame (source and resized) is kept; then the current frame and, while the
+    # next one decodes, the previous one (source and resized; side by side: + the composite)
+    assert peaks[6] == peaks[48] <= (8 if side_by_side else 6)
