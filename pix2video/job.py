@@ -4,9 +4,11 @@
     result = edit_clip(EditSettings("clip.mp4", "a crystal swan", "out.mp4", model="tiny"))
 
 `EditJob` does, in order: validate the settings and the paths (before any model work),
-read and resize the clip, load the model (kept by a `PipelineCache` between jobs), check
-the prompts, caption the anchor frame when no source prompt is given, then depth ->
-inversion -> editing -> decoding and writing. Every stage is cached on disk (`cache.py`),
+open the clip and hash its frames, load the model (kept by a `PipelineCache` between jobs),
+check the prompts, caption the anchor frame when no source prompt is given, then depth ->
+inversion -> editing -> decoding and writing. Frames are streamed: each pass decodes them
+one at a time (`video.open_clip`) and only latents are kept, so a clip of any length takes
+the same memory for its frames (`EditResult.peak_frames_held`). Every stage is cached on disk (`cache.py`),
 keyed by content hashes: a killed or cancelled job resumes where it stopped, and a new
 prompt for the same clip reuses depth and inversion. `preview()` runs the same stages for
 the anchor frame alone; the anchor attends to no other frame, so its preview is exactly
