@@ -121,20 +121,19 @@ class FrameTracker:
 
     Every frame the job decodes, resizes or composes is tracked; `peak` is the most that
     were alive together, the bound that lets a clip of any length fit in the same memory.
+    Counted when a frame is added (the only moment the peak can grow), with plain weak
+    references: no finalizer callbacks, which could swallow a Ctrl-C arriving inside them.
     """
 
     def __init__(self) -> None:
-        self.alive = 0
+        self._alive: list[weakref.ref] = []
         self.peak = 0
 
     def track(self, frame: T) -> T:
-        self.alive += 1
-        self.peak = max(self.peak, self.alive)
-        weakref.finalize(frame, self._release)
+        self._alive = [ref for ref in self._alive if ref() is not None]
+        self._alive.append(weakref.ref(frame))
+        self.peak = max(self.peak, len(self._alive))
         return frame
-
-    def _release(self) -> None:
-        self.alive -= 1
 
 
 class PipelineCache:
