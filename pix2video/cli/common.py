@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..quiet import quiet_libraries, silence_libraries  # noqa: F401 - used by t
 from ..settings import DTYPES, EditSettings
 
 DEFAULTS = EditSettings.defaults()
+REFRESH_SECONDS = 0.2  # progress bars are redrawn at most this often
 INTERRUPTED = "Interrupted; finished work is cached, re-run the same command to resume."
 INTERRUPTED_NO_CACHE = "Interrupted; nothing was kept (--no-cache)."
 
@@ -45,6 +47,7 @@ class Reporter:
         self.debug = debug  # leave the libraries' own logging and progress bars on
         self._progress = None
         self._tasks: dict[str, Any] = {}
+        self._last_refresh = 0.0
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -83,6 +86,9 @@ class Reporter:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(stderr=True),
+            # redrawn from `update`, not by rich's refresh thread: a second thread made glibc
+            # keep frame buffers of long clips (see `return_large_buffers_to_os`)
+            auto_refresh=False,
         )
         self._progress = progress
         try:
@@ -109,6 +115,10 @@ class Reporter:
         if stage not in self._tasks:  # work already done (cached, resumed) is not in the ETA
             self.start(stage, total, done)
         self._progress.update(self._tasks[stage], completed=done, total=total)
+        now = time.monotonic()
+        if now - self._last_refresh >= REFRESH_SECONDS or done == total:
+            self._last_refresh = now
+            self._progress.refresh()
 
 
 class _State:
