@@ -11,6 +11,9 @@ Layout (``<root>`` = ``--cache-dir``)::
     <root>/v1/caption/<key>.pt      source prompt captioned from the anchor frame (str)
     <root>/v1/depth/<key>.pt        normalised depth of one frame, (1, 1, h, w) float32
     <root>/v1/inversion/<key>.pt    inverted noise x_T of one frame, (1, 4, h, w) float32
+    <root>/v1/trajectory/<key>.pt   a local edit's source latents of one frame, per step,
+                                    (1, steps, 4, h, w) float32 (same key as its inversion)
+    <root>/v1/mask/<key>.pt         a mask segmented from text, (H, W) bool
     <root>/v1/checkpoint/<key>.pt   latest editing checkpoint of a clip (`EditCheckpoint`)
     <root>/v1/final/<key>.pt        final latents of a finished edit, (N, 4, h, w) float32
 
@@ -38,7 +41,7 @@ from .atomic import TMP_MARK, atomic_path
 from .models import resolve_model_path
 
 CACHE_VERSION = "v1"
-KINDS = ("caption", "depth", "inversion", "checkpoint", "final")
+KINDS = ("caption", "depth", "inversion", "trajectory", "mask", "checkpoint", "final")
 _STALE_TMP_SECONDS = 3600.0
 _CONFIG_SUFFIXES = (".json", ".txt", ".yaml", ".yml", ".model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".onnx")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import tempfile
 import threading
@@ -50,6 +51,7 @@ ProgressCallback = Callable[[str, int, int], None]
 MessageCallback = Callable[[str], None]
 
 STAGES: dict[str, str] = {
+    "masks": "frames",
     "depth": "frames",
     "inversion": "frames",
     "editing": "frame-steps",
@@ -89,6 +91,8 @@ class EditResult:
     unet_evaluations_editing: int = 0
     feature_store_peak_bytes: int = 0
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
+    masked: bool = False  # a local edit
+    mask_coverage: float = 1.0  # mean share of each frame's pixels the edit may change
     cache_enabled: bool = True
     latents_dir: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, and "total"
@@ -96,6 +100,13 @@ class EditResult:
     @property
     def unet_evaluations(self) -> int:
         return self.unet_evaluations_inversion + self.unet_evaluations_editing
+
+    def describe_mask(self) -> str:
+        """A local edit's line in the summaries (CLI, web page)."""
+        return (
+            f"Local edit: {100 * self.mask_coverage:.0f}% of the frame area edited on average; "
+            "every other pixel is the source's."
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -238,6 +249,10 @@ class EditJob:
         self._cache = None
         self._warned: set[str] = set()
         self.frames_held = FrameTracker()
+        self.mask_files = None
+        self.raw_masks: dict[int, np.ndarray] = {}  # position -> mask (packed bits)
+        self.latent_masks: dict[int, np.ndarray] = {}  # position -> (h, w) bool
+        self.mask_fractions: dict[int, float] = {}  # position -> share of pixels with alpha > 0
 
     @property
     def cache(self):
@@ -268,6 +283,13 @@ class EditJob:
         self.depth_dir = Path(s.depth_dir).expanduser() if s.depth_dir else None
         if self.depth_dir is not None and not self.depth_dir.is_dir():
             raise InputError(f"The depth folder '{self.depth_dir}' does not exist.")
+        self.masks_dir = Path(s.save_masks).expanduser() if s.save_masks else None
+        if self.masks_dir is not None:
+            check_output_path(self.masks_dir)
+        if s.mask is not None:
+            from .masks import MaskFiles
+
+            self.mask_files = MaskFiles(s.mask)
 
     def read_input(self, anchor_only: bool = False) -> None:
         """Open the selection and make one pass over it: sizes, frame hashes, the anchor frame.
@@ -361,6 +383,8 @@ class EditJob:
         s = self.settings
         self.check_paths()
         self.read_input(anchor_only=anchor_only)
+        if self.mask_files is not None:
+            self.mask_files.check_count(self.num_frames)  # a folder's count fails here, early
         depth_sources = ["estimator"] * self.num_frames
         self.depth_files: list[Path] | None = None
         if self.depth_dir is not None:
@@ -417,6 +441,7 @@ class EditJob:
                 "pass a shorter --source-prompt."
             ) from exc
         self.seconds["caption"] = time.perf_counter() - tic
+        self.prepare_masks(device, [self.anchor_position] if anchor_only else None)
         self._make_keys(device, dtype, depth_sources)
 
     def check_pipeline_inputs(self) -> None:
@@ -438,7 +463,7 @@ class EditJob:
 
     def _make_keys(self, device, dtype, depth_sources: list[str]) -> None:
         """Content-hash cache keys of every stage (see `cache.py`)."""
-        from .cache import make_key, model_fingerprint
+        from .cache import hash_array, make_key, model_fingerprint
         from .guidance import latent_guidance_schedule
 
         s = self.settings
@@ -474,12 +499,16 @@ class EditJob:
             )
         )
 
-        def edit_key(inversion_keys: list[str]) -> str:
+        def edit_key(positions: list[int]) -> str:
+            masks = None
+            if s.masked:  # the latent masks are what the edit depends on
+                masks = [hash_array(self.latent_masks[i]) for i in positions]
             return make_key(
                 "edit",
                 model=model_id,
                 compute=compute,
-                inversions=inversion_keys,
+                inversions=[self.inversion_keys[i] for i in positions],
+                masks=masks,
                 prompt=s.prompt,
                 negative_prompt=s.negative_prompt,
                 steps=s.steps,
@@ -493,29 +522,147 @@ class EditJob:
                 feature_store_dtype=s.feature_store_dtype,
             )
 
-        self.edit_key = edit_key(self.inversion_keys)
-        self.preview_key = edit_key([self.inversion_keys[self.anchor_position]])
+        self.edit_key = edit_key(list(range(self.num_frames))) if self.prepared_all else None
+        self.preview_key = edit_key([self.anchor_position])
         self.latent_shape = (4, self.height // 8, self.width // 8)
+
+    # ------------------------------------------------------------------ local edits
+    def prepare_masks(self, device, positions: list[int] | None = None) -> None:
+        """A local edit's masks of the frames at `positions` (all when None), kept in memory.
+
+        From `--mask` files, read in frame order, or segmented from `--mask-prompt` (cached
+        per frame, and only the frames missing from the cache are decoded). Each mask is
+        kept as packed bits with its latent mask; `--save-masks` writes the alphas used.
+        """
+        import numpy as np
+
+        s = self.settings
+        self.prepared_all = positions is None
+        if not s.masked:
+            return
+        tic = time.perf_counter()
+        positions = list(range(self.num_frames)) if positions is None else positions
+        size = (self.width, self.height)
+        if self.mask_files is not None:
+            from .masks import binarize
+
+            for done, i in enumerate(positions, 1):
+                self._check_cancelled()
+                self._keep_mask(i, binarize(self.mask_files.raw(i), size))
+                self.progress("masks", done, len(positions))
+            if self.prepared_all:
+                self.mask_files.check_count(self.num_frames, read_all=True)
+            self.mask_files.close()
+        else:
+            import torch
+
+            from .cache import make_key, model_fingerprint
+
+            model_id = model_fingerprint(s.mask_model)
+            keys = {
+                i: make_key(
+                    "mask",
+                    model=model_id,
+                    frame=self.frame_hashes[i],
+                    size=list(size),
+                    prompt=s.mask_prompt,
+                    threshold=float(s.mask_threshold),
+                )
+                for i in positions
+            }
+            for i in positions:
+                cached = self.cache.load("mask", keys[i])
+                if torch.is_tensor(cached) and tuple(cached.shape) == (self.height, self.width):
+                    self._keep_mask(i, cached.numpy().astype(bool))
+            todo = [i for i in positions if i not in self.raw_masks]
+            segment = load_segmenter(s.mask_model, str(device)) if todo else None
+            self.progress("masks", len(positions) - len(todo), len(positions))
+            if todo:
+                for i, _frame, small in self._frames(todo):
+                    self._check_cancelled()
+                    mask = segment(small, s.mask_prompt, s.mask_threshold)
+                    self._save("mask", keys[i], torch.from_numpy(mask))
+                    self._keep_mask(i, mask)
+                    self.progress("masks", len(self.raw_masks), len(positions))
+        self.mask_coverage = float(np.mean([self.mask_fractions[i] for i in positions]))
+        if self.masks_dir is not None and self.prepared_all:
+            self._save_masks()
+        self.seconds["masks"] = time.perf_counter() - tic
+
+    def _keep_mask(self, position: int, mask) -> None:
+        import numpy as np
+
+        from .masks import latent_mask
+
+        self.raw_masks[position] = np.packbits(mask)
+        alpha = self.alpha_at(position)
+        self.mask_fractions[position] = float((alpha > 0).mean())
+        self.latent_masks[position] = latent_mask(alpha, self.pipe.vae_scale_factor)
+
+    def alpha_at(self, position: int):
+        """(H, W) float32 alpha of a local edit's frame: the mask grown and feathered."""
+        import numpy as np
+
+        from .masks import mask_alpha
+
+        s = self.settings
+        count = self.width * self.height
+        mask = np.unpackbits(self.raw_masks[position], count=count).reshape(self.height, -1)
+        return mask_alpha(mask.astype(bool), s.mask_dilate, s.mask_feather)
+
+    def _save_masks(self) -> None:
+        """`--save-masks`: the alpha of every frame as a grey PNG, named like depth maps."""
+        from PIL import Image
+
+        from .masks import alpha_to_image
+
+        names = frame_names(self.reader, self.num_frames)
+        try:
+            with atomic_path(self.masks_dir, directory=True) as tmp:
+                for i, name in enumerate(names):
+                    image = alpha_to_image(self.alpha_at(i))
+                    Image.fromarray(image).save(tmp / f"{Path(name).stem}.png")
+        except OSError as exc:
+            raise InputError(
+                f"Cannot save masks to {self.masks_dir} ({exc.strerror or exc})."
+            ) from exc
+
+    def _latent_masks(self, positions: list[int]):
+        """(n, 1, h, w) bool tensor of the latent masks at `positions`, or None."""
+        import numpy as np
+        import torch
+
+        if not self.settings.masked:
+            return None
+        return torch.from_numpy(np.stack([self.latent_masks[i] for i in positions]))[:, None]
 
     # ------------------------------------------------------------------ per-frame stages
     def depth_and_inversion(self, positions: list[int], result: EditResult | None = None):
-        """(depth (n,1,h,w), x_T (n,4,h,w)) of the frames at `positions`, cached per frame.
+        """(depth (n,1,h,w), x_T (n,4,h,w), trajectories) of the frames at `positions`.
 
-        One decoding pass, and none when everything is cached. Depth is estimated one frame
-        at a time; frames missing from the inversion cache are inverted `inversion_batch` at
-        a time, each stored as soon as its batch is done (a killed run keeps them). Only
-        latents are kept, never the frames.
+        Cached per frame. One decoding pass, and none when everything is cached. Depth is
+        estimated one frame at a time; frames missing from the inversion cache are inverted
+        `inversion_batch` at a time, each stored as soon as its batch is done (a killed run
+        keeps them). Only latents are kept, never the frames. A local edit also needs each
+        frame's inversion trajectory (n, steps, 4, h, w); otherwise that is None.
         """
         import torch
 
         pipe, s = self.pipe, self.settings
         depth_shape, latent_shape = (1, 1, *self.latent_shape[1:]), (1, *self.latent_shape)
+        trajectory_shape = (1, s.steps, *self.latent_shape)
         depth: dict[int, torch.Tensor] = {}
         inverted: dict[int, torch.Tensor] = {}
+        trajectories: dict[int, torch.Tensor] = {}
         for i in positions:
             cached = self._load_checked("depth", self.depth_keys[i], depth_shape)
             if cached is not None:
                 depth[i] = cached
+            if s.masked:
+                cached = self._load_checked("trajectory", self.inversion_keys[i], trajectory_shape)
+                if cached is None:
+                    continue  # inverted again, for its trajectory
+                trajectories[i] = cached
             cached = self._load_checked("inversion", self.inversion_keys[i], latent_shape)
             if cached is not None:
                 inverted[i] = cached
@@ -536,7 +683,13 @@ class EditJob:
                     self.source_embedding,
                     s.steps,
                     batch_size=len(batch),
+                    trajectory=s.masked,
                 )
+            if s.masked:
+                values, paths = values
+                for (i, _), path in zip(batch, paths.float().cpu(), strict=True):
+                    trajectories[i] = path[None]
+                    self._save("trajectory", self.inversion_keys[i], path[None])
             for (i, _), value in zip(batch, values.float().cpu(), strict=True):
                 inverted[i] = value[None]
                 self._save("inversion", self.inversion_keys[i], value[None])
@@ -576,6 +729,7 @@ class EditJob:
         return (
             torch.cat([depth[i] for i in positions]),
             torch.cat([inverted[i] for i in positions]),
+            torch.cat([trajectories[i] for i in positions]) if s.masked else None,
         )
 
     def _estimate_depth(self, position: int, frame):
@@ -599,8 +753,19 @@ class EditJob:
         finally:
             self.pipe.cancel_event = None
 
-    def edit_latents(self, depth, inverted, key: str, result: EditResult | None = None):
-        """Final latents (clip order) of the given frames, resuming from a step checkpoint."""
+    def edit_latents(
+        self,
+        depth,
+        inverted,
+        key: str,
+        result: EditResult | None = None,
+        trajectories=None,
+        positions: list[int] | None = None,
+    ):
+        """Final latents (clip order) of the frames at `positions` (all when None).
+
+        Resumes from a step checkpoint; a local edit passes the frames' `trajectories`.
+        """
         import torch
 
         from .guidance import latent_guidance_schedule, needs_frame_major
@@ -659,6 +824,8 @@ class EditJob:
                 progress=self.progress,
                 resume=resume,
                 on_step_end=on_step_end if step_major and self.cache.enabled else None,
+                masks=self._latent_masks(positions or list(range(num_frames))),
+                source_latents=trajectories,
             )
         if result is not None:
             result.unet_evaluations_editing = pipe.unet_evaluations - evaluations
@@ -677,9 +844,15 @@ class EditJob:
         evaluations = self.pipe.unet_evaluations
         final = self._load_checked("final", self.preview_key, (1, *self.latent_shape))
         if final is None:
-            depth, inverted = self.depth_and_inversion([a])
-            final = self.edit_latents(depth, inverted, self.preview_key)
+            depth, inverted, trajectories = self.depth_and_inversion([a])
+            final = self.edit_latents(
+                depth, inverted, self.preview_key, trajectories=trajectories, positions=[a]
+            )
         edited = self.pipe.decode_latents(final)[0]
+        if self.settings.masked:
+            from .masks import composite
+
+            edited = composite(self.anchor_frame, edited, self.alpha_at(a))
         return AnchorPreview(
             source=self.anchor_frame,
             edited=edited,
@@ -710,14 +883,18 @@ class EditJob:
             cache_enabled=self.cache.enabled,
             latents_dir=str(self.latents_dir) if self.latents_dir else None,
             seconds=self.seconds,
+            masked=s.masked,
+            mask_coverage=self.mask_coverage if s.masked else 1.0,
         )
         final = self._load_checked("final", self.edit_key, (num_frames, *self.latent_shape))
         inverted = None
         if final is None or self.latents_dir is not None:
-            depth, inverted = self.depth_and_inversion(list(range(num_frames)), result)
+            depth, inverted, trajectories = self.depth_and_inversion(
+                list(range(num_frames)), result
+            )
         tic = time.perf_counter()
         if final is None:
-            final = self.edit_latents(depth, inverted, self.edit_key, result)
+            final = self.edit_latents(depth, inverted, self.edit_key, result, trajectories)
         else:
             result.editing = "cached"
         self.seconds["editing"] = time.perf_counter() - tic
@@ -739,9 +916,11 @@ class EditJob:
 
         s, reader, n = self.settings, self.reader, self.num_frames
         self.progress("writing", 0, n)
-        sources = self._frames() if s.side_by_side else None
+        sources = self._frames() if s.side_by_side or s.masked else None
 
         def output_frames() -> Iterator[np.ndarray]:
+            from .masks import composite
+
             for i in range(n):
                 self._check_cancelled()
                 frame = self.frames_held.track(self.pipe.decode_latents(final[i : i + 1])[0])
@@ -750,9 +929,13 @@ class EditJob:
                         video.resize_frames([frame], reader.source_size)[0]
                     )
                 if sources is not None:
-                    _, source, _ = next(sources)
-                    frame = self.frames_held.track(video.side_by_side([source], [frame])[0])
-                    del source
+                    _, source, small = next(sources)
+                    if s.masked:  # outside the mask, the source pixels exactly
+                        under = source if s.keep_source_size else small
+                        frame = self.frames_held.track(composite(under, frame, self.alpha_at(i)))
+                    if s.side_by_side:
+                        frame = self.frames_held.track(video.side_by_side([source], [frame])[0])
+                    del source, small
                 if i == 0:
                     result.output_size = (frame.shape[1], frame.shape[0])
                 self.progress("writing", i + 1, n)
@@ -912,6 +1095,14 @@ def frame_names(reader, num_frames: int) -> list[str]:
         files = list_image_files(reader.source_path)
         return [files[i].name for i in indices]
     return [f"{i:06d}" for i in indices]
+
+
+@functools.lru_cache(maxsize=1)
+def load_segmenter(model: str, device: str):
+    """The text-to-mask model (kept loaded between jobs, like the captioner)."""
+    from .masks import TextSegmenter
+
+    return TextSegmenter(model, device)
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -30,6 +30,13 @@ Flow and warp convention (the direction matters):
 
 If the edited frames have another size than the source frames (e.g. the edit ran at 512x512),
 the source frames are resized to the edited size before the flow is computed.
+
+**Inside / outside a mask** (local edits, `eval --mask`): with a mask per frame (nonzero =
+the region the edit may change, e.g. the masks `edit --save-masks` writes), the same scores
+are also taken per region: CLIP-Text of the frame with the other region painted mid-grey,
+PixelMSE over the region's pixels of frame t+1, and the **source MSE**, the mean squared
+difference between edited and source frames (pixels in [0, 1]): 0 outside the mask when
+the background is untouched.
 """
 
 from __future__ import annotations
@@ -229,16 +236,67 @@ def pixel_mse(
     plain: list[float] = []
     masked: list[float] = []
     valid: list[float] = []
+    for err, mask in _warp_errors(edited, gray):
+        plain.append(float(err.mean()))
+        valid.append(float(mask.mean()))
+        masked.append(float(err[mask].mean()) if mask.any() else float("nan"))
+    return plain, masked, valid
+
+
+def _warp_errors(edited: list[np.ndarray], gray: list[np.ndarray]):
+    """Per pair (t, t+1): the HxW warped squared error and the flow consistency mask."""
     for t in range(len(edited) - 1):
         flow_bw = estimate_flow(gray[t + 1], gray[t])
         flow_fw = estimate_flow(gray[t], gray[t + 1])
         warped = warp(_to_float(edited[t]), flow_bw)
         err = np.mean((warped - _to_float(edited[t + 1])) ** 2, axis=-1)  # HxW, channel mean
-        mask = consistency_mask(flow_bw, flow_fw)
-        plain.append(float(err.mean()))
-        valid.append(float(mask.mean()))
-        masked.append(float(err[mask].mean()) if mask.any() else float("nan"))
-    return plain, masked, valid
+        yield err, consistency_mask(flow_bw, flow_fw)
+
+
+def region_scores(
+    edited: list[np.ndarray],
+    source: list[np.ndarray],
+    regions: list[np.ndarray],
+    scorer: ClipScorer,
+    prompt: str,
+) -> dict[str, float]:
+    """CLIP-Text, PixelMSE and source MSE inside and outside `regions` (HxW bool per frame).
+
+    Source frames of another size are resized to the edited size the way `edit` resizes
+    them (Lanczos), so the source MSE outside an untouched background is exactly 0.
+    """
+    h, w = np.asarray(edited[0]).shape[:2]
+    if len(regions) != len(edited) or any(np.shape(r) != (h, w) for r in regions):
+        raise InputError(
+            f"Expected {len(edited)} masks of {w}x{h} (one per edited frame); got "
+            f"{len(regions)} of shapes {sorted({np.shape(r) for r in regions})}."
+        )
+    from .video import resize_frames
+
+    # resized as the edit resized them, so an untouched pixel compares equal
+    src = resize_frames([_to_uint8(s) for s in source], (w, h))
+    text = scorer.text_embedding(prompt)
+    errors = list(_warp_errors(edited, [_to_gray(s) for s in src]))
+    scores = {"mask_fraction": _mean([float(r.mean()) for r in regions])}
+    for name, keep in (("inside", regions), ("outside", [~r for r in regions])):
+        grey = [
+            np.where(k[..., None], _to_uint8(e), 127).astype(np.uint8)
+            for e, k in zip(edited, keep, strict=True)
+        ]
+        scores[f"clip_text_{name}"] = _mean(
+            [float(v) for v in scorer.image_embeddings(grey) @ text]
+        )
+        pair = [
+            float(err[k].mean()) if k.any() else float("nan")
+            for (err, _), k in zip(errors, keep[1:], strict=True)
+        ]
+        scores[f"pixel_mse_{name}"] = _mean(pair)
+        diff = [
+            float(np.mean((_to_float(e) - _to_float(s))[k] ** 2)) if k.any() else float("nan")
+            for e, s, k in zip(edited, src, keep, strict=True)
+        ]
+        scores[f"source_mse_{name}"] = _mean(diff)
+    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +419,7 @@ class EvalReport:
     num_frames: int = 0
     prompt: str = ""
     clip_model: str = ""
+    regions: dict[str, float] | None = None  # inside/outside a mask (`region_scores`), if given
 
     def to_dict(self) -> dict:
         """JSON-ready dict: the dataclass fields plus `valid_fraction` (mean) and `flow_method`.
@@ -368,6 +427,8 @@ class EvalReport:
         Non-finite values (a masked PixelMSE with no valid pixel) become `None`.
         """
         data = {k: _json_safe(v) for k, v in asdict(self).items()}
+        if self.regions is not None:
+            data["regions"] = {k: _json_safe(v) for k, v in self.regions.items()}
         data["valid_fraction"] = _json_safe(_mean(self.valid_fraction_per_pair))
         data["flow_method"] = FLOW_METHOD
         return data
@@ -383,7 +444,14 @@ class EvalReport:
                 return [back(x) for x in v]
             return v
 
-        return cls(**{f.name: back(data[f.name]) for f in fields(cls) if f.name in data})
+        values = {
+            f.name: back(data[f.name])
+            for f in fields(cls)
+            if f.name in data and f.name != "regions"
+        }
+        if data.get("regions") is not None:
+            values["regions"] = {k: back(v) for k, v in data["regions"].items()}
+        return cls(**values)
 
     def to_markdown(self) -> str:
         rows = [
@@ -417,6 +485,22 @@ class EvalReport:
             lo = _fmt(min(finite)) if finite else "n/a"
             hi = _fmt(max(finite)) if finite else "n/a"
             lines.append(f"| {name} | {_fmt(mean)} | {lo} | {hi} | {what} |")
+        if self.regions is not None:
+            r = self.regions
+            lines += [
+                "",
+                f"Inside / outside the mask ({_fmt(100 * r['mask_fraction'])}% of the pixels inside):",
+                "",
+                "| Metric | Inside | Outside | Compares |",
+                "|---|---:|---:|---|",
+            ]
+            for key, label, what in (
+                ("clip_text", "CLIP-Text ↑", "region (other part grey) vs prompt"),
+                ("pixel_mse", "PixelMSE ↓", "flow-warped t vs t+1, region pixels"),
+                ("source_mse", "Source MSE", "edited vs source frame (0 = untouched)"),
+            ):
+                inside, outside = _fmt(r[f"{key}_inside"]), _fmt(r[f"{key}_outside"])
+                lines.append(f"| {label} | {inside} | {outside} | {what} |")
         return "\n".join(lines) + "\n"
 
     def save_json(self, path: str | Path) -> Path:
@@ -466,11 +550,13 @@ def evaluate(
     scorer: ClipScorer | None = None,
     clip_model: str = DEFAULT_CLIP_MODEL,
     device: str = "cpu",
+    regions: list[np.ndarray] | None = None,
 ) -> EvalReport:
     """CLIP-Text, CLIP-Image and PixelMSE (plain and masked) of `edited` against `source`.
 
     `scorer` is reused when given (its model wins over `clip_model`); otherwise `clip_model`
-    is loaded. Frame checks run before any model is loaded.
+    is loaded. Frame checks run before any model is loaded. With `regions` (HxW bool per
+    frame: where a local edit may change the frame), also the scores inside and outside.
     """
     _check_pair(edited, source)
     if scorer is None:
@@ -498,6 +584,7 @@ def evaluate(
         num_frames=len(edited),
         prompt=prompt,
         clip_model=scorer.model_name,
+        regions=None if regions is None else region_scores(edited, source, regions, scorer, prompt),
     )
 
 
@@ -511,5 +598,6 @@ __all__ = [
     "estimate_flow",
     "evaluate",
     "pixel_mse",
+    "region_scores",
     "warp",
 ]

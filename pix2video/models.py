@@ -21,6 +21,7 @@ ASSETS = Path(__file__).parent / "assets"
 BUNDLED_MODELS = {"tiny": ASSETS / "tiny-sd2-depth", "tiny-sd2-depth": ASSETS / "tiny-sd2-depth"}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
+DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
 
 
 def resolve_model_path(name: str) -> str:

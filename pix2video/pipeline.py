@@ -39,6 +39,7 @@ from .depth import estimate_depth, normalize_depth
 from .errors import EditCancelled, InputError, ModelNotAvailableError
 from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
 from .inversion import ddim_invert, ddim_sample_step
+from .masks import composite, latent_mask
 from .models import DEFAULT_MODEL, load_pretrained
 from .settings import ANCHORS, ATTEND_MODES, MAX_GUIDANCE_SCALE, SCHEDULES
 
@@ -229,17 +230,20 @@ class Pix2VideoPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         progress: ProgressCallback | None = None,
         batch_size: int = 1,
-    ) -> torch.Tensor:
+        trajectory: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """DDIM-invert every frame with the source prompt at guidance 1.
 
         Frames invert independently, so `batch_size` of them share each UNet call (faster
         on a GPU; on a CPU see `default_inversion_batch`). Batched results differ from
         one-at-a-time ones only by kernel rounding (well within the reference tolerance).
+        With `trajectory`, also returns (N, steps, 4, h, w): at index s, the latent at the
+        noise level that editing step s lands on (`source_trajectory`), what a mask keeps.
         """
         timesteps = self.timesteps(num_inference_steps)
         alphas = self.scheduler.alphas_cumprod.to(self.device)
         final_alpha = self.scheduler.final_alpha_cumprod.to(self.device)
-        inverted = []
+        inverted, trajectories = [], []
         for start in range(0, len(latents), batch_size):
             chunk = slice(start, start + batch_size)
 
@@ -247,9 +251,22 @@ class Pix2VideoPipeline(DiffusionPipeline):
                 return self.predict_noise(x, d.to(self.device), t, source_embedding, 1.0)
 
             x = latents[chunk].to(self.device)
-            inverted.append(ddim_invert(predict, x, timesteps, alphas, final_alpha))
+            levels = [x]  # the clean latent, then each inversion step's result
+
+            def record(i: int, t: int, latent: torch.Tensor, levels: list = levels) -> None:
+                levels.append(latent)
+
+            inverted.append(
+                ddim_invert(
+                    predict, x, timesteps, alphas, final_alpha, record if trajectory else None
+                )
+            )
+            if trajectory:
+                trajectories.append(source_trajectory(levels))
             if progress:
                 progress("inversion", min(start + batch_size, len(latents)), len(latents))
+        if trajectory:
+            return torch.cat(inverted), torch.cat(trajectories)
         return torch.cat(inverted)
 
     @torch.inference_mode()
@@ -273,6 +290,8 @@ class Pix2VideoPipeline(DiffusionPipeline):
         progress: ProgressCallback | None = None,
         resume: EditCheckpoint | None = None,
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
+        masks: torch.Tensor | None = None,
+        source_latents: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, FeatureStore]:
         """Denoise frames (given in clip order) from their inverted noise, anchor first.
 
@@ -283,12 +302,20 @@ class Pix2VideoPipeline(DiffusionPipeline):
         `on_step_end` receives it (it is not called in frame-major order), and `resume`
         continues from it with the same result as an uninterrupted run (the features of
         the next step are produced afresh).
+        A local edit passes `masks` (N, 1, h, w) bool at latent resolution (True = edit) and
+        `source_latents`, the inversion trajectories from `invert(trajectory=True)`: after
+        every step, the latent outside the mask is the frame's own source latent at the same
+        noise level (blended latent diffusion), so only the masked region changes.
         Returns the final latents (N, 4, h, w) in clip order and the feature store (for its
         byte counts).
         """
         num_frames = inverted_latents.shape[0]
         order = anchor_order(num_frames, anchor)
         inverted_latents, depth = inverted_latents[order], depth[order]
+        if (masks is None) != (source_latents is None):
+            raise ValueError("A local edit needs both masks and source latents.")
+        if masks is not None:
+            masks, source_latents = masks[order], source_latents[order]
         timesteps = self.timesteps(num_inference_steps)
         step_ratio = self.scheduler.config.num_train_timesteps // num_inference_steps
         alphas = self.scheduler.alphas_cumprod.to(self.device)
@@ -342,6 +369,9 @@ class Pix2VideoPipeline(DiffusionPipeline):
                     )
                     if last_use[key[1]] == step:
                         del x0_targets[key]
+                if masks is not None:  # outside the mask, the source at this noise level
+                    source = source_latents[position, step][None].to(latent.device)
+                    latent = torch.where(masks[position][None].to(latent.device), latent, source)
                 if position + 1 < num_frames and step in last_use:
                     x0_targets[(position, step)] = x0
                 latents[position] = latent
@@ -379,6 +409,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
         progress: ProgressCallback | None = None,
         resume: EditCheckpoint | None = None,
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
+        masks: Sequence[np.ndarray] | None = None,
     ) -> Pix2VideoOutput:
         """Edit `frames` so they show `prompt`, consistently across the clip.
 
@@ -412,6 +443,10 @@ class Pix2VideoPipeline(DiffusionPipeline):
             inversion_batch_size: frames per UNet call during inversion (see `invert`).
             progress: callback(stage, done, total).
             resume / on_step_end: continue from / receive step checkpoints (see `edit`).
+            masks: a local edit: per frame, an (H, W) alpha in [0, 1] (or bool), 1 = edit.
+                Outside its support the latents follow the frame's inversion; the decoded
+                frame is composited over the source through it, so pixels where it is 0
+                are the source's exactly. `masks.mask_alpha` grows and softens a mask.
         """
         self.check_inputs(
             frames,
@@ -431,6 +466,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
             depth=depth,
             schedule=schedule,
             inversion_batch_size=inversion_batch_size,
+            masks=masks,
         )
         edit_embedding = self.encode_prompt(prompt)  # prompts first: a bad one fails fast
         negative_embedding = self.encode_prompt(negative_prompt)
@@ -445,16 +481,23 @@ class Pix2VideoPipeline(DiffusionPipeline):
         timings["depth"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
+        latent_masks = source_latents = None
+        if masks is not None:
+            latent_masks = torch.stack(
+                [torch.from_numpy(latent_mask(m, self.vae_scale_factor))[None] for m in masks]
+            ).to(self.device)
         if inverted_latents is None:
             latents = self.encode_frames(frames)
-            inverted_latents = self.invert(
+            inverted = self.invert(
                 latents,
                 depth,
                 source_embedding,
                 num_inference_steps,
                 progress,
                 batch_size=inversion_batch_size,
+                trajectory=masks is not None,
             )
+            inverted_latents, source_latents = inverted if masks is not None else (inverted, None)
         timings["inversion"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
@@ -477,11 +520,18 @@ class Pix2VideoPipeline(DiffusionPipeline):
             progress=progress,
             resume=resume,
             on_step_end=on_step_end,
+            masks=latent_masks,
+            source_latents=source_latents,
         )
         timings["editing"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
         edited = self.decode_latents(final)
+        if masks is not None:
+            edited = [
+                composite(f, e, np.asarray(m, np.float32))
+                for f, e, m in zip(frames, edited, masks, strict=True)
+            ]
         timings["decoding"] = time.perf_counter() - tic
         return Pix2VideoOutput(
             frames=edited,
@@ -512,6 +562,7 @@ class Pix2VideoPipeline(DiffusionPipeline):
         depth: torch.Tensor | None = None,
         schedule: str = "auto",
         inversion_batch_size: int = 1,
+        masks: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Validate every argument of `__call__` before any model work; one `InputError` each."""
         if len(frames) == 0:
@@ -581,6 +632,18 @@ class Pix2VideoPipeline(DiffusionPipeline):
         ):
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise InputError(f"{name} must have shape {shape}; got {tuple(tensor.shape)}.")
+        if masks is not None:
+            if inverted_latents is not None:
+                raise InputError(
+                    "A local edit (masks) inverts the frames itself (it keeps each frame's "
+                    "inversion trajectory); do not pass inverted_latents with masks."
+                )
+            shapes = {np.shape(m) for m in masks}
+            if len(masks) != n or shapes != {(height, width)}:
+                raise InputError(
+                    f"Expected {n} masks of {height}x{width} (one per frame, height x width); got "
+                    f"{len(masks)} of shapes {sorted(shapes)}."
+                )
 
 
 def load_pipeline(
@@ -611,6 +674,18 @@ def default_inversion_batch(device: str | torch.device) -> int:
     faster than one frame at a time for the tiny model (benchmarks/README.md), so 1.
     """
     return 8 if torch.device(device).type == "cuda" else 1
+
+
+def source_trajectory(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N, steps, 4, h, w) from an inversion's latents, ordered as editing visits noise levels.
+
+    `levels` = [clean latent, after inversion step 0, ..., after the last step (x_T)], each
+    (N, 4, h, w). Editing step s starts at the level inversion reached after its step
+    steps-1-s and lands on the one before it: index s holds `levels[steps - 1 - s]` (the
+    last step lands on the clean latent).
+    """
+    steps = len(levels) - 1
+    return torch.stack([levels[steps - 1 - s] for s in range(steps)], dim=1)
 
 
 def anchor_order(num_frames: int, anchor: str) -> list[int]:

@@ -19,7 +19,7 @@ import platformdirs
 
 from .caption import DEFAULT_CAPTIONER
 from .errors import InputError
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MASK_MODEL, DEFAULT_MODEL
 
 ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
 """Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""
@@ -32,6 +32,7 @@ FEATURE_STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_GUIDANCE_SCALE = 100.0
+MAX_MASK_GROWTH = 512  # pixels of --mask-dilate / --mask-feather
 
 
 @dataclass
@@ -56,6 +57,13 @@ class EditSettings:
     stride: int = 1
     max_frames: int | None = None
     depth_dir: str | os.PathLike | None = None
+    mask: str | os.PathLike | None = None  # local edit: mask images, video or one image
+    mask_prompt: str | None = None  # local edit: segment this text in every frame
+    mask_model: str = DEFAULT_MASK_MODEL
+    mask_threshold: float = 0.4
+    mask_dilate: int = 8  # pixels the mask grows by
+    mask_feather: int = 8  # pixels over which the edit fades into the source
+    save_masks: str | os.PathLike | None = None
     steps: int = 50
     guidance_scale: float = 7.5
     seed: int = 0
@@ -105,6 +113,11 @@ class EditSettings:
             raise InputError(f"{where} lacks the required option '{missing[0]}'.")
         return cls(**kwargs)
 
+    @property
+    def masked(self) -> bool:
+        """A local edit: only the masked region changes."""
+        return self.mask is not None or self.mask_prompt is not None
+
     def replace(self, **changes: Any) -> EditSettings:
         return dataclasses.replace(self, **changes)
 
@@ -141,6 +154,21 @@ class EditSettings:
             _integer("latent-guidance-steps", self.latent_guidance_steps, 0)
         _number("guidance-scale", self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
         _number("latent-guidance-weight", self.latent_guidance_weight, 0.0)
+        if self.mask is not None and self.mask_prompt is not None:
+            raise InputError("Give --mask or --mask-prompt, not both.")
+        if self.mask is not None and not str(self.mask).strip():
+            raise InputError("The --mask path is empty.")
+        if self.mask_prompt is not None and (
+            not isinstance(self.mask_prompt, str) or not self.mask_prompt.strip()
+        ):
+            raise InputError("The --mask-prompt is empty: name what to edit (e.g. 'the swan').")
+        if self.save_masks is not None and self.mask is None and self.mask_prompt is None:
+            raise InputError("--save-masks needs a mask: add --mask or --mask-prompt.")
+        _number("mask-threshold", self.mask_threshold, 0.0, 1.0)
+        _integer("mask-dilate", self.mask_dilate, 0, MAX_MASK_GROWTH)
+        _integer("mask-feather", self.mask_feather, 0, MAX_MASK_GROWTH)
+        if not str(self.mask_model).strip():
+            raise InputError("The --mask-model name is empty: use a hub id or a folder.")
         parse_size(self.size)
         parse_position(self.start)
         parse_position(self.end)

@@ -56,6 +56,43 @@ def shared_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_clipseg(tmp_path_factory, shared_dir) -> Path:
+    """A random CLIPSeg of the real architecture (text-prompted masks) with the tiny CLIP
+    tokenizer, saved to a folder: what `--mask-model` takes."""
+    from transformers import (
+        AutoTokenizer,
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+    )
+    from transformers.models.vit import ViTImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_dir / "models" / "tiny-clip")
+    config = CLIPSegConfig(
+        text_config={
+            "vocab_size": 541, "hidden_size": 32, "intermediate_size": 64,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 77,
+            "bos_token_id": 539, "eos_token_id": 540, "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "image_size": 64, "patch_size": 16,
+        },
+        projection_dim=32, reduce_dim=16, extract_layers=[1],
+        decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CLIPSegForImageSegmentation(config).eval()
+    processor = CLIPSegProcessor(
+        image_processor=ViTImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
+    folder = tmp_path_factory.mktemp("tiny-clipseg")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def report_measurement(request, record_property):
     """`report(name, value)`: print `value` under "measurements" at the end of the run.

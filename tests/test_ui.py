@@ -135,7 +135,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
+def server(tmp_path_factory, tiny_clipseg) -> Iterator[Server]:
     if not COCKATOO.exists():
         pytest.skip(f"the example clip {COCKATOO} is absent")
     tmp = tmp_path_factory.mktemp("ui-server")
@@ -150,6 +150,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
         str(MAX_FRAMES),
         "--max-upload-mb",
         "1",
+        "--mask-model",
+        str(tiny_clipseg),
     ]
     if TINY_BLIP.is_dir():
         args += ["--captioner", str(TINY_BLIP)]
@@ -186,6 +188,7 @@ def test_endpoints_are_named_like_the_edit_options(client):
         "video",
         "prompt",
         "source_prompt",
+        "mask_prompt",
         "steps",
         "size",
         "max_frames",
@@ -238,6 +241,20 @@ def test_preview_then_edit_then_new_prompt_reuses_depth_and_inversion(client, re
     assert "UNet evaluations: inversion 0, editing 16; depth and inversion from the cache" in status
     report_measurement("ui preview (tiny, 256 px, 2 steps), s", f"{preview_s:.1f}")
     report_measurement("ui edit (tiny, 4 frames, 256 px, 2 steps), s", f"{edit_s:.1f}")
+
+
+def test_edit_only_what_the_mask_prompt_names(client):
+    handle = gradio_client.handle_file(str(COCKATOO))
+    common = dict(video=handle, source_prompt="a white cockatoo", **FAST)
+    edited, status, source = client.predict(
+        prompt="a golden cockatoo", mask_prompt="the bird", **common, api_name="/preview"
+    )
+    assert Image.open(edited).size == Image.open(source).size
+    video, status = client.predict(
+        prompt="a golden cockatoo", mask_prompt="the bird", **common, api_name="/edit"
+    )
+    assert len(read_clip(video_path(video)).frames) == 4
+    assert "Local edit: " in status and "every other pixel is the source's" in status, status
 
 
 def test_bad_requests_are_one_sentence_and_the_server_goes_on(client, tmp_path):

@@ -26,7 +26,7 @@ from ..errors import InputError, Pix2VideoError
 from ..job import STAGES
 from ..models import DEFAULT_CLIP_MODEL
 from ..quiet import quiet_libraries, silence_libraries  # noqa: F401 - used by the commands
-from ..settings import DTYPES, EditSettings
+from ..settings import DTYPES, MAX_MASK_GROWTH, EditSettings
 
 DEFAULTS = EditSettings.defaults()
 REFRESH_SECONDS = 0.2  # progress bars are redrawn at most this often
@@ -364,6 +364,61 @@ def selection_options(f: Callable) -> Callable:
             default=None,
             show_default="no limit",
             help="Use at most this many frames (after --stride).",
+        ),
+    )(f)
+
+
+def mask_options(f: Callable) -> Callable:
+    """--mask, --mask-prompt and how masks are made: local edits (`pix2video.masks`)."""
+    return _compose(
+        click.option(
+            "--mask",
+            type=click.Path(),
+            default=None,
+            show_default="none: edit the whole frame",
+            help="Local edit: edit only where the mask is white, keep every other pixel. A "
+            "folder of images or a video with one mask per selected frame, or one image for "
+            "all frames; resized to the frames.",
+        ),
+        click.option(
+            "--mask-prompt",
+            default=None,
+            show_default="none",
+            help="Local edit: segment this text in every frame ('the swan') with --mask-model "
+            "and edit only there.",
+        ),
+        click.option(
+            "--mask-model",
+            default=DEFAULTS["mask_model"],
+            help="CLIPSeg segmentation model for --mask-prompt (hub id, used offline when "
+            "cached, or folder).",
+        ),
+        click.option(
+            "--mask-threshold",
+            type=click.FloatRange(0, 1),
+            default=DEFAULTS["mask_threshold"],
+            help="Segmentation probability at or above which a pixel is in the --mask-prompt mask.",
+        ),
+        click.option(
+            "--mask-dilate",
+            type=click.IntRange(0, MAX_MASK_GROWTH),
+            default=DEFAULTS["mask_dilate"],
+            help="Grow the mask by this many pixels.",
+        ),
+        click.option(
+            "--mask-feather",
+            type=click.IntRange(0, MAX_MASK_GROWTH),
+            default=DEFAULTS["mask_feather"],
+            help="Fade the edit into the source over this many pixels beyond the grown mask; "
+            "pixels farther away are the source's exactly.",
+        ),
+        click.option(
+            "--save-masks",
+            type=click.Path(),
+            default=None,
+            show_default="off",
+            help="Write the masks used (grown and feathered; grey = partly edited) as PNGs, "
+            "named like --depth-dir files.",
         ),
     )(f)
 

@@ -12,6 +12,7 @@ from .common import (
     _STATE,
     INTERRUPTED_NO_CACHE,
     Reporter,
+    mask_options,
     model_options,
     quiet_libraries,
     run_options,
@@ -35,6 +36,8 @@ def format_summary(result: EditResult) -> list[str]:
     ]
     if result.captioned:
         lines.append(f'Source prompt (BLIP caption): "{result.source_prompt}"')
+    if result.masked:
+        lines.append(result.describe_mask())
     if result.cache_enabled:
         if result.editing == "cached":
             editing = "cached (final latents)"
@@ -100,6 +103,7 @@ def format_summary(result: EditResult) -> list[str]:
     help="Precomputed depth: one .npy per frame named like the frame (image folder: the "
     "image's stem, e.g. 000012.npy; video: the source frame index with 6 digits).",
 )
+@mask_options
 @click.option(
     "--steps",
     type=click.IntRange(min=1, max=MAX_STEPS),

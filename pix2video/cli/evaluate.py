@@ -26,6 +26,14 @@ from .common import (
 @click.option("-p", "--prompt", required=True, help="The edit prompt (for CLIP-Text).")
 @selection_options
 @clip_model_option
+@click.option(
+    "--mask",
+    type=click.Path(),
+    default=None,
+    show_default="none",
+    help="Also score inside and outside a mask per edited frame (folder of images, video, or "
+    "one image; nonzero = the edited region), e.g. the masks `edit --save-masks` wrote.",
+)
 @click.option("--device", default="auto", help="Torch device for CLIP: auto, cpu, cuda, cuda:N.")
 @report_file_option("--json", "json_path", "the metrics and per-frame values as JSON")
 @report_file_option("--markdown", "markdown_path", "the metrics table as Markdown")
@@ -43,6 +51,7 @@ def evaluate_command(
     stride,
     max_frames,
     clip_model,
+    mask,
     device,
     json_path,
     markdown_path,
@@ -59,6 +68,8 @@ def evaluate_command(
     PixelMSE: optical flow of the SOURCE warps edited frame t onto t+1; mean squared error
     against edited frame t+1, pixels in [0, 1] (lower = less flicker). The masked PixelMSE
     only counts pixels whose forward and backward flows agree (occlusions excluded).
+    With --mask, each score is also given inside and outside the mask, with the mean squared
+    difference to the source (0 outside = the background is untouched).
     """
     import transformers  # noqa: F401 - imported first so that its loading bars can be silenced
 
@@ -67,6 +78,7 @@ def evaluate_command(
     with quiet_libraries(debug):
         edited_clip = read_frames(edited, None, None, 1, None)
         source_clip = read_frames(source, start, end, stride, max_frames)
+        regions = read_regions(mask, edited_clip.frames) if mask else None
         device_, _ = resolve_device(device, "float32")
         report = evaluate(
             edited_clip.frames,
@@ -74,6 +86,7 @@ def evaluate_command(
             prompt,
             clip_model=clip_model,
             device=str(device_),
+            regions=regions,
         )
     if json_path:
         report.save_json(json_path)
@@ -83,3 +96,23 @@ def evaluate_command(
         report.plot(plot_path)
     if not quiet:
         click.echo(report.to_markdown())
+
+
+def read_regions(path: str, frames: list) -> list:
+    """Per edited frame, the HxW bool region of a mask source (nonzero = inside)."""
+    import cv2
+
+    from ..masks import MaskFiles
+
+    masks = MaskFiles(path, frames="the edited clip")
+    masks.check_count(len(frames))
+    height, width = frames[0].shape[:2]
+    regions = []
+    for i in range(len(frames)):
+        raw = masks.raw(i)
+        raw = raw.max(axis=-1) if raw.ndim == 3 else raw
+        if raw.shape != (height, width):
+            raw = cv2.resize(raw, (width, height), interpolation=cv2.INTER_LINEAR)
+        regions.append(raw > 0)
+    masks.check_count(len(frames), read_all=True)
+    return regions

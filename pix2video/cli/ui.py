@@ -43,6 +43,11 @@ from .common import DEFAULTS, Reporter, model_options, quiet_libraries, run_opti
     default=DEFAULTS["captioner"],
     help="BLIP captioning model (hub id or folder) that suggests the source prompt.",
 )
+@click.option(
+    "--mask-model",
+    default=DEFAULTS["mask_model"],
+    help="CLIPSeg model (hub id or folder) that segments the page's 'Edit only' text.",
+)
 @run_options
 def ui(quiet: bool, debug: bool, **kwargs) -> None:
     """Serve a web page to edit videos: upload, prompt, preview the anchor frame, edit.

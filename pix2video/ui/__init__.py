@@ -47,6 +47,7 @@ class ServerOptions:
     device: str = DEFAULTS["device"]
     dtype: str = DEFAULTS["dtype"]
     captioner: str = DEFAULTS["captioner"]
+    mask_model: str = DEFAULTS["mask_model"]  # segments the page's "Edit only" text
     cache_dir: str | os.PathLike = DEFAULTS["cache_dir"]
     no_cache: bool = False
     host: str = DEFAULT_HOST

@@ -6,7 +6,8 @@ Stable names, so that scripts and tests can drive it:
   anchor frame) and ``/edit`` (returns the result video and the status text); their
   parameters are named like the edit options, because Gradio names API parameters after
   the handler's parameters (`FORM_FIELDS`); an empty ``source_prompt`` means "caption it";
-- elem_ids: ``#input-video``, ``#prompt``, ``#source-prompt``, ``#preview-button``,
+- elem_ids: ``#input-video``, ``#prompt``, ``#source-prompt``, ``#mask-prompt`` (a local
+  edit: only what it names changes; empty = the whole frame), ``#preview-button``,
   ``#edit-button``, ``#cancel-button``, ``#preview-image`` (the edited anchor frame),
   ``#result-video``, ``#status``; in the Advanced section, each option's name with dashes
   (``#steps``, ``#max-frames``, ``#size``, ...).
@@ -59,6 +60,7 @@ FORM_FIELDS = (
     "video",
     "prompt",
     "source_prompt",
+    "mask_prompt",
     "steps",
     "size",
     "max_frames",
@@ -126,6 +128,8 @@ def describe_result(result: EditResult) -> str:
         f"UNet evaluations: inversion {result.unet_evaluations_inversion}, editing "
         f"{result.unet_evaluations_editing}; {describe_cache(result)}.",
     ]
+    if result.masked:
+        lines.append(result.describe_mask())
     return "\n".join(lines)
 
 
@@ -249,6 +253,13 @@ class EditorApp:
                         "anchor frame when you choose a video)",
                         elem_id="source-prompt",
                     )
+                    mask_prompt = gr.Textbox(
+                        value="",
+                        label="Edit only (optional)",
+                        placeholder="e.g. the bird: only what this names changes, every other "
+                        "pixel stays as it was; empty: the whole frame",
+                        elem_id="mask-prompt",
+                    )
                     side_by_side = gr.Checkbox(
                         value=DEFAULTS["side_by_side"],
                         label="Side by side (source | edit) in the result",
@@ -284,7 +295,7 @@ class EditorApp:
                         label="Status", interactive=False, lines=4, elem_id="status"
                     )
 
-            form = [video, prompt, source_prompt, *fields.values()]
+            form = [video, prompt, source_prompt, mask_prompt, *fields.values()]
             job_events = dict(concurrency_limit=1, concurrency_id=JOB_QUEUE)
             preview_event = preview_button.click(
                 self.preview,
@@ -416,7 +427,7 @@ class EditorApp:
             "latent_guidance_steps": latent_guidance_steps,
             "seed": seed,
         }
-        assert tuple(fields) == FORM_FIELDS[3:-1]  # noqa: S101 - the API's parameter order
+        assert tuple(fields) == FORM_FIELDS[4:-1]  # noqa: S101 - the API's parameter order
         return fields
 
     # ------------------------------------------------------------------ handlers
@@ -425,6 +436,7 @@ class EditorApp:
         video: str | None,
         prompt: str,
         source_prompt: str = "",
+        mask_prompt: str = "",
         steps: int = DEFAULTS["steps"],
         size: str = str(DEFAULTS["size"]),
         max_frames: int | None = None,
@@ -471,6 +483,7 @@ class EditorApp:
         video: str | None,
         prompt: str,
         source_prompt: str = "",
+        mask_prompt: str = "",
         steps: int = DEFAULTS["steps"],
         size: str = str(DEFAULTS["size"]),
         max_frames: int | None = None,
@@ -588,7 +601,7 @@ class EditorApp:
             for name in FORM_FIELDS[1:]
             if name in form and name not in ("max_frames",)
         }
-        for name in ("start", "end", "source_prompt", "latent_guidance_steps"):
+        for name in ("start", "end", "source_prompt", "mask_prompt", "latent_guidance_steps"):
             if name in values:
                 values[name] = text_or_none(values[name])
         for name in ("steps", "stride", "seed", "latent_guidance_steps"):
@@ -604,6 +617,7 @@ class EditorApp:
             device=o.device,
             dtype=o.dtype,
             captioner=o.captioner,
+            mask_model=o.mask_model,
             cache_dir=o.cache_dir,
             no_cache=o.no_cache,
             **values,
