@@ -415,3 +415,17 @@ def test_eval_with_mask_scores_inside_and_outside(tmp_path, pipelines, shared_di
         2,
     )  # fmt: skip
     assert "has 2 images but the edited clip has 3 frames" in output
+
+
+def test_keep_source_size_composites_over_the_full_size_source(tmp_path, pipelines):
+    masks = moving_masks()
+    folder = write_masks(tmp_path / "masks", masks)
+    edit_clip(settings(tmp_path, mask=folder, keep_source_size=True), pipelines=pipelines)
+    full = read_clip(COCKATOO, max_frames=FRAMES).frames
+    for source, frame, mask in zip(full, png_frames(tmp_path / "out"), masks, strict=True):
+        assert frame.shape == source.shape == (720, 1280, 3)
+        # the alpha is scaled up 10x with bilinear interpolation, which mixes in the diagonal
+        # neighbours of a pixel: a margin of two processing pixels
+        far = np.kron(distance_to(mask) >= 3 + 4 + 2, np.ones((10, 10), bool))
+        assert np.array_equal(frame[far], source[far])
+        assert not np.array_equal(frame[~far], source[~far])
