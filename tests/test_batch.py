@@ -301,10 +301,13 @@ jobs:
 """
     )
     batch = read_batch(jobs, tmp_path / "out")
+    first = run_batch(batch, LocalBackend(pipelines))  # no metrics yet
+    assert first.counts["ok"] == 3 and first.unet_evaluations > 0
     outcome = run_batch(
         batch, LocalBackend(pipelines), evaluation=Evaluation(clip_model=str(TINY_CLIP))
-    )
+    )  # done, but not measured: run again (from the cache) to be measured
     assert outcome.exit_code == 0 and outcome.counts["ok"] == 3
+    assert outcome.unet_evaluations == 0
     records = outcome.records
     for record in records:
         metrics = record["metrics"]
@@ -315,11 +318,11 @@ jobs:
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "## By method" in summary and "CLIP-Text ↑" in summary
     mean, std = statistics.fmean(full), statistics.stdev(full)
-    assert f"| full | 2 | {mean:.4g} ± {std:.4g} |" in summary
+    assert f"| full | 2 | {mean:.4g} ± {std:.2g} |" in summary
     assert "| per-frame | 1 | " in summary
     rerun = run_batch(batch, LocalBackend(pipelines), evaluation=Evaluation(str(TINY_CLIP)))
     assert rerun.counts["skipped"] == 3 and rerun.unet_evaluations == 0
-    assert f"| full | 2 | {mean:.4g} ± {std:.4g} |" in (tmp_path / "out" / "summary.md").read_text()
+    assert f"| full | 2 | {mean:.4g} ± {std:.2g} |" in (tmp_path / "out" / "summary.md").read_text()
 
 
 # --------------------------------------------------------------------------- the JOBS file
@@ -329,7 +332,7 @@ def test_csv_jsonl_and_yaml_give_the_same_jobs_with_defaults_in_layers(tmp_path)
     sub = tmp_path / "jobs"
     sub.mkdir()
     (sub / "jobs.csv").write_text(
-        "input,prompt,source_prompt,steps,vae_tiling,guidance_scale,size,method\n"
+        "\ufeffinput,prompt,source_prompt,steps,vae_tiling,guidance_scale,size,method\n"
         'a.mp4,"a cat, in snow",,7,true,5,64,full\n'
         "\n"
         "clips/b.mp4,a dog,a pet,,,,,\n"

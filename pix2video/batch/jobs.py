@@ -56,10 +56,6 @@ class BatchJob:
     method: str = ""  # the row's label ("" when none)
     options: dict[str, Any] = field(default_factory=dict)  # edit options not at their default
 
-    @property
-    def where(self) -> str:
-        return f"line {self.line}"
-
 
 @dataclass(frozen=True)
 class Batch:
@@ -110,7 +106,7 @@ def read_batch(
         )
     if file_defaults:
         where = f"{path}, line {defaults_line} (defaults)"
-        for key in ("input", "output", "method"):
+        for key in ("input", "output"):
             if key in {_name(k) for k in file_defaults}:
                 raise InputError(f"{where}: '{key}' cannot be a default; give it per job.")
         layered.update(_options(file_defaults, where, base, out, csv_cells=False))
@@ -271,7 +267,7 @@ def _read_rows(path: Path) -> tuple[list[tuple[int, dict]], dict, int]:
     if kind is None:
         raise InputError(f"The jobs file {path} must be .csv, .jsonl or .yaml.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets start CSV with a BOM
     except FileNotFoundError:
         raise InputError(f"The jobs file {path} does not exist.") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -14,6 +14,7 @@ shared filesystem), and pix2video must be installed on every node.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,7 +118,10 @@ class RayBackend:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"at {self.address}" if self.address else "locally"
             first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-            raise Pix2VideoError(f"Cannot start or reach Ray {where} ({first}).") from exc
+            hint = ""
+            if self.address and not os.environ.get("RAY_AUTH_MODE"):
+                hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token"
+            raise Pix2VideoError(f"Cannot start or reach Ray {where} ({first}){hint}.") from exc
         return True
 
     def _worker_shape(self, ray, jobs: int) -> tuple[int, dict[str, float]]:

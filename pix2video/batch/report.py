@@ -95,7 +95,8 @@ def _mean_std(values: Sequence[float]) -> str:
         return "n/a"
     if len(finite) == 1:
         return _fmt(finite[0])
-    return f"{_fmt(statistics.fmean(finite))} ± {_fmt(statistics.stdev(finite))}"
+    std = statistics.stdev(finite)
+    return f"{_fmt(statistics.fmean(finite))} ± {std:.2g}"  # 2 digits: the spread's precision
 
 
 def _cell(text: Any) -> str:

@@ -256,7 +256,12 @@ def run_batch(
     evaluation: Evaluation | None = None,
     debug: bool = False,
 ) -> BatchOutcome:
-    """Run every job of `batch` that is not done yet; see the module docstring."""
+    """Run every job of `batch` that is not done yet; see the module docstring.
+
+    Done means: an earlier record of this run's OUT_DIR has the job's output name and
+    identity, and the output exists (with `evaluation`, the record also has metrics from the
+    same CLIP model; otherwise the job runs again, from the cache, to get them).
+    """
     backend = backend or LocalBackend()
     events = events or BatchEvents()
     tic = time.perf_counter()
@@ -279,7 +284,7 @@ def run_batch(
         for job in batch.jobs:
             key = job_key(job, hashes)
             earlier = done.get((job.name, key))
-            if earlier is not None and (out / job.name).exists():
+            if _still_good(earlier, out / job.name, evaluation):
                 records.append({**earlier, **_identity(job, key), "status": "skipped"})
             else:
                 pending.append(PendingJob(job, key))
@@ -299,6 +304,17 @@ def run_batch(
                     write_summary(summary, records, jobs_file, total)
                     events.finished(record, _counts(records))
     return BatchOutcome(records, total, time.perf_counter() - tic, _counts(records))
+
+
+def _still_good(
+    earlier: dict[str, Any] | None, output: Path, evaluation: Evaluation | None
+) -> bool:
+    """An earlier record of the same job whose output is there (with metrics, when asked)."""
+    if earlier is None or not output.exists():
+        return False
+    if evaluation is None:
+        return True
+    return (earlier.get("metrics") or {}).get("clip_model") == evaluation.clip_model
 
 
 def _make_folders(job: BatchJob) -> None:
