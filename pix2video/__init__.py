@@ -8,6 +8,7 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
 - `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
   with cache, resume, progress and cancellation; what the CLI and the web UI run.
 - `Pix2VideoPipeline` (`pipeline`): the algorithm top to bottom on in-memory frames.
+- `pix2video.batch`: many clips in one run (a JOBS file; in-process or on a Ray cluster).
 - `attention`: the anchor frame, the previous frame, the feature store and the injection
   processor; `guidance`: the guided latent update; `inversion`: DDIM step and inversion.
 

@@ -29,3 +29,27 @@ class EditCancelled(Pix2VideoError):
     """The user cancelled a running edit (checked before every UNet evaluation)."""
 
     exit_code = 130
+
+
+OUT_OF_MEMORY = (
+    "Out of {where}memory; try --dtype float16, --feature-store-dtype float16, a smaller "
+    "--size or fewer frames."
+)
+
+
+def describe_failure(exc: BaseException, hint: str = "") -> str:
+    """One sentence for any exception: a user error's own, out of memory, or the unexpected one's
+    type and first line (with `hint` in brackets), for front ends that must not show a traceback."""
+    if isinstance(exc, Pix2VideoError):
+        return str(exc)
+    name = type(exc).__name__
+    if "OutOfMemory" in name:
+        return OUT_OF_MEMORY.format(where="GPU ")
+    if isinstance(exc, MemoryError):
+        return OUT_OF_MEMORY.format(where="")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (
+        f"Unexpected {name}: {first} ({hint})."
+        if hint
+        else f"Unexpected {name}: {first.rstrip('.')}."
+    )

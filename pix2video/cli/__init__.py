@@ -4,6 +4,7 @@
     pix2video eval EDITED --source INPUT -p "prompt"            (evaluate.py -> metrics)
     pix2video ablate INPUT -p "prompt" -o FOLDER                (ablate.py -> ablation)
     pix2video ui [--port N]                                     (ui.py -> pix2video.ui)
+    pix2video batch JOBS -o FOLDER [--backend ray]              (batch.py -> pix2video.batch)
 
 Each command parses its options, calls the library and prints; `common.py` holds what
 they share (error handling: one sentence and exit code 2 for anything a user can fix,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import ablate, edit, evaluate, ui
+from . import ablate, batch, edit, evaluate, ui
 from .common import Pix2VideoGroup, return_large_buffers_to_os
 
 
@@ -38,5 +39,6 @@ main.add_command(edit.edit)
 main.add_command(evaluate.evaluate_command)
 main.add_command(ablate.ablate)
 main.add_command(ui.ui)
+main.add_command(batch.batch)
 
 __all__ = ["main"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from ..errors import InputError, Pix2VideoError
+from ..errors import InputError, Pix2VideoError, describe_failure
 from ..job import STAGES
 from ..models import DEFAULT_CLIP_MODEL
 from ..quiet import quiet_libraries, silence_libraries  # noqa: F401 - used by the commands
@@ -40,7 +40,7 @@ class Reporter:
     `update(stage, done, total)` has the signature of the pipeline's ``progress`` callback.
     """
 
-    UNITS = {**STAGES, "ablation": "variants"}
+    UNITS = {**STAGES, "ablation": "variants", "jobs": "jobs"}
 
     def __init__(self, quiet: bool = False, debug: bool = False) -> None:
         self.quiet = quiet
@@ -51,6 +51,15 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
+            click.echo(message)
+
+    def line(self, message: str) -> None:
+        """A line above the bars while they are shown (on stdout otherwise)."""
+        if self.quiet:
+            return
+        if self._progress is not None:  # not wrapped: one job, one line
+            self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
             click.echo(message)
 
     def warn(self, message: str) -> None:
@@ -109,12 +118,21 @@ class Reporter:
             stage, total=total, completed=completed, unit=self.UNITS.get(stage, "frames")
         )
 
-    def update(self, stage: str, done: int, total: int) -> None:
+    def close(self, *stages: str) -> None:
+        """Remove these bars (a new job's stages then start from zero, ETA included)."""
+        for stage in stages:
+            task = self._tasks.pop(stage, None)
+            if task is not None and self._progress is not None:
+                self._progress.remove_task(task)
+
+    def update(self, stage: str, done: int, total: int, unit: str | None = None) -> None:
+        """Move a bar (opened at `done` if new); `unit` replaces the words after the counts."""
         if self._progress is None:
             return
         if stage not in self._tasks:  # work already done (cached, resumed) is not in the ETA
             self.start(stage, total, done)
-        self._progress.update(self._tasks[stage], completed=done, total=total)
+        fields = {"unit": unit} if unit is not None else {}
+        self._progress.update(self._tasks[stage], completed=done, total=total, **fields)
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_SECONDS or done == total:
             self._last_refresh = now
@@ -175,14 +193,7 @@ class Pix2VideoGroup(click.Group):
 
 
 def _unexpected(exc: BaseException) -> str:
-    name = type(exc).__name__
-    if "OutOfMemory" in name:
-        return (
-            "Out of GPU memory; try --dtype float16, --feature-store-dtype float16, a smaller "
-            "--size or fewer frames."
-        )
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"Unexpected {name}: {first} (re-run with --debug for the traceback)."
+    return describe_failure(exc, hint="re-run with --debug for the traceback")
 
 
 def _fail(message: str, code: int, exc: BaseException, prefix: str = "Error: ") -> None:

@@ -1,0 +1,173 @@
+"""The Ray backend of `pix2video batch`: the same jobs, spread over the workers of a Ray cluster.
+
+Ray starts locally (all of this machine's CPUs and GPUs) or joins a running cluster
+(``--ray-address``). Workers are long-lived actors, each a `JobRunner`: it loads the model
+once and takes job after job. A worker holds one GPU where the cluster has GPUs (8 GPUs: 8
+edits at once), otherwise ``cpus_per_worker`` CPUs (Ray then gives its torch as many
+threads), so each job runs on the resources its worker reserved. Jobs go to whichever worker
+is free; a worker that dies (out of memory, a crash) fails its job, is replaced, and the
+batch goes on. Ray is imported only here, and only when this backend runs.
+
+Inputs, outputs and the cache are paths: every node must see them at the same place (a
+shared filesystem), and pix2video must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import Pix2VideoError, describe_failure
+from .runner import Evaluation, JobRunner, PendingJob
+
+RAY_MISSING = "The ray backend needs Ray: pip install 'pix2video[ray]'."
+DEFAULT_CPUS_PER_WORKER = 4
+"""CPUs of a CPU-only worker (fewer on nodes that have fewer)."""
+
+
+def import_ray():
+    """The `ray` module, or one sentence telling how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise Pix2VideoError(RAY_MISSING) from None
+    return ray
+
+
+class RayBackend:
+    """Runs jobs on Ray workers; see the module docstring.
+
+    `address`: a cluster to join (None: the running one this process is connected to, else
+    a new local instance); `cpus_per_worker`: CPUs per worker on CPU-only clusters (None:
+    `DEFAULT_CPUS_PER_WORKER`, at most a node's CPUs) and per GPU worker when given;
+    `workers`: at most this many workers (None: as many as the cluster holds).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        cpus_per_worker: float | None = None,
+        workers: int | None = None,
+    ) -> None:
+        import_ray()  # now, not after the JOBS file was read and OUT_DIR made
+        self.address = address
+        self.cpus_per_worker = cpus_per_worker
+        self.workers = workers
+
+    def run(
+        self, pending: list[PendingJob], evaluation: Evaluation | None, debug: bool, events
+    ) -> Iterator[tuple[PendingJob, dict[str, Any]]]:
+        ray = import_ray()
+        started = self._connect(ray, debug)
+        actors: list[Any] = []
+        try:
+            count, resources = self._worker_shape(ray, len(pending))
+            events.info(
+                f"Ray: {count} worker{'s' if count != 1 else ''}, each "
+                + ", ".join(f"{v:g} {k}" for k, v in resources.items())
+                + "."
+            )
+            remote = ray.remote(JobRunner).options(**_ray_options(resources))
+            actors = [remote.remote(evaluation, debug) for _ in range(count)]
+            idle = list(range(count))  # worker slots; a dead worker's slot gets a new actor
+            read: list[set[str]] = [set() for _ in range(count)]  # inputs each slot has read
+            queue = list(pending)
+            running: dict[Any, tuple[int, PendingJob]] = {}
+            while queue or running:
+                while idle and queue:
+                    slot = idle.pop()
+                    busy = {str(item.job.settings.input) for _, item in running.values()}
+                    item = queue.pop(_next_job(queue, read[slot], busy))
+                    read[slot].add(str(item.job.settings.input))
+                    events.job_started(item.job)
+                    running[actors[slot].run.remote(item)] = (slot, item)
+                (ready,), _ = ray.wait(list(running), num_returns=1)
+                slot, item = running.pop(ready)
+                try:
+                    outcome = ray.get(ready)
+                except ray.exceptions.RayActorError as exc:
+                    outcome = {"status": "failed", "error": _worker_died(exc)}
+                    ray.kill(actors[slot])
+                    actors[slot] = remote.remote(evaluation, debug)
+                    read[slot] = set()
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    outcome = {"status": "failed", "error": describe_failure(cause)}
+                idle.append(slot)
+                yield item, outcome
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            if started:
+                ray.shutdown()
+
+    def _connect(self, ray, debug: bool) -> bool:
+        """Join `address`, or start a local instance; True when this call started Ray."""
+        if ray.is_initialized():
+            return False  # a program (or test) that connected itself keeps its connection
+        import logging
+
+        try:
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=debug,
+                logging_level=logging.INFO if debug else logging.ERROR,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"at {self.address}" if self.address else "locally"
+            first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+            hint = ""
+            if self.address and not os.environ.get("RAY_AUTH_MODE"):
+                hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token"
+            raise Pix2VideoError(f"Cannot start or reach Ray {where} ({first}){hint}.") from exc
+        return True
+
+    def _worker_shape(self, ray, jobs: int) -> tuple[int, dict[str, float]]:
+        """How many workers fit the cluster, and what each one reserves."""
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if any(r.get("GPU", 0) >= 1 for r in nodes):
+            cpus = self.cpus_per_worker or 1
+            fits = [min(int(r.get("GPU", 0)), int(r.get("CPU", 0) // cpus)) for r in nodes]
+            resources = {"GPU": 1.0, "CPU": float(cpus)}
+        else:
+            largest = max((r.get("CPU", 0) for r in nodes), default=0)
+            cpus = self.cpus_per_worker or min(DEFAULT_CPUS_PER_WORKER, largest) or 1
+            fits = [int(r.get("CPU", 0) // cpus) for r in nodes]
+            resources = {"CPU": float(cpus)}
+        count = sum(fits)
+        if count == 0:
+            raise Pix2VideoError(
+                f"No node of the Ray cluster has {cpus:g} CPUs for a worker; lower "
+                "--cpus-per-worker."
+            )
+        return min(count, self.workers or count, jobs), resources
+
+
+def _next_job(queue: list[PendingJob], read: set[str], busy: set[str]) -> int:
+    """Where in `queue` the next job for a free worker is.
+
+    First one on an input this worker has read (its depth and inversion are in the cache,
+    when the cache is the node's), then one on an input no other worker is on (two workers
+    would compute the same depth and inversion at once), then the first.
+    """
+    inputs = [str(item.job.settings.input) for item in queue]
+    for wanted in (lambda i: i in read, lambda i: i not in busy):
+        for index, name in enumerate(inputs):
+            if wanted(name):
+                return index
+    return 0
+
+
+def _ray_options(resources: dict[str, float]) -> dict[str, Any]:
+    return {"num_cpus": resources["CPU"], "num_gpus": resources.get("GPU", 0.0)}
+
+
+def _worker_died(exc: BaseException) -> str:
+    """One sentence for a worker lost mid-job (Ray's memory monitor, a crash, a lost node)."""
+    text = " ".join(str(exc).split())
+    if "memory" in text.lower():
+        return "The Ray worker running this job ran out of memory and was killed."
+    first = text.split(". ")[0][:200].rstrip(".")
+    return f"The Ray worker running this job died ({first})."
