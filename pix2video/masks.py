@@ -222,3 +222,24 @@ class TextSegmenter:
     def __call__(self, frame: np.ndarray, prompt: str, threshold: float) -> np.ndarray:
         """HxW bool: pixels whose probability is at least `threshold`."""
         return self.probabilities(frame, prompt) >= threshold
+
+
+def read_regions(path: str | os.PathLike, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Per edited frame, the HxW bool region of a mask source (nonzero = inside).
+
+    For `eval --mask`: the masks `edit --save-masks` wrote mark every pixel the edit may
+    have changed with a nonzero value (`alpha_to_image`); they are resized to the frames.
+    """
+    masks = MaskFiles(path, frames="the edited clip")
+    masks.check_count(len(frames))
+    height, width = frames[0].shape[:2]
+    regions = []
+    for i in range(len(frames)):
+        raw = masks.raw(i)
+        raw = raw.max(axis=-1) if raw.ndim == 3 else raw
+        if raw.shape != (height, width):
+            raw = cv2.resize(raw, (width, height), interpolation=cv2.INTER_LINEAR)
+        regions.append(raw > 0)
+    masks.check_count(len(frames), read_all=True)
+    masks.close()
+    return regions

@@ -429,3 +429,28 @@ def test_keep_source_size_composites_over_the_full_size_source(tmp_path, pipelin
         far = np.kron(distance_to(mask) >= 3 + 4 + 2, np.ones((10, 10), bool))
         assert np.array_equal(frame[far], source[far])
         assert not np.array_equal(frame[~far], source[~far])
+
+
+def test_batch_eval_of_a_local_edit_scores_inside_and_outside(tmp_path, pipelines, shared_dir):
+    import json
+
+    from pix2video.batch.jobs import read_batch
+    from pix2video.batch.runner import Evaluation, LocalBackend, run_batch
+
+    write_masks(tmp_path / "masks", moving_masks())
+    jobs = tmp_path / "jobs.jsonl"
+    row = {
+        "input": str(COCKATOO), "prompt": "a crystal cockatoo", "source_prompt": "a cockatoo",
+        "model": "tiny", "size": SIZE, "max_frames": FRAMES, "steps": STEPS, "mask": "masks",
+        "output": "local", "cache_dir": "cache",
+    }  # fmt: skip
+    jobs.write_text(json.dumps(row) + "\n")
+    evaluation = Evaluation(clip_model=str(shared_dir / "models" / "tiny-clip"))
+    outcome = run_batch(
+        read_batch(jobs, tmp_path / "out"), LocalBackend(pipelines), evaluation=evaluation
+    )
+    (record,) = outcome.records
+    assert record["status"] == "ok", record
+    regions = record["metrics"]["regions"]
+    assert regions["source_mse_outside"] == 0.0 and regions["source_mse_inside"] > 1e-3
+    assert not list(tmp_path.glob(".pix2video-masks-*"))

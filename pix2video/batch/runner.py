@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Iterator
@@ -138,6 +139,11 @@ class JobRunner:
         settings = pending.job.settings
         warnings_seen: list[str] = []
         outcome: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+        masks_dir = None
+        if self.evaluation is not None and settings.masked and settings.save_masks is None:
+            # the masks used are needed to score inside and outside them
+            masks_dir = Path(tempfile.mkdtemp(prefix=".pix2video-masks-"))
+            settings = settings.replace(save_masks=masks_dir / "masks")
         try:
             with quiet_libraries(self.debug):
                 result = edit_clip(
@@ -167,6 +173,9 @@ class JobRunner:
             outcome.update(status="failed", error=describe_failure(exc))
             if self.debug:
                 outcome["traceback"] = traceback.format_exc()
+        finally:
+            if masks_dir is not None:
+                shutil.rmtree(masks_dir, ignore_errors=True)
         outcome["warnings"] = warnings_seen
         return outcome
 
@@ -183,9 +192,17 @@ class JobRunner:
         source = read_clip(
             settings.input, settings.start, settings.end, settings.stride, settings.max_frames
         ).frames
-        report = evaluate(edited, source, settings.prompt, scorer=scorer).to_dict()
+        regions = None
+        if settings.masked:
+            from ..masks import read_regions
+
+            regions = read_regions(settings.save_masks, edited)
+        report = evaluate(edited, source, settings.prompt, scorer=scorer, regions=regions).to_dict()
         keys = [key for key, _ in METRICS] + ["valid_fraction", "clip_model", "flow_method"]
-        return {key: report[key] for key in keys}
+        metrics = {key: report[key] for key in keys}
+        if regions is not None:
+            metrics["regions"] = report["regions"]  # inside / outside the mask
+        return metrics
 
 
 class LocalBackend:

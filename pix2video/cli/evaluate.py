@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..job import resolve_device
+from ..masks import read_regions
 from .common import (
     _set_debug,
     clip_model_option,
@@ -96,23 +97,3 @@ def evaluate_command(
         report.plot(plot_path)
     if not quiet:
         click.echo(report.to_markdown())
-
-
-def read_regions(path: str, frames: list) -> list:
-    """Per edited frame, the HxW bool region of a mask source (nonzero = inside)."""
-    import cv2
-
-    from ..masks import MaskFiles
-
-    masks = MaskFiles(path, frames="the edited clip")
-    masks.check_count(len(frames))
-    height, width = frames[0].shape[:2]
-    regions = []
-    for i in range(len(frames)):
-        raw = masks.raw(i)
-        raw = raw.max(axis=-1) if raw.ndim == 3 else raw
-        if raw.shape != (height, width):
-            raw = cv2.resize(raw, (width, height), interpolation=cv2.INTER_LINEAR)
-        regions.append(raw > 0)
-    masks.check_count(len(frames), read_all=True)
-    return regions
