@@ -44,8 +44,8 @@ from .editing import (
     processing_order,
     source_trajectory,
 )
-from .errors import InputError, ModelNotAvailableError
-from .models import DEFAULT_MODEL, load_pretrained
+from .errors import InputError
+from .models import DEFAULT_MODEL
 
 _processing_order = processing_order  # the old private name
 
@@ -153,18 +153,18 @@ def load_pipeline(
     model: str = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
     torch_dtype: torch.dtype | None = None,
-) -> Pix2VideoPipeline:
-    """Load a depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) offline-first."""
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    hint = " (or `tiny` for the bundled random-weight model)"
-    pipe = load_pretrained(
-        Pix2VideoPipeline.from_pretrained, model, "diffusion model", fallback_hint=hint, **kwargs
-    )
-    if pipe.unet.config.in_channels != 5:
-        raise ModelNotAvailableError(
-            f"The model '{model}' is not depth-conditioned (its UNet reads "
-            f"{pipe.unet.config.in_channels} channels, not 4 latent + 1 depth); use a "
-            "stable-diffusion-2-depth checkpoint."
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    controlnets: Sequence[str] = (),
+    loras: Sequence[tuple[str, float]] = (),
+    depth_model: str | None = None,
+    model_config: str | None = None,
+) -> Pix2VideoBase:
+    """Load a checkpoint offline-first with the pipeline it calls for (`checkpoints.py`).
+
+    A depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) gives a
+    `Pix2VideoPipeline` (`depth_model` replaces its depth estimator); an SD 1.5 one (hub
+    id, folder or single file) with `controlnets` a `Pix2VideoControlNetPipeline`. `loras`
+    are (path or id, scale) pairs fused into the weights.
+    """
+    from .checkpoints import load_backbone
+
+    return load_backbone(model, device, torch_dtype, controlnets, loras, depth_model, model_config)
