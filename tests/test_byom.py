@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -91,6 +92,22 @@ def test_config_file_lists_become_tuples(tmp_path, tiny_sd15):
     )  # fmt: skip
     assert s.controlnet == ("a", "b") and s.control == ("canny",)
     assert s.control_scale == (0.5, 1) and s.loras == (("x.safetensors", 0.3),)
+
+
+def test_pipeline_cache_keys_include_controlnets_and_loras(tiny_sd15):
+    cache = PipelineCache(size=4)
+    model, (cn1, cn2) = str(tiny_sd15.model), (str(p) for p in tiny_sd15.controlnets)
+    plain = cache.get(model, "cpu", "float32", controlnets=(cn1,))
+    assert cache.get(model, "cpu", "float32", controlnets=(cn1,)) is plain
+    other_net = cache.get(model, "cpu", "float32", controlnets=(cn2,))
+    lora = cache.get(
+        model, "cpu", "float32", controlnets=(cn1,), loras=((str(tiny_sd15.lora), 0.5),)
+    )
+    assert len({id(plain), id(other_net), id(lora)}) == 3
+    weight = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    fused, base = lora.unet.state_dict()[weight], plain.unet.state_dict()[weight]
+    assert not torch.equal(fused, base)  # fused into the weights, not a per-step adapter
+    assert not any("lora" in name for name in lora.unet.state_dict())
 
 
 # --------------------------------------------------------------------------- edits
@@ -263,7 +280,6 @@ def test_errors_are_one_sentence_exit_2_and_nothing_written(tmp_path, tiny_sd15,
     elif case == "controlnet-on-sd2":
         extra = ["--model", "tiny", "--controlnet", cn, "--control", "canny"]
     elif case == "not-a-checkpoint":
-        import torch
         from safetensors.torch import save_file
 
         save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
