@@ -298,3 +298,35 @@ def test_errors_are_one_sentence_exit_2_and_nothing_written(tmp_path, tiny_sd15,
     assert len(lines) == 1 and lines[0].startswith("Error: "), output
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the web UI's server options
+def test_ui_server_options_choose_the_model_for_every_job(tmp_path, tiny_sd15):
+    pytest.importorskip("gradio")
+    from pix2video.ui import ServerOptions
+    from pix2video.ui.app import EditorApp
+
+    cn = str(tiny_sd15.controlnets[0])
+    app = object.__new__(EditorApp)  # the form -> settings step alone, no page built
+    app.options = ServerOptions(
+        model=str(tiny_sd15.model),
+        controlnet=(cn,),
+        control=("canny",),
+        control_scale=(0.7,),
+        lora=(f"{tiny_sd15.lora}:0.5",),
+        examples=[],
+    )
+    s = app.settings_from_form({"video": str(COCKATOO), "prompt": "p"}, tmp_path / "o.mp4")
+    assert (s.model, s.controlnet, s.control, s.control_scales) == (
+        str(tiny_sd15.model),
+        (cn,),
+        ("canny",),
+        (0.7,),
+    )
+    assert s.loras == ((str(tiny_sd15.lora), 0.5),)
+
+
+def test_ui_refuses_a_controlnet_without_its_control_before_starting():
+    result = CliRunner().invoke(main, ["ui", "--controlnet", "some/controlnet", "--port", "7999"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: Give one --control") and result.output.count("\n") == 1
