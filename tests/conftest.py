@@ -98,29 +98,35 @@ def tiny_sd15(tmp_path_factory):
     """Tiny random SD 1.5 + ControlNet family, built in code and saved once (`tiny_sd15.py`).
 
     Attributes: `model` (diffusers folder), `single_file` (the same weights in the original
-    single-file layout), `controlnets` (two ControlNet folders), `lora` (a .safetensors
-    LoRA), `depth_model` (a Depth Anything folder).
+    single-file layout), `controlnets` (two ControlNet folders), `depth_model` (a Depth
+    Anything folder). The LoRA is `tiny_lora` (it needs peft).
     """
     from types import SimpleNamespace
 
     from tiny_sd15 import (
         build_controlnet,
         build_depth_anything,
-        build_lora,
         build_sd15,
         save_original_checkpoint,
     )
 
     root = tmp_path_factory.mktemp("tiny-sd15")
     model = build_sd15(root / "sd15")
-    (root / "loras").mkdir()
     return SimpleNamespace(
         model=model,
         single_file=save_original_checkpoint(model, root / "tiny-sd15.safetensors"),
         controlnets=[build_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
-        lora=build_lora(model, root / "loras" / "style.safetensors"),
         depth_model=build_depth_anything(root / "depth-anything"),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd15, tmp_path_factory) -> Path:
+    """A random LoRA for the tiny SD 1.5 UNet, one .safetensors file (made with peft)."""
+    pytest.importorskip("peft", reason="LoRA loading needs peft (a project dependency)")
+    from tiny_sd15 import build_lora
+
+    return build_lora(tiny_sd15.model, tmp_path_factory.mktemp("loras") / "style.safetensors")
 
 
 @pytest.fixture

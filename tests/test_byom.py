@@ -94,15 +94,13 @@ def test_config_file_lists_become_tuples(tmp_path, tiny_sd15):
     assert s.control_scale == (0.5, 1) and s.loras == (("x.safetensors", 0.3),)
 
 
-def test_pipeline_cache_keys_include_controlnets_and_loras(tiny_sd15):
+def test_pipeline_cache_keys_include_controlnets_and_loras(tiny_sd15, tiny_lora):
     cache = PipelineCache(size=4)
     model, (cn1, cn2) = str(tiny_sd15.model), (str(p) for p in tiny_sd15.controlnets)
     plain = cache.get(model, "cpu", "float32", controlnets=(cn1,))
     assert cache.get(model, "cpu", "float32", controlnets=(cn1,)) is plain
     other_net = cache.get(model, "cpu", "float32", controlnets=(cn2,))
-    lora = cache.get(
-        model, "cpu", "float32", controlnets=(cn1,), loras=((str(tiny_sd15.lora), 0.5),)
-    )
+    lora = cache.get(model, "cpu", "float32", controlnets=(cn1,), loras=((str(tiny_lora), 0.5),))
     assert len({id(plain), id(other_net), id(lora)}) == 3
     weight = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     fused, base = lora.unet.state_dict()[weight], plain.unet.state_dict()[weight]
@@ -170,12 +168,12 @@ def test_single_file_checkpoint_edits_like_its_folder(tmp_path, tiny_sd15, pipel
     assert all(np.array_equal(a, b) for a, b in zip(from_folder, from_file, strict=True))
 
 
-def test_lora_changes_the_edit_and_scale_zero_is_no_lora(tmp_path, tiny_sd15, pipelines):
+def test_lora_changes_the_edit_and_scale_zero_is_no_lora(tmp_path, tiny_sd15, tiny_lora, pipelines):
     _, plain = run(tmp_path, tiny_sd15, pipelines, "plain")
-    with_lora, styled = run(tmp_path, tiny_sd15, pipelines, "lora", lora=(f"{tiny_sd15.lora}:1.0",))
+    with_lora, styled = run(tmp_path, tiny_sd15, pipelines, "lora", lora=(f"{tiny_lora}:1.0",))
     assert with_lora.inversion_computed == FRAMES  # the LoRA is in the cache keys
     assert not np.array_equal(styled[0], plain[0])
-    _, zero = run(tmp_path, tiny_sd15, pipelines, "zero", lora=(f"{tiny_sd15.lora}:0",))
+    _, zero = run(tmp_path, tiny_sd15, pipelines, "zero", lora=(f"{tiny_lora}:0",))
     assert all(np.array_equal(a, b) for a, b in zip(plain, zero, strict=True))
 
 
@@ -302,6 +300,7 @@ def test_errors_are_one_sentence_exit_2_and_nothing_written(tmp_path, tiny_sd15,
 
 # --------------------------------------------------------------------------- the web UI's server options
 def test_ui_server_options_choose_the_model_for_every_job(tmp_path, tiny_sd15):
+    lora = tmp_path / "style.safetensors"  # only parsed here
     pytest.importorskip("gradio")
     from pix2video.ui import ServerOptions
     from pix2video.ui.app import EditorApp
@@ -313,7 +312,7 @@ def test_ui_server_options_choose_the_model_for_every_job(tmp_path, tiny_sd15):
         controlnet=(cn,),
         control=("canny",),
         control_scale=(0.7,),
-        lora=(f"{tiny_sd15.lora}:0.5",),
+        lora=(f"{lora}:0.5",),
         examples=[],
     )
     s = app.settings_from_form({"video": str(COCKATOO), "prompt": "p"}, tmp_path / "o.mp4")
@@ -323,7 +322,7 @@ def test_ui_server_options_choose_the_model_for_every_job(tmp_path, tiny_sd15):
         ("canny",),
         (0.7,),
     )
-    assert s.loras == ((str(tiny_sd15.lora), 0.5),)
+    assert s.loras == ((str(lora), 0.5),)
 
 
 def test_ui_refuses_a_controlnet_without_its_control_before_starting():
