@@ -2,12 +2,15 @@
 
     python benchmarks/bench_pipeline.py --model tiny --size 512 --frames 4 16 --steps 50
     python benchmarks/bench_pipeline.py --model full --size 256 --frames 2 4 --steps 10
+    python benchmarks/bench_pipeline.py --model full-controlnet --size 256 --frames 2 --steps 2
     python benchmarks/bench_pipeline.py --model full --size 512 --frames 4 16 --device cuda --dtype float16
 
 Each clip length runs in its own process, so the peak memory (RSS; CUDA peak on a GPU) is that
 run's alone. Frames are real footage (blackswan, or any folder via --frames-dir) with a
 synthetic depth ramp, so the depth estimator is not part of the timing.
-`--model full` is the full-size SD2-depth architecture with random weights (see full_size.py).
+`--model full` is the full-size SD2-depth architecture with random weights, `--model
+full-controlnet` the full-size SD 1.5 architecture with one ControlNet fed canny edges of the
+frames (see full_size.py); ControlNet evaluations are counted like the UNet's.
 """
 
 from __future__ import annotations
@@ -56,11 +59,13 @@ def run_one(args) -> dict:
     return_large_buffers_to_os()  # as the `pix2video` command does
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    if args.model == "full":
+    controlnet = args.model == "full-controlnet"
+    if args.model in ("full", "full-controlnet"):
         sys.path.insert(0, str(Path(__file__).parent))
-        from full_size import full_size_pipeline
+        from full_size import full_size_controlnet_pipeline, full_size_pipeline
 
-        pipe = full_size_pipeline(dtype).to(args.device)
+        build = full_size_controlnet_pipeline if controlnet else full_size_pipeline
+        pipe = build(dtype).to(args.device)
     else:
         pipe = load_pipeline(args.model, device=args.device, torch_dtype=dtype)
     width, height = args.size, args.size
@@ -76,6 +81,17 @@ def run_one(args) -> dict:
         calls["images"] += inputs[0].shape[0]
 
     pipe.unet.register_forward_pre_hook(count)
+    controlnet_images = {"n": 0}
+    conditioning = {"depth_maps": depth}
+    if controlnet:
+        from pix2video.control import canny_image
+
+        conditioning = {"control_images": [canny_image(f, 100, 200) for f in frames]}
+
+        def count_controlnet(_module, inputs):
+            controlnet_images["n"] += inputs[0].shape[0]
+
+        pipe.controlnet.register_forward_pre_hook(count_controlnet)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     store_dtype = {"float16": torch.float16, "float32": None}[args.feature_store_dtype]
@@ -84,11 +100,11 @@ def run_one(args) -> dict:
         frames,
         "a swarovski blue crystal swan on the lake",
         "a black swan on the lake",
-        depth_maps=depth,
         num_inference_steps=args.steps,
         feature_store_dtype=store_dtype,
         feature_store_device="cpu" if args.store_on_cpu else None,
         schedule=args.schedule,
+        **conditioning,
     )
     wall = time.perf_counter() - tic
     n = len(frames)
@@ -102,6 +118,7 @@ def run_one(args) -> dict:
         "unet_images_per_frame": out.unet_evaluations / n,
         "unet_forward_calls_per_frame": calls["forward"] / n,
         "unet_images_counted_per_frame": calls["images"] / n,
+        "controlnet_images_per_frame": controlnet_images["n"] / n,
         "feature_store_peak_bytes": out.feature_store_peak_bytes,
         "reference_store_bytes": reference_store_bytes(pipe, height, width, args.steps),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -115,7 +132,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="tiny", help="tiny, full, or a model folder / hub id")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny, full, full-controlnet, or a model folder / hub id"
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--steps", type=int, default=50)
@@ -147,7 +166,8 @@ def main() -> None:
     )
     header = (
         "| frames | size | steps | s/frame | depth | inversion | editing | decoding "
-        "| UNet images/frame | UNet calls/frame | feature store | reference store | peak RSS |"
+        "| UNet images/frame | UNet calls/frame | ControlNet images/frame | feature store "
+        "| reference store | peak RSS |"
     )
     print(header)
     print(
@@ -159,6 +179,7 @@ def main() -> None:
             f"| {r['depth_s_per_frame']:.2f} | {r['inversion_s_per_frame']:.2f} "
             f"| {r['editing_s_per_frame']:.2f} | {r['decoding_s_per_frame']:.2f} "
             f"| {r['unet_images_counted_per_frame']:.0f} | {r['unet_forward_calls_per_frame']:.0f} "
+            f"| {r['controlnet_images_per_frame']:.0f} "
             f"| {r['feature_store_peak_bytes'] / 2**20:.1f} MiB | {r['reference_store_bytes'] / 2**20:.0f} MiB "
             f"| {r['peak_rss_bytes'] / 2**20:.0f} MiB |"
         )

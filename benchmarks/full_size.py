@@ -1,8 +1,11 @@
-"""The full-size SD2-depth architecture with random weights, built from its config (no download).
+"""Full-size architectures with random weights, built from their configs (no download).
 
-Speed and memory depend on the architecture, not on the weight values, so this stands in for
-`stabilityai/stable-diffusion-2-depth` in benchmarks. The depth estimator is the tiny DPT of
-the bundled model (benchmarks pass precomputed depth, so it is never timed).
+Speed and memory depend on the architecture, not on the weight values, so these stand in for
+the real checkpoints in benchmarks:
+- `full_size_pipeline`: `stabilityai/stable-diffusion-2-depth` (the depth estimator is the
+  tiny DPT of the bundled model; benchmarks pass precomputed depth, so it is never timed);
+- `full_size_controlnet_pipeline`: an SD 1.5 checkpoint (UNet 860M, CLIP ViT-L/14 text
+  encoder, SD VAE) with one SD 1.5 ControlNet (361M, e.g. `control_v11f1p_sd15_depth`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from pix2video.controlnet import Pix2VideoControlNetPipeline
 from pix2video.models import BUNDLED_MODELS
 from pix2video.pipeline import Pix2VideoPipeline
 
@@ -25,6 +29,36 @@ SD2_DEPTH_UNET = dict(
     attention_head_dim=(5, 10, 20, 20),
     cross_attention_dim=1024,
     use_linear_projection=True,
+)
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    attention_head_dim=8,
+    cross_attention_dim=768,
+)
+SD15_CONTROLNET = dict(
+    in_channels=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    attention_head_dim=8,
+    cross_attention_dim=768,
+    conditioning_embedding_out_channels=(16, 32, 96, 256),
+)
+CLIP_L_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
 )
 SD2_VAE = dict(
     in_channels=3,
@@ -62,6 +96,26 @@ def full_size_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0) -> Pix
         scheduler=DDIMScheduler.from_config(tiny_pipe.scheduler.config),
         depth_estimator=tiny_pipe.depth_estimator,
         feature_extractor=tiny_pipe.feature_extractor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dtype=dtype)
+
+
+def full_size_controlnet_pipeline(
+    dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Pix2VideoControlNetPipeline:
+    """Pix2VideoControlNetPipeline with SD 1.5's UNet, VAE, text encoder and one ControlNet."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    tiny = BUNDLED_MODELS["tiny"]
+    pipe = Pix2VideoControlNetPipeline(
+        vae=AutoencoderKL(**SD2_VAE),  # SD 1.5 and SD2 share the VAE architecture
+        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)),
+        tokenizer=CLIPTokenizer.from_pretrained(tiny / "tokenizer"),
+        unet=UNet2DConditionModel(**SD15_UNET),
+        controlnet=ControlNetModel(**SD15_CONTROLNET),
+        scheduler=DDIMScheduler.from_pretrained(tiny / "scheduler"),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dtype=dtype)

@@ -7,7 +7,10 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
 
 - `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
   with cache, resume, progress and cancellation; what the CLI and the web UI run.
-- `Pix2VideoPipeline` (`pipeline`): the algorithm top to bottom on in-memory frames.
+- `Pix2VideoPipeline` (`pipeline`, SD2-depth) and `Pix2VideoControlNetPipeline`
+  (`controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on in-memory frames;
+  `load_pipeline` picks the one a checkpoint needs (`checkpoints`).
+- `editing`: the (frame, step) loop over a noise predictor, shared by every backbone.
 - `pix2video.batch`: many clips in one run (a JOBS file; in-process or on a Ray cluster).
 - `attention`: the anchor frame, the previous frame, the feature store and the injection
   processor; `guidance`: the guided latent update; `inversion`: DDIM step and inversion.
@@ -35,6 +38,7 @@ _LAZY = {
     "AnchorPreview": "job",
     "PipelineCache": "job",
     "Pix2VideoPipeline": "pipeline",
+    "Pix2VideoControlNetPipeline": "controlnet",
     "Pix2VideoOutput": "pipeline",
     "load_pipeline": "pipeline",
 }
@@ -55,11 +59,13 @@ __all__ = [  # the errors, then the names of _LAZY
     "AnchorPreview",
     "PipelineCache",
     "Pix2VideoPipeline",
+    "Pix2VideoControlNetPipeline",
     "Pix2VideoOutput",
     "load_pipeline",
 ]
 
 if TYPE_CHECKING:
+    from .controlnet import Pix2VideoControlNetPipeline
     from .job import (
         AnchorPreview,
         EditJob,

@@ -87,9 +87,13 @@ def model_fingerprint(name: str) -> dict[str, Any]:
     files (``model_index.json``, ``*/config.json``, scheduler and tokenizer files) and the
     size and modification time of its weight files, so retraining or replacing the weights
     in place changes the key. A hub id: the id and, when it is in the local Hugging Face
-    cache, the snapshot (commit) that would be loaded.
+    cache, the snapshot (commit) that would be loaded. A file (a single-file checkpoint, a
+    LoRA): its resolved path, size and modification time.
     """
     path = Path(resolve_model_path(name)).expanduser()
+    if path.is_file():  # a single-file checkpoint or a LoRA: its size and modification time
+        stat = path.stat()
+        return {"model": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
     if path.is_dir():
         path = path.resolve()
         digest = hashlib.sha256()

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import EditCancelled, InputError, ModelNotAvailableError, VideoError
-from .settings import DTYPES, EditSettings
+from .settings import CONTROL_KINDS, DTYPES, EditSettings
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from .pipeline import Pix2VideoPipeline
+    from .backbone import Pix2VideoBase
 
 T = TypeVar("T")
 ProgressCallback = Callable[[str, int, int], None]
@@ -178,27 +178,40 @@ class FrameRows:
 
 
 class PipelineCache:
-    """Loaded pipelines by (model, device, dtype), so that a server loads a model once.
+    """Loaded pipelines by everything that shapes their weights, so a server loads a model once.
 
+    The key is the model, device, dtype and compilation, and the ControlNets, LoRAs (with
+    their scales: they are fused into the weights), depth model and single-file config.
     Keeps the most recent `size` pipelines; thread-safe.
     """
 
     def __init__(self, size: int = 1) -> None:
         self.size = size
-        self._pipes: dict[tuple[str, str, str, bool], Pix2VideoPipeline] = {}
+        self._pipes: dict[tuple, Pix2VideoBase] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str, device, dtype, compile: bool = False) -> Pix2VideoPipeline:
+    def get(
+        self,
+        model: str,
+        device,
+        dtype,
+        compile: bool = False,
+        controlnets: tuple[str, ...] = (),
+        loras: tuple[tuple[str, float], ...] = (),
+        depth_model: str | None = None,
+        model_config: str | None = None,
+    ) -> Pix2VideoBase:
         """The loaded pipeline; on a GPU its UNet is channels-last (faster convolutions)."""
         import torch
 
         from .pipeline import load_pipeline
 
-        key = (model, str(device), str(dtype), compile)
+        extras = (tuple(controlnets), tuple(loras), depth_model, model_config)
+        key = (model, str(device), str(dtype), compile, extras)
         with self._lock:
             pipe = self._pipes.pop(key, None)
             if pipe is None:
-                pipe = load_pipeline(model, device, dtype)
+                pipe = load_pipeline(model, device, dtype, *extras)
                 if pipe.device.type == "cuda":
                     pipe.unet.to(memory_format=torch.channels_last)
                 if compile:
@@ -275,7 +288,8 @@ class EditJob:
         self.info = info or (lambda message: None)
         self.seconds: dict[str, float] = {}
         self._started = time.perf_counter()
-        self.pipe: Pix2VideoPipeline | None = None
+        self.pipe: Pix2VideoBase | None = None
+        self.control_files: dict[int, Any] = {}  # ControlNet index -> ControlFiles
         self._cache = None
         self._warned: set[str] = set()
         self.frames_held = FrameTracker()
@@ -320,6 +334,11 @@ class EditJob:
             from .masks import MaskFiles
 
             self.mask_files = MaskFiles(s.mask)
+        for k, control in enumerate(s.control):
+            if control not in CONTROL_KINDS:
+                from .control import ControlFiles
+
+                self.control_files[k] = ControlFiles(control)
 
     def read_input(self, anchor_only: bool = False) -> None:
         """Open the selection and make one pass over it: sizes, frame hashes, the anchor frame.
@@ -415,6 +434,8 @@ class EditJob:
         self.read_input(anchor_only=anchor_only)
         if self.mask_files is not None:
             self.mask_files.check_count(self.num_frames)  # a folder's count fails here, early
+        for files in self.control_files.values():
+            files.check_count(self.num_frames)
         depth_sources = ["estimator"] * self.num_frames
         self.depth_files: list[Path] | None = None
         if self.depth_dir is not None:
@@ -440,7 +461,18 @@ class EditJob:
         if not self.library_logs:
             silence_libraries()
         tic = time.perf_counter()
-        pipe = self.pipelines.get(s.model, device, dtype, s.compile)
+        pipe = self.pipelines.get(
+            s.model,
+            device,
+            dtype,
+            s.compile,
+            controlnets=s.controlnet,
+            loras=s.loras,
+            depth_model=s.depth_model if not s.controlnet else None,
+            model_config=s.model_config,
+        )
+        if s.controlnet:
+            pipe.set_controlnet_scales(s.control_scales)
         if s.vae_tiling:
             pipe.vae.enable_tiling()
         else:
@@ -472,7 +504,42 @@ class EditJob:
             ) from exc
         self.seconds["caption"] = time.perf_counter() - tic
         self.prepare_masks(device, [self.anchor_position] if anchor_only else None)
+        if s.controlnet:
+            depth_sources = self._control_sources(device)
         self._make_keys(device, dtype, depth_sources)
+
+    def _control_sources(self, device) -> list:
+        """Per frame, what its control images are made from (the depth cache key's part)."""
+        from .cache import hash_file, model_fingerprint
+
+        s = self.settings
+        self.depth_estimator = None
+        if "depth" in s.control:
+            from .models import DEFAULT_DEPTH_MODEL
+
+            self.depth_estimator = load_depth_estimator(
+                s.depth_model or DEFAULT_DEPTH_MODEL, str(device)
+            )
+        estimator = model_fingerprint(self.depth_estimator.name) if self.depth_estimator else None
+        whole = {  # a video or one image for all frames: hashed once
+            k: hash_file(files.path)
+            for k, files in self.control_files.items()
+            if files.files is None
+        }
+        sources = []
+        for i in range(self.num_frames):
+            controls = []
+            for k, control in enumerate(s.control):
+                if control == "canny":
+                    controls.append(["canny", s.canny_low, s.canny_high])
+                elif control == "depth":
+                    controls.append(["depth", estimator])
+                elif k in whole:
+                    controls.append(["file", whole[k], i])
+                else:
+                    controls.append(["file", hash_file(self.control_files[k].files[i])])
+            sources.append(controls)
+        return sources
 
     def check_pipeline_inputs(self) -> None:
         s = self.settings
@@ -498,6 +565,19 @@ class EditJob:
 
         s = self.settings
         model_id = model_fingerprint(s.model)
+        if (
+            s.controlnet or s.lora or s.model_config or s.depth_model
+        ):  # SD2's keys stay as they were
+            model_id = {
+                "checkpoint": model_id,
+                "model_config": model_fingerprint(s.model_config) if s.model_config else None,
+                "controlnets": [
+                    [model_fingerprint(c), scale]
+                    for c, scale in zip(s.controlnet, s.control_scales, strict=True)
+                ],
+                "loras": [[model_fingerprint(name), scale] for name, scale in s.loras],
+                "depth_model": model_fingerprint(s.depth_model) if s.depth_model else None,
+            }
         compute = {
             "device": device.type,
             "dtype": str(dtype).removeprefix("torch."),
@@ -506,8 +586,14 @@ class EditJob:
         self.device_name, self.dtype_name = str(device), compute["dtype"]
         size = [self.width, self.height]
         frame_hashes = self.frame_hashes
+        # depth/control images depend on the depth estimator, not on ControlNets or LoRAs
+        depth_id = model_fingerprint(s.model)
+        if s.controlnet:
+            depth_id = None  # the control sources name everything (depth model included)
+        elif s.depth_model:
+            depth_id = {"checkpoint": depth_id, "depth_model": model_fingerprint(s.depth_model)}
         self.depth_keys = [
-            make_key("depth", model=model_id, compute=compute, frame=h, size=size, depth=d)
+            make_key("depth", model=depth_id, compute=compute, frame=h, size=size, depth=d)
             for h, d in zip(frame_hashes, depth_sources, strict=True)
         ]
         self.inversion_keys = [
@@ -679,7 +765,8 @@ class EditJob:
         import torch
 
         pipe, s = self.pipe, self.settings
-        depth_shape, latent_shape = (1, 1, *self.latent_shape[1:]), (1, *self.latent_shape)
+        depth_shape = (1, *pipe.conditioning_shape(self.height, self.width))
+        latent_shape = (1, *self.latent_shape)
         trajectory_shape = (1, s.steps, *self.latent_shape)
         depth = FrameRows(positions, depth_shape[1:])
         inverted = FrameRows(positions, latent_shape[1:])
@@ -759,7 +846,10 @@ class EditJob:
         return depth.tensor, inverted.tensor, trajectories.tensor if s.masked else None
 
     def _estimate_depth(self, position: int, frame):
-        """Normalised depth of one frame: from `--depth-dir`, or the model's estimator."""
+        """One frame's conditioning: depth (SD2-depth: from `--depth-dir`, or the model's
+        estimator) or control images (ControlNets: `control.py`)."""
+        if self.settings.controlnet:
+            return self._control_images(position, frame)
         maps = None
         if self.depth_files is not None:
             from .depth import load_depth_maps
@@ -767,6 +857,21 @@ class EditJob:
             path = self.depth_files[position]
             maps = load_depth_maps(path.parent, [path.name], self.reader.source_size)
         return self.pipe.prepare_depth([frame], maps).float().cpu()
+
+    def _control_images(self, position: int, frame):
+        """(1, 3k, H, W) control images of one frame, one per ControlNet, in their order."""
+        from .control import canny_image, depth_image
+
+        s, size = self.settings, (self.width, self.height)
+        images = []
+        for k, control in enumerate(s.control):
+            if control == "canny":
+                images.append(canny_image(frame, s.canny_low, s.canny_high))
+            elif control == "depth":
+                images.append(depth_image(self.depth_estimator(frame), size))
+            else:
+                images.append(self.control_files[k].frame(position, size))
+        return self.pipe.prepare_conditioning([frame], control_images=[images]).float().cpu()
 
     @contextlib.contextmanager
     def pipe_cancellable(self) -> Iterator[None]:
@@ -1121,6 +1226,14 @@ def frame_names(reader, num_frames: int) -> list[str]:
         files = list_image_files(reader.source_path)
         return [files[i].name for i in indices]
     return [f"{i:06d}" for i in indices]
+
+
+@functools.lru_cache(maxsize=1)
+def load_depth_estimator(model: str, device: str):
+    """The depth model of `--control depth` (kept loaded between jobs)."""
+    from .control import DepthEstimator
+
+    return DepthEstimator(model, device)
 
 
 @functools.lru_cache(maxsize=1)

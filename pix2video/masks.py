@@ -107,8 +107,11 @@ class MaskFiles:
 
     Read in frame order on demand (a video is decoded once per pass, one frame at a time);
     position i of the selection takes the source's i-th mask, so the source must hold
-    exactly as many masks as the selection has frames (`check_count`).
+    exactly as many masks as the selection has frames (`check_count`). `control.ControlFiles`
+    reads control frames the same way (`noun` names them in messages).
     """
+
+    noun = "mask"
 
     def __init__(self, path: str | os.PathLike, frames: str = "the selection") -> None:
         """`frames` names what the masks must match, for messages ("the edited clip")."""
@@ -117,26 +120,27 @@ class MaskFiles:
         self.frames = frames
         self.path = Path(path).expanduser()
         if not self.path.exists():
-            raise InputError(f"The mask '{self.path}' does not exist.")
+            raise InputError(f"The {self.noun} '{self.path}' does not exist.")
         self.single: np.ndarray | None = None
         self.files: list[Path] | None = None
         if self.path.is_dir():
             self.files = video.list_image_files(self.path)
             if not self.files:
-                raise InputError(f"The mask folder '{self.path}' has no images.")
+                raise InputError(f"The {self.noun} folder '{self.path}' has no images.")
         elif self.path.suffix.lower() in video.IMAGE_EXTENSIONS:
             self.single = self._read_image(self.path)
         else:
             try:
                 self._reader = video.open_clip(self.path)
             except VideoError as exc:
-                raise InputError(f"The mask '{self.path}' cannot be read: {exc}") from exc
+                raise InputError(f"The {self.noun} '{self.path}' cannot be read: {exc}") from exc
         self._iterator: Iterator | None = None
         self._next = 0
         self.expected: int | None = None  # the selection's frame count, once known
 
     @staticmethod
     def _read_image(path: Path) -> np.ndarray:
+        """A grey mask image (any channel white is white)."""
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise InputError(f"The mask image '{path}' cannot be read.")
@@ -150,8 +154,8 @@ class MaskFiles:
         what = "folder" if self.files is not None else "video"
         unit = "images" if self.files is not None else "frames"
         return InputError(
-            f"The mask {what} '{self.path}' has {count} {unit} but {self.frames} has "
-            f"{num_frames} frames: give one mask per frame."
+            f"The {self.noun} {what} '{self.path}' has {count} {unit} but {self.frames} has "
+            f"{num_frames} frames: give one {self.noun} per frame."
         )
 
     def check_count(self, num_frames: int, read_all: bool = False) -> None:

@@ -27,12 +27,28 @@ ANCHORS: tuple[str, ...] = ("first", "last")
 """The anchor frame; `last` processes the clip from its end."""
 SCHEDULES: tuple[str, ...] = ("auto", "step", "frame")
 """Processing order (same result): all frames step by step, or each frame to the end."""
+CONTROL_KINDS: tuple[str, ...] = ("canny", "depth")
+"""Control images computed per frame for a ControlNet; anything else given is a path."""
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 FEATURE_STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_GUIDANCE_SCALE = 100.0
 MAX_MASK_GROWTH = 512  # pixels of --mask-dilate / --mask-feather
+MAX_CANNY_THRESHOLD = 1000  # OpenCV's Canny works on gradient magnitudes, which can pass 255
+BACKBONE_FIELDS: tuple[str, ...] = (
+    "model_config",
+    "controlnet",
+    "control",
+    "control_scale",
+    "canny_low",
+    "canny_high",
+    "depth_model",
+    "lora",
+)
+"""Options that say which model runs and what conditions it (a server fixes them for all jobs)."""
+SEQUENCE_FIELDS: tuple[str, ...] = ("controlnet", "control", "control_scale", "lora")
+"""Options given once per item (repeatable on the command line; lists in config files)."""
 
 
 @dataclass
@@ -47,7 +63,15 @@ class EditSettings:
     output: str | os.PathLike
     source_prompt: str | None = None  # None: caption the anchor frame
     negative_prompt: str = ""
-    model: str = DEFAULT_MODEL
+    model: str = DEFAULT_MODEL  # SD2-depth or SD 1.5 checkpoint: hub id, folder, .safetensors
+    model_config: str | None = None  # diffusers configs for a single-file checkpoint
+    controlnet: tuple[str, ...] = ()  # ControlNets (hub id or folder) for an SD 1.5 model
+    control: tuple[str, ...] = ()  # per ControlNet: canny, depth, or a folder/video of frames
+    control_scale: tuple[float, ...] = ()  # per ControlNet; default 1.0 each
+    canny_low: int = 100
+    canny_high: int = 200
+    depth_model: str | None = None  # depth estimator (transformers); None: the model's own
+    lora: tuple[str, ...] = ()  # PATH_OR_ID[:SCALE] each
     device: str = "auto"
     dtype: str = "float32"
     size: str | int = "512"
@@ -84,6 +108,15 @@ class EditSettings:
     no_cache: bool = False
     captioner: str = DEFAULT_CAPTIONER
     stats_json: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        for name in SEQUENCE_FIELDS:  # a config file gives lists (or one value)
+            value = getattr(self, name)
+            if value is None:
+                value = ()
+            elif isinstance(value, (str, int, float)):
+                value = (value,)
+            setattr(self, name, tuple(value))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -180,7 +213,72 @@ class EditSettings:
         )
         if not str(self.model).strip():
             raise InputError("The model name is empty: use a hub id, a folder or 'tiny'.")
+        self._validate_backbone()
         return self
+
+    def _validate_backbone(self) -> None:
+        """ControlNets with their controls and scales, LoRAs, depth model, canny thresholds."""
+        for name, value in (("model-config", self.model_config), ("depth-model", self.depth_model)):
+            if value is not None and not str(value).strip():
+                raise InputError(f"The --{name} name is empty: use a hub id or a folder.")
+        if any(not str(c).strip() for c in self.controlnet):
+            raise InputError("A --controlnet name is empty: use a hub id or a folder.")
+        n = len(self.controlnet)
+        if self.control and not n:
+            raise InputError("--control needs a --controlnet to read it; add --controlnet ID.")
+        if n and len(self.control) != n:
+            raise InputError(
+                f"Give one --control (canny, depth or a folder/video of control frames) per "
+                f"--controlnet, in the same order: {n} ControlNet(s), {len(self.control)} --control."
+            )
+        if any(not str(c).strip() for c in self.control):
+            raise InputError("A --control is empty: use canny, depth or a folder/video path.")
+        if self.control_scale and len(self.control_scale) != n:
+            raise InputError(
+                f"Give one --control-scale per --controlnet ({n}), or none for 1.0 each; got "
+                f"{len(self.control_scale)}."
+            )
+        for scale in self.control_scale:
+            _number("control-scale", scale, 0.0, MAX_GUIDANCE_SCALE)
+        _integer("canny-low", self.canny_low, 0, MAX_CANNY_THRESHOLD)
+        _integer("canny-high", self.canny_high, 0, MAX_CANNY_THRESHOLD)
+        if self.canny_low > self.canny_high:
+            raise InputError(
+                f"--canny-low ({self.canny_low}) must not exceed --canny-high ({self.canny_high})."
+            )
+        for text in self.lora:
+            parse_lora(text)
+
+    @property
+    def control_scales(self) -> tuple[float, ...]:
+        """One conditioning scale per ControlNet (1.0 unless given)."""
+        return tuple(float(s) for s in self.control_scale) or (1.0,) * len(self.controlnet)
+
+    @property
+    def loras(self) -> tuple[tuple[str, float], ...]:
+        """(path or hub id, scale) of every --lora."""
+        return tuple(parse_lora(text) for text in self.lora)
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """`PATH_OR_ID[:SCALE]` -> (path or id, scale); the scale defaults to 1.0.
+
+    Only a last `:` followed by a number is a scale, so `C:/loras/x.safetensors` stays a path.
+    """
+    text = str(text).strip()
+    name, sep, tail = text.rpartition(":")
+    scale = 1.0
+    try:
+        scale = float(tail) if sep else scale
+    except ValueError:
+        name = text
+    if not sep:
+        name = text
+    if not name.strip():
+        raise InputError(f"The --lora {text!r} names no LoRA: use PATH_OR_ID[:SCALE].")
+    if not math.isfinite(scale):
+        raise InputError(f"The --lora scale in {text!r} must be a finite number.")
+    return name.strip(), scale
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

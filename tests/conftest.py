@@ -93,6 +93,42 @@ def tiny_clipseg(tmp_path_factory, shared_dir) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory):
+    """Tiny random SD 1.5 + ControlNet family, built in code and saved once (`tiny_sd15.py`).
+
+    Attributes: `model` (diffusers folder), `single_file` (the same weights in the original
+    single-file layout), `controlnets` (two ControlNet folders), `depth_model` (a Depth
+    Anything folder). The LoRA is `tiny_lora` (it needs peft).
+    """
+    from types import SimpleNamespace
+
+    from tiny_sd15 import (
+        build_controlnet,
+        build_depth_anything,
+        build_sd15,
+        save_original_checkpoint,
+    )
+
+    root = tmp_path_factory.mktemp("tiny-sd15")
+    model = build_sd15(root / "sd15")
+    return SimpleNamespace(
+        model=model,
+        single_file=save_original_checkpoint(model, root / "tiny-sd15.safetensors"),
+        controlnets=[build_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
+        depth_model=build_depth_anything(root / "depth-anything"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd15, tmp_path_factory) -> Path:
+    """A random LoRA for the tiny SD 1.5 UNet, one .safetensors file (made with peft)."""
+    pytest.importorskip("peft", reason="LoRA loading needs peft (a project dependency)")
+    from tiny_sd15 import build_lora
+
+    return build_lora(tiny_sd15.model, tmp_path_factory.mktemp("loras") / "style.safetensors")
+
+
 @pytest.fixture
 def report_measurement(request, record_property):
     """`report(name, value)`: print `value` under "measurements" at the end of the run.

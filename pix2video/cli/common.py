@@ -5,7 +5,7 @@
   naming the unexpected error.
 - `Reporter`: rich progress bars on stderr fed by the job's ``progress(stage, done, total)``.
 - ``--config``: a YAML/TOML file whose keys become the command's option defaults.
-- Option groups used by several commands: `model_options`, `run_options`,
+- Option groups used by several commands: `model_options`, `backbone_options`, `run_options`,
   `selection_options`, `size_option`, `clip_model_option`, `report_file_option`.
 """
 
@@ -24,11 +24,18 @@ import click
 
 from ..errors import InputError, Pix2VideoError, describe_failure
 from ..job import STAGES
-from ..models import DEFAULT_CLIP_MODEL
+from ..models import DEFAULT_CLIP_MODEL, DEFAULT_DEPTH_MODEL
 from ..quiet import quiet_libraries, silence_libraries  # noqa: F401 - used by the commands
-from ..settings import DTYPES, MAX_MASK_GROWTH, EditSettings
+from ..settings import (
+    CONTROL_KINDS,
+    DTYPES,
+    MAX_CANNY_THRESHOLD,
+    MAX_MASK_GROWTH,
+    EditSettings,
+)
 
 DEFAULTS = EditSettings.defaults()
+SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # as in `checkpoints` (no torch here)
 REFRESH_SECONDS = 0.2  # progress bars are redrawn at most this often
 INTERRUPTED = "Interrupted; finished work is cached, re-run the same command to resume."
 INTERRUPTED_NO_CACHE = "Interrupted; nothing was kept (--no-cache)."
@@ -294,8 +301,9 @@ def model_options(f: Callable) -> Callable:
         click.option(
             "--model",
             default=DEFAULTS["model"],
-            help="Depth-conditioned Stable Diffusion 2 checkpoint: hub id (used offline when "
-            "cached) or local folder; 'tiny' = the bundled random-weight model for smoke runs.",
+            help="Checkpoint: SD2-depth (hub id, used offline when cached, or folder; 'tiny' = "
+            "the bundled random-weight model for smoke runs), or an SD 1.5-architecture model "
+            "(hub id, folder, or one .safetensors/.ckpt file) with --controlnet.",
         ),
         click.option(
             "--device",
@@ -307,6 +315,65 @@ def model_options(f: Callable) -> Callable:
             type=click.Choice(DTYPES),
             default=DEFAULTS["dtype"],
             help="Model precision; float16/bfloat16 only on a GPU (about half the memory).",
+        ),
+    )(f)
+
+
+def backbone_options(f: Callable) -> Callable:
+    """--controlnet, --control, --control-scale, --lora, ...: bring your own model (`checkpoints`)."""
+    return _compose(
+        click.option(
+            "--controlnet",
+            multiple=True,
+            show_default="none",
+            help="ControlNet (hub id or folder) for an SD 1.5 --model; repeat for several (their "
+            "residuals add up).",
+        ),
+        click.option(
+            "--control",
+            multiple=True,
+            show_default="none",
+            help=f"What each --controlnet sees, in their order: {' or '.join(CONTROL_KINDS)} "
+            "(computed per frame), or a folder/video of control frames (one per selected frame).",
+        ),
+        click.option(
+            "--control-scale",
+            type=float,
+            multiple=True,
+            show_default="1.0 each",
+            help="Conditioning scale of each --controlnet, in their order.",
+        ),
+        click.option(
+            "--canny-low",
+            type=click.IntRange(0, MAX_CANNY_THRESHOLD),
+            default=DEFAULTS["canny_low"],
+            help="Lower Canny threshold of --control canny.",
+        ),
+        click.option(
+            "--canny-high",
+            type=click.IntRange(0, MAX_CANNY_THRESHOLD),
+            default=DEFAULTS["canny_high"],
+            help="Upper Canny threshold of --control canny.",
+        ),
+        click.option(
+            "--depth-model",
+            default=None,
+            show_default=f"{DEFAULT_DEPTH_MODEL} for --control depth; SD2-depth: its own",
+            help="Depth estimator (transformers, hub id or folder), e.g. "
+            "depth-anything/Depth-Anything-V2-Small-hf; also replaces SD2-depth's own.",
+        ),
+        click.option(
+            "--lora",
+            multiple=True,
+            show_default="none",
+            help="LoRA as PATH_OR_ID[:SCALE] (a .safetensors file, folder or hub id; scale 1.0 "
+            "by default); repeatable. Fused into the weights.",
+        ),
+        click.option(
+            "--model-config",
+            default=None,
+            show_default=f"{SD15_CONFIG} from the local cache",
+            help="Diffusers configs (folder or hub id) of a single-file --model's architecture.",
         ),
     )(f)
 

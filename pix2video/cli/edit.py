@@ -12,6 +12,7 @@ from .common import (
     _STATE,
     INTERRUPTED_NO_CACHE,
     Reporter,
+    backbone_options,
     mask_options,
     model_options,
     quiet_libraries,
@@ -88,6 +89,7 @@ def format_summary(result: EditResult) -> list[str]:
     help="Unconditional prompt for guidance.",
 )
 @model_options
+@backbone_options
 @size_option
 @click.option(
     "--keep-source-size",

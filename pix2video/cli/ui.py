@@ -5,11 +5,19 @@ from __future__ import annotations
 import click
 
 from ..ui import DEFAULT_HOST, DEFAULT_MAX_FRAMES, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
-from .common import DEFAULTS, Reporter, model_options, quiet_libraries, run_options
+from .common import (
+    DEFAULTS,
+    Reporter,
+    backbone_options,
+    model_options,
+    quiet_libraries,
+    run_options,
+)
 
 
 @click.command(context_settings={"show_default": True})
 @model_options
+@backbone_options
 @click.option(
     "--host",
     default=DEFAULT_HOST,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, Pix2VideoError
-from ..settings import EditSettings
+from ..settings import BACKBONE_FIELDS, EditSettings
 
 DEFAULTS = EditSettings.defaults()
 DEFAULT_HOST = "127.0.0.1"
@@ -44,6 +44,14 @@ class ServerOptions:
     """What `pix2video ui` was started with: the model for every job, and the server's limits."""
 
     model: str = DEFAULTS["model"]
+    controlnet: tuple[str, ...] = ()  # the model and what conditions it: server-level choices
+    control: tuple[str, ...] = ()
+    control_scale: tuple[float, ...] = ()
+    canny_low: int = DEFAULTS["canny_low"]
+    canny_high: int = DEFAULTS["canny_high"]
+    depth_model: str | None = None
+    lora: tuple[str, ...] = ()
+    model_config: str | None = None
     device: str = DEFAULTS["device"]
     dtype: str = DEFAULTS["dtype"]
     captioner: str = DEFAULTS["captioner"]
@@ -129,6 +137,8 @@ def serve(
     from ..job import resolve_device
 
     check_port(options.host, options.port)
+    backbone = {name: getattr(options, name) for name in BACKBONE_FIELDS}
+    EditSettings("-", "-", "-", model=options.model, **backbone).validate()  # fail now
     resolve_device(options.device, options.dtype)  # a bad --device fails now, not per request
     stop = stop or threading.Event()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -50,7 +50,7 @@ from ..job import (
     preview_anchor,
     suggest_source_prompt,
 )
-from ..settings import ANCHORS, ATTEND_MODES, EditSettings
+from ..settings import ANCHORS, ATTEND_MODES, BACKBONE_FIELDS, EditSettings
 from . import ServerOptions
 
 DEFAULTS = EditSettings.defaults()
@@ -614,6 +614,7 @@ class EditorApp:
             output=output,
             max_frames=max_frames,
             model=o.model,
+            **{name: getattr(o, name) for name in BACKBONE_FIELDS},
             device=o.device,
             dtype=o.dtype,
             captioner=o.captioner,

@@ -1,0 +1,270 @@
+"""Bring your own model: what a checkpoint is, and loading it with ControlNets and LoRAs.
+
+The pipeline follows from the checkpoint: a UNet that reads 5 channels (4 latent + depth)
+is SD2-depth (`pipeline.Pix2VideoPipeline`); one that reads the 4 latent channels is an
+SD 1.5-architecture model that sees structure through ControlNets
+(`controlnet.Pix2VideoControlNetPipeline`), so it needs at least one. A checkpoint is a
+hub id or a diffusers folder (offline-first, `models.load_pretrained`) or, for SD 1.5, one
+original-layout `.safetensors`/`.ckpt` file as model sites publish them (diffusers'
+`from_single_file`, with the architecture's diffusers configs from `model_config` or the
+local cache). LoRAs (a file, a folder or a hub id, each with a scale) are loaded with
+diffusers' `load_lora_weights` and fused into the weights at their scales, so an edit
+costs the same with or without them. Every failure is one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import ModelNotAvailableError
+from .models import _offline, load_pretrained, resolve_model_path
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+"""The diffusers configs diffusers picks for an SD 1.5 single file (from the local cache)."""
+ORIGINAL_UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+TINY_HINT = " (or `tiny` for the bundled random-weight model)"
+
+
+def is_single_file(model: str) -> bool:
+    path = Path(resolve_model_path(model)).expanduser()
+    return path.suffix.lower() in SINGLE_FILE_SUFFIXES and not path.is_dir()
+
+
+def unet_in_channels(model: str) -> int | None:
+    """Channels the checkpoint's UNet reads, without loading it; None when it cannot be told.
+
+    From the single file's first convolution, a folder's `unet/config.json`, or the hub
+    cache's copy of it.
+    """
+    path = Path(resolve_model_path(model)).expanduser()
+    if is_single_file(model):
+        if not path.is_file():
+            raise ModelNotAvailableError(f"The checkpoint file '{model}' does not exist.")
+        shape = _single_file_shape(path, ORIGINAL_UNET_INPUT)
+        if shape is None:
+            raise ModelNotAvailableError(
+                f"The file '{model}' is not a Stable Diffusion checkpoint in the original "
+                "single-file layout (it has no model.diffusion_model weights)."
+            )
+        return int(shape[1])
+    config = path / "unet" / "config.json"
+    if not config.is_file() and not path.exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(str(model), "unet/config.json")
+            config = Path(found) if isinstance(found, str) else config
+        except Exception:  # noqa: BLE001 - a malformed id: the loader says so
+            return None
+    if not config.is_file():
+        return None
+    return int(json.loads(config.read_text()).get("in_channels", 4))
+
+
+def _single_file_shape(path: Path, key: str) -> tuple[int, ...] | None:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return tuple(f.get_slice(key).get_shape()) if key in f.keys() else None
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one sentence
+        raise ModelNotAvailableError(
+            f"The checkpoint file '{path}' cannot be read ({type(exc).__name__}: {exc})."
+        ) from exc
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return tuple(state[key].shape) if key in state else None
+
+
+def load_backbone(
+    model: str,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+    controlnets: Sequence[str] = (),
+    loras: Sequence[tuple[str, float]] = (),
+    depth_model: str | None = None,
+    model_config: str | None = None,
+):
+    """The pipeline the checkpoint calls for, with its ControlNets and LoRAs, on `device`."""
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    channels = unet_in_channels(model)
+    if channels == 5:
+        if controlnets:
+            raise ModelNotAvailableError(
+                f"The model '{model}' is depth-conditioned (SD2-depth) and takes no ControlNet; "
+                "drop --controlnet, or use an SD 1.5 checkpoint with it."
+            )
+        if is_single_file(model):
+            raise ModelNotAvailableError(
+                f"Load the SD2-depth model '{model}' from its diffusers folder or hub id, not "
+                "a single file."
+            )
+        pipe = _load_sd2_depth(model, depth_model, kwargs)
+    elif channels not in (None, 4):
+        raise ModelNotAvailableError(
+            f"The model '{model}' has a UNet that reads {channels} channels (an inpainting or "
+            "other special checkpoint); use an SD2-depth or an SD 1.5 text-to-image checkpoint."
+        )
+    elif not controlnets:
+        if channels is None:  # unknown: let the SD2-depth loader say what it is
+            pipe = _load_sd2_depth(model, depth_model, kwargs)
+        else:
+            raise ModelNotAvailableError(
+                f"The model '{model}' is not depth-conditioned, so it needs a ControlNet for the "
+                "video's structure: add --controlnet ID --control canny|depth (e.g. "
+                "lllyasviel/control_v11f1p_sd15_depth with --control depth)."
+            )
+    else:
+        pipe = _load_controlnet_pipeline(model, controlnets, model_config, kwargs)
+    if loras:
+        apply_loras(pipe, loras)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _load_sd2_depth(model: str, depth_model: str | None, kwargs: dict):
+    from .pipeline import Pix2VideoPipeline
+
+    components = {}
+    if depth_model is not None:
+        from .control import DepthEstimator
+
+        estimator = DepthEstimator(depth_model)
+        components = {"depth_estimator": estimator.model, "feature_extractor": estimator.processor}
+    pipe = load_pretrained(
+        Pix2VideoPipeline.from_pretrained,
+        model,
+        "diffusion model",
+        fallback_hint=TINY_HINT,
+        **components,
+        **kwargs,
+    )
+    if pipe.unet.config.in_channels != 5:
+        raise ModelNotAvailableError(
+            f"The model '{model}' is not depth-conditioned (its UNet reads "
+            f"{pipe.unet.config.in_channels} channels, not 4 latent + 1 depth); use a "
+            "stable-diffusion-2-depth checkpoint, or add --controlnet for an SD 1.5 one."
+        )
+    return pipe
+
+
+def _load_controlnet_pipeline(
+    model: str, controlnets: Sequence[str], model_config: str | None, kwargs: dict
+):
+    from diffusers import ControlNetModel
+
+    from .controlnet import Pix2VideoControlNetPipeline
+
+    nets = [
+        load_pretrained(ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
+        for c in controlnets
+    ]
+    if is_single_file(model):
+        pipe = _load_single_file(model, nets, model_config, kwargs)
+    else:
+        pipe = load_pretrained(
+            Pix2VideoControlNetPipeline.from_pretrained,
+            model,
+            "diffusion model",
+            controlnet=nets,
+            safety_checker=None,
+            feature_extractor=None,
+            **kwargs,
+        )
+    unet = pipe.unet.config
+    for name, net in zip(controlnets, nets, strict=True):
+        if net.config.cross_attention_dim != unet.cross_attention_dim or tuple(
+            net.config.block_out_channels
+        ) != tuple(unet.block_out_channels):
+            raise ModelNotAvailableError(
+                f"The ControlNet '{name}' was made for another architecture than the model "
+                f"'{model}' (cross-attention {net.config.cross_attention_dim} vs "
+                f"{unet.cross_attention_dim}); use a ControlNet for the model's base (SD 1.5)."
+            )
+    return pipe
+
+
+def _load_single_file(model: str, nets: list, model_config: str | None, kwargs: dict):
+    """`from_single_file` offline-first: configs from `model_config` or the local hub cache."""
+    from .controlnet import Pix2VideoControlNetPipeline
+
+    path = str(Path(model).expanduser())
+    config = model_config
+    if config is not None and Path(config).expanduser().is_dir():
+        config = str(Path(config).expanduser())
+    attempts = [True] if _offline() else [True, False]
+    error: Exception | None = None
+    for local_only in attempts:
+        try:
+            return Pix2VideoControlNetPipeline.from_single_file(
+                path,
+                controlnet=nets,
+                config=config,
+                local_files_only=local_only,
+                safety_checker=None,
+                **kwargs,
+            )
+        except Exception as exc:  # noqa: BLE001 - any loader failure becomes one sentence
+            error = exc
+    needed = config or SD15_CONFIG
+    raise ModelNotAvailableError(
+        f"The single-file checkpoint '{model}' could not be loaded with the diffusers configs "
+        f"of '{needed}' ({type(error).__name__}); download those configs once with "
+        f"`huggingface-cli download {SD15_CONFIG} --include '*.json' '*.txt'`, or pass "
+        "--model-config with a diffusers folder of the same architecture."
+    ) from error
+
+
+def apply_loras(pipe, loras: Sequence[tuple[str, float]]) -> None:
+    """Load every (path or id, scale) LoRA and fuse them into the weights at their scales."""
+    names = []
+    for i, (name, _scale) in enumerate(loras):
+        adapter = f"lora{i}"
+        path = Path(name).expanduser()
+        try:
+            if path.is_file():
+                pipe.load_lora_weights(
+                    str(path.parent), weight_name=path.name, adapter_name=adapter
+                )
+            elif path.is_dir():
+                pipe.load_lora_weights(str(path), adapter_name=adapter)
+            elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+                raise ModelNotAvailableError(f"The LoRA '{name}' does not exist.")
+            else:
+                _load_hub_lora(pipe, name, adapter)
+        except ModelNotAvailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ModelNotAvailableError(
+                f"The LoRA '{name}' could not be loaded into the model ({type(exc).__name__}: "
+                f"{exc}); is it a LoRA for this model's architecture?"
+            ) from exc
+        names.append(adapter)
+    pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
+    pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+
+
+def _load_hub_lora(pipe, name: str, adapter: str) -> None:
+    try:
+        pipe.load_lora_weights(name, adapter_name=adapter, local_files_only=True)
+        return
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    if not _offline():
+        try:
+            pipe.load_lora_weights(name, adapter_name=adapter)
+            return
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    raise ModelNotAvailableError(
+        f"The LoRA '{name}' is not available offline and could not be downloaded "
+        f"({type(error).__name__}); download it once with `huggingface-cli download {name}`, "
+        "or pass a file or folder."
+    ) from error

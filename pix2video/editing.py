@@ -1,0 +1,251 @@
+"""The Pix2Video edit loop, written once over a noise predictor (k-diffusion style).
+
+Every backbone (SD2-depth, SD 1.5 + ControlNet, ...) only prepares its conditioning and
+hands this module a callable ``predict(x, frame, t) -> eps``; everything that makes the
+method is here and nowhere else:
+
+- `invert_frames`: DDIM inversion of every frame (optionally keeping each frame's
+  trajectory, which a local edit blends with);
+- `edit_frames`: the loop over (frame position, step) with the feature store and the
+  injection processors (`attention.py`), the guided latent update (`guidance.py`),
+  step-major or frame-major order, step checkpoints and resume (`EditCheckpoint`), and
+  the mask blending of local edits.
+
+Frame i at step s depends only on frames < i at step s (and on its own earlier steps), so
+the frames can be advanced step by step ("step-major") instead of frame by frame: the
+result is the same and the feature store then holds a single step's features. Frame-major
+order is used when a later step's prediction is the guidance target (`step:K`).
+
+Nothing here knows a backbone: the UNet is only needed to install the injection
+processors on its decoder self-attention layers, which every diffusers
+`UNet2DConditionModel` has under the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .attention import FeatureStore, cross_frame_attention, reference_plan
+from .errors import InputError
+from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
+from .inversion import ddim_invert, ddim_sample_step
+
+ProgressCallback = Callable[[str, int, int], None]
+"""progress(stage, done, total), stage "inversion" (frames) or "editing" (frame-steps)."""
+
+FramePredictor = Callable[[torch.Tensor, int, int], torch.Tensor]
+"""eps = predict(x, frame, t): guided noise of frame `frame`'s (1, 4, h, w) latent `x` at t."""
+
+BatchPredictor = Callable[[torch.Tensor, slice, int], torch.Tensor]
+"""eps = predict(x, frames, t): unguided noise of the frames `frames` (a slice of the clip)."""
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """What a DDIM walk needs from a scheduler: its timesteps and cumulative alphas."""
+
+    timesteps: list[int]  # descending, e.g. 980, 960, ..., 0
+    step_ratio: int
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: torch.Tensor
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_steps: int, device: torch.device) -> DDIMSchedule:
+        scheduler.set_timesteps(num_steps)
+        return cls(
+            timesteps=[int(t) for t in scheduler.timesteps],
+            step_ratio=scheduler.config.num_train_timesteps // num_steps,
+            alphas_cumprod=scheduler.alphas_cumprod.to(device),
+            final_alpha_cumprod=scheduler.final_alpha_cumprod.to(device),
+        )
+
+
+@dataclass
+class EditCheckpoint:
+    """State of a step-major edit after every frame has finished step `step`."""
+
+    step: int
+    latents: torch.Tensor  # (N, 4, h, w), processing order
+    x0_targets: dict[tuple[int, int], torch.Tensor]  # predictions later guided steps still need
+
+
+def invert_frames(
+    predict: BatchPredictor,
+    latents: torch.Tensor,
+    schedule: DDIMSchedule,
+    batch_size: int = 1,
+    trajectory: bool = False,
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """DDIM-invert every frame's clean latent, `batch_size` frames per prediction.
+
+    Returns x_T (N, 4, h, w); with `trajectory`, also (N, steps, 4, h, w): at index s, the
+    latent at the noise level that editing step s lands on (`source_trajectory`).
+    """
+    inverted, trajectories = [], []
+    for start in range(0, len(latents), batch_size):
+        chunk = slice(start, start + batch_size)
+
+        def predict_chunk(x: torch.Tensor, t: int, chunk: slice = chunk) -> torch.Tensor:
+            return predict(x, chunk, t)
+
+        x = latents[chunk]
+        levels = [x]  # the clean latent, then each inversion step's result
+
+        def record(i: int, t: int, latent: torch.Tensor, levels: list = levels) -> None:
+            levels.append(latent)
+
+        inverted.append(
+            ddim_invert(
+                predict_chunk,
+                x,
+                schedule.timesteps,
+                schedule.alphas_cumprod,
+                schedule.final_alpha_cumprod,
+                record if trajectory else None,
+            )
+        )
+        if trajectory:
+            trajectories.append(source_trajectory(levels))
+        if progress:
+            progress("inversion", min(start + batch_size, len(latents)), len(latents))
+    if trajectory:
+        return torch.cat(inverted), torch.cat(trajectories)
+    return torch.cat(inverted)
+
+
+def edit_frames(
+    predict: FramePredictor,
+    inverted_latents: torch.Tensor,
+    schedule: DDIMSchedule,
+    unet: torch.nn.Module,
+    attend: str = "anchor+previous",
+    anchor: str = "first",
+    latent_guidance_weight: float = 100.0,
+    latent_guidance_steps: int | None = None,
+    latent_guidance_target: str = "same-step",
+    seed: int = 0,
+    order: str = "auto",
+    feature_store_dtype: torch.dtype | None = None,
+    feature_store_device: str | torch.device | None = None,
+    progress: ProgressCallback | None = None,
+    resume: EditCheckpoint | None = None,
+    on_step_end: Callable[[EditCheckpoint], None] | None = None,
+    masks: torch.Tensor | None = None,
+    source_latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, FeatureStore]:
+    """Denoise frames (given in clip order) from their inverted noise, anchor first.
+
+    `predict(x, frame, t)` is called with the frame's index in the clip, so a backbone
+    looks up that frame's conditioning itself. The frames are processed in *anchor
+    order*: position 0 is the anchor frame (the clip's first frame, or its last with
+    `anchor="last"`), position i attends to earlier positions. `order` is the processing
+    order (`auto`, `step`, `frame`: see `processing_order`). In step-major order every
+    completed step is a consistent state (`EditCheckpoint`, latents in anchor order):
+    `on_step_end` receives it (it is not called in frame-major order), and `resume`
+    continues from it with the same result as an uninterrupted run.
+    A local edit passes `masks` (N, 1, h, w) bool at latent resolution (True = edit) and
+    `source_latents` (N, steps, 4, h, w) from `invert_frames(trajectory=True)`: after every
+    step, the latent outside the mask is the frame's own source latent at the same noise
+    level (blended latent diffusion). Returns the final latents (N, 4, h, w) in clip order
+    and the feature store (for its byte counts).
+    """
+    num_frames, num_steps = inverted_latents.shape[0], len(schedule.timesteps)
+    device = inverted_latents.device
+    clip_index = anchor_order(num_frames, anchor)
+    inverted_latents = inverted_latents[clip_index]
+    if (masks is None) != (source_latents is None):
+        raise ValueError("A local edit needs both masks and source latents.")
+    if masks is not None:
+        masks, source_latents = masks[clip_index], source_latents[clip_index]
+
+    target_of = latent_guidance_schedule(
+        num_steps, latent_guidance_weight, latent_guidance_steps, latent_guidance_target
+    )
+    last_use = {
+        k: max(s for s, k2 in target_of.items() if k2 == k) for k in set(target_of.values())
+    }
+    steps = processing_order(num_frames, num_steps, order, target_of)
+    step_major = num_frames == 1 or steps[1][1] == steps[0][1]
+    if resume is not None and not step_major:
+        raise InputError("Resuming needs step-by-step processing (schedule 'step').")
+    if not step_major:
+        on_step_end = None  # frame by frame, no step boundary is a consistent state
+
+    plan = reference_plan(num_frames, attend, seed)
+    store = FeatureStore(plan, dtype=feature_store_dtype, device=feature_store_device)
+    latents = [x[None] for x in inverted_latents]
+    x0_targets: dict[tuple[int, int], torch.Tensor] = {}
+    if resume is not None:
+        latents = [x[None].to(device) for x in resume.latents]
+        x0_targets = {k: v.to(device) for k, v in resume.x0_targets.items()}
+        steps = [(p, s) for p, s in steps if s > resume.step]
+    done = num_frames * num_steps - len(steps)
+    injection = cross_frame_attention(unet, store) if attend != "none" else nullcontext()
+    alphas, final_alpha = schedule.alphas_cumprod, schedule.final_alpha_cumprod
+    with injection:
+        for position, step in steps:
+            t = schedule.timesteps[step]
+            with store.frame_step(position, step):
+                eps = predict(latents[position], clip_index[position], t)
+            latent, x0 = ddim_sample_step(
+                latents[position], eps, t, schedule.step_ratio, alphas, final_alpha
+            )
+            if position > 0 and step in target_of:
+                key = (position - 1, target_of[step])
+                latent = guided_latent_update(latent, x0, x0_targets[key], latent_guidance_weight)
+                if last_use[key[1]] == step:
+                    del x0_targets[key]
+            if masks is not None:  # outside the mask, the source at this noise level
+                source = source_latents[position, step][None].to(latent.device)
+                latent = torch.where(masks[position][None].to(latent.device), latent, source)
+            if position + 1 < num_frames and step in last_use:
+                x0_targets[(position, step)] = x0
+            latents[position] = latent
+            done += 1
+            if progress:
+                progress("editing", done, num_frames * num_steps)
+            if on_step_end is not None and position == num_frames - 1:
+                # no host copy here (the cache copies what it saves): no GPU sync per step
+                on_step_end(EditCheckpoint(step, torch.cat(latents), dict(x0_targets)))
+    return torch.cat(latents)[np.argsort(clip_index)], store
+
+
+def source_trajectory(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N, steps, 4, h, w) from an inversion's latents, ordered as editing visits noise levels.
+
+    `levels` = [clean latent, after inversion step 0, ..., after the last step (x_T)], each
+    (N, 4, h, w). Editing step s starts at the level inversion reached after its step
+    steps-1-s and lands on the one before it: index s holds `levels[steps - 1 - s]` (the
+    last step lands on the clean latent).
+    """
+    steps = len(levels) - 1
+    return torch.stack([levels[steps - 1 - s] for s in range(steps)], dim=1)
+
+
+def anchor_order(num_frames: int, anchor: str) -> list[int]:
+    """Clip indices in processing order: the anchor frame first (`last`: the clip reversed)."""
+    return list(range(num_frames))[:: -1 if anchor == "last" else 1]
+
+
+def processing_order(
+    num_frames: int, num_steps: int, schedule: str, target_of: dict[int, int]
+) -> list[tuple[int, int]]:
+    """(position, step) pairs in execution order; step-major unless a guidance target lies ahead."""
+    needs_future_step = needs_frame_major(target_of)
+    if schedule == "auto":
+        schedule = "frame" if needs_future_step else "step"
+    if schedule == "step" and needs_future_step:
+        raise InputError(
+            "Step-by-step processing cannot pull towards a later step's prediction; use schedule='frame'."
+        )
+    if schedule == "step":
+        return [(p, s) for s in range(num_steps) for p in range(num_frames)]
+    if schedule == "frame":
+        return [(p, s) for p in range(num_frames) for s in range(num_steps)]
+    raise InputError(f"schedule must be 'auto', 'frame' or 'step'; got {schedule!r}.")
