@@ -462,3 +462,23 @@ def test_failures_become_sentences_and_the_batch_goes_on(tmp_path, monkeypatch):
         "c": "The prompt is too long for the text encoder (90 tokens > 77).",
     }
     assert outcome.exit_code == 1 and outcome.counts == {"ok": 0, "skipped": 0, "failed": 3}
+
+
+def test_repeatable_options_take_several_values_and_model_paths_follow_the_jobs_file(tmp_path):
+    (tmp_path / "nets" / "canny").mkdir(parents=True)
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(
+        "input,prompt,model,controlnet,control,control_scale,lora\n"
+        "clip.mp4,a cat,some/hub-model,nets/canny; other/hub-net,canny;depth,0.5; 1.25,"
+        "style.safetensors:0.8\n"
+    )
+    (job,) = read_batch(jobs, tmp_path / "out").jobs
+    s = job.settings
+    assert s.controlnet == (str(tmp_path / "nets" / "canny"), "other/hub-net")
+    assert s.control == ("canny", "depth") and s.control_scale == (0.5, 1.25)
+    assert s.lora == (str(tmp_path / "style.safetensors") + ":0.8",)
+    assert s.model == "some/hub-model"  # nothing of that name next to the JOBS file: a hub id
+    jobs.write_text("input,prompt,control_scale\nclip.mp4,a cat,0.5;big\n")
+    with pytest.raises(InputError, match=r"jobs.csv, line 2: control_scale must be numbers"):
+        read_batch(jobs, tmp_path / "out")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..settings import EditSettings
+from ..settings import SEQUENCE_FIELDS, EditSettings, parse_lora
 
 JOB_COLUMNS: tuple[str, ...] = ("input", "prompt", "source_prompt", "output", "method")
 """The columns that are not plain edit options (``method`` is not an edit option at all)."""
@@ -156,13 +156,51 @@ def _options(
             value = _typed(name, value, where)
         if value is not None and is_path_option(name) and name != "output":
             value = _resolve(name, value, base, out, where)
+        elif value is not None and name in MODEL_OPTIONS:
+            value = _resolve_models(name, value, base)
         result[name] = value
     return result
+
+
+MODEL_OPTIONS = ("model", "model_config", "controlnet", "control", "lora", "depth_model")
+"""Options that name a hub id, a keyword or a path: a relative path is taken from the JOBS
+file's folder when something exists there, otherwise the value is kept as it is."""
+
+
+def _resolve_models(name: str, value: Any, base: Path) -> Any:
+    def resolve(text: str) -> str:
+        scale = ""
+        if name == "lora":
+            text, scale = parse_lora_text(text)
+        path = Path(text).expanduser()
+        if not path.is_absolute() and (base / path).exists():
+            text = str(base / path)
+        return text + scale
+
+    if isinstance(value, (list, tuple)):
+        return type(value)(resolve(str(v)) for v in value)
+    return resolve(str(value))
+
+
+def parse_lora_text(text: str) -> tuple[str, str]:
+    """(path or id, ":SCALE" or "") of a --lora value, the scale kept as written."""
+    text = text.strip()
+    path, _ = parse_lora(text)
+    return path, text[len(path) :]
 
 
 def _typed(name: str, text: str, where: str) -> Any:
     """A CSV cell as the option's type (a bare number stays text where text is allowed)."""
     hint = _HINTS[name]
+    if name in SEQUENCE_FIELDS:  # several values in one cell: "a; b"
+        items = [item.strip() for item in text.split(";") if item.strip()]
+        (kind, _) = typing.get_args(hint)
+        try:
+            return tuple(kind(item) for item in items)
+        except ValueError:
+            raise InputError(
+                f"{where}: {name} must be numbers separated by ';'; got {text!r}."
+            ) from None
     kinds = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
     if str in kinds:
         return text
