@@ -14,14 +14,14 @@ frame).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from long_clip import run_edit  # noqa: E402 - the same measured `pix2video edit` run
+
 CLIP = ROOT / "examples" / "cockatoo.mp4"
 TINY_CLIP = ROOT.parent / "shared" / "models" / "tiny-clip"
 
@@ -51,22 +51,6 @@ def full_size_clipseg(folder: Path) -> Path:
     )
     processor.save_pretrained(folder)
     return folder
-
-
-def run(args: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS bytes, the summary's first line) of one `pix2video edit`."""
-    command = [sys.executable, "-m", "pix2video", "edit", *args]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    tic = time.perf_counter()
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - tic
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"pix2video edit failed: {stderr.strip()}")
-    return wall, usage.ru_maxrss * 1024, stdout.strip().splitlines()[0]
 
 
 def main() -> None:
@@ -103,7 +87,7 @@ def main() -> None:
         rows = []
         for name, extra in variants.items():
             out = tmp / f"out{len(rows)}.mp4"
-            wall, rss, _ = run([*common, *extra, "-o", str(out)])
+            wall, rss, _ = run_edit([*common, *extra, "-o", str(out)])
             rows.append((name, wall, rss))
     base_wall, base_rss = rows[0][1], rows[0][2]
     n = args.frames

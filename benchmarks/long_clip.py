@@ -36,13 +36,21 @@ def make_clip(path: Path, frames: int, width: int = 320, height: int = 240) -> N
 
 def run(clip: Path, out: Path, size: int, steps: int) -> tuple[float, int, str]:
     """(wall seconds, peak RSS bytes, last line of output) of one `pix2video edit` process."""
-    command = [
-        sys.executable, "-m", "pix2video", "edit", str(clip), "-p", "a glass sculpture",
-        "--source-prompt", "coloured gradients", "--model", "tiny", "--size", str(size),
-        "--steps", str(steps), "--no-cache", "-o", str(out),
-    ]  # fmt: skip
+    return run_edit([
+        str(clip), "-p", "a glass sculpture", "--source-prompt", "coloured gradients",
+        "--model", "tiny", "--size", str(size), "--steps", str(steps), "--no-cache",
+        "-o", str(out),
+    ])  # fmt: skip
+
+
+def run_edit(args: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS bytes, first line of output) of `pix2video edit ARGS`, offline."""
+    command = [sys.executable, "-m", "pix2video", "edit", *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     tic = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - tic
     stdout, stderr = proc.stdout.read(), proc.stderr.read()

@@ -289,37 +289,43 @@ def run_batch(
         raise InputError(f"Cannot create the output folder {out} ({exc.strerror or exc}).") from exc
     results, summary = out / RESULTS_NAME, out / SUMMARY_NAME
     with _locked(out):
-        _remove_stale_temporaries(out)
-        done = {
-            (r.get("output"), r.get("key")): r
-            for r in read_results(results)
-            if r.get("status") in ("ok", "skipped")
-        }
-        hashes: dict[str, str] = {}
-        records: list[dict[str, Any]] = []
-        pending: list[PendingJob] = []
-        for job in batch.jobs:
-            key = job_key(job, hashes)
-            earlier = done.get((job.name, key))
-            if _still_good(earlier, out / job.name, evaluation):
-                records.append({**earlier, **_identity(job, key), "status": "skipped"})
-            else:
-                pending.append(PendingJob(job, key))
-                _make_folders(job)
-        rewrite_results(results, records)
-        total, jobs_file = len(batch.jobs), str(batch.jobs_file)
-        write_summary(summary, records, jobs_file, total)
-        events.started(total, len(records), len(pending))
-        if pending:
-            outcomes = backend.run(pending, evaluation, debug, events)
-            with contextlib.closing(outcomes):  # a backend's workers stop with the driver
-                for item, outcome in outcomes:
-                    record = {**_identity(item.job, item.key), **outcome, "finished": _now()}
-                    record = _ordered(record)
-                    append_result(results, record)
-                    records.append(record)
-                    write_summary(summary, records, jobs_file, total)
-                    events.finished(record, _counts(records))
+        try:
+            _remove_stale_temporaries(out)
+            done = {
+                (r.get("output"), r.get("key")): r
+                for r in read_results(results)
+                if r.get("status") in ("ok", "skipped")
+            }
+            hashes: dict[str, str] = {}
+            records: list[dict[str, Any]] = []
+            pending: list[PendingJob] = []
+            for job in batch.jobs:
+                key = job_key(job, hashes)
+                earlier = done.get((job.name, key))
+                if _still_good(earlier, out / job.name, evaluation):
+                    records.append({**earlier, **_identity(job, key), "status": "skipped"})
+                else:
+                    pending.append(PendingJob(job, key))
+                    _make_folders(job)
+            rewrite_results(results, records)
+            total, jobs_file = len(batch.jobs), str(batch.jobs_file)
+            write_summary(summary, records, jobs_file, total)
+            events.started(total, len(records), len(pending))
+            if pending:
+                outcomes = backend.run(pending, evaluation, debug, events)
+                with contextlib.closing(outcomes):  # a backend's workers stop with the driver
+                    for item, outcome in outcomes:
+                        record = {**_identity(item.job, item.key), **outcome, "finished": _now()}
+                        record = _ordered(record)
+                        append_result(results, record)
+                        records.append(record)
+                        write_summary(summary, records, jobs_file, total)
+                        events.finished(record, _counts(records))
+        except BaseException:
+            # a Ctrl-C can land inside an atomic write (summary.md, an output) before its
+            # own cleanup runs; the workers have stopped, so what is left is stale
+            _remove_stale_temporaries(out)
+            raise
     return BatchOutcome(records, total, time.perf_counter() - tic, _counts(records))
 
 
