@@ -228,29 +228,36 @@ def pixel_mse(
     Source frames of another size than the edited ones are resized to the edited size first.
     """
     _check_pair(edited, source)
+    return _summarise(_warp_errors(edited, source))
+
+
+WarpErrors = list[tuple[np.ndarray, np.ndarray]]
+"""Per pair (t, t+1): the HxW warped squared error and the flow consistency mask."""
+
+
+def _warp_errors(edited: list[np.ndarray], source: list[np.ndarray]) -> WarpErrors:
+    """The per-pixel PixelMSE of every pair, with the source's flow (resized to the edit)."""
     h, w = np.asarray(edited[0]).shape[:2]
     src = [np.asarray(s) for s in source]
     if src[0].shape[:2] != (h, w):
         src = [cv2.resize(_to_uint8(s), (w, h), interpolation=cv2.INTER_AREA) for s in src]
     gray = [_to_gray(s) for s in src]
-    plain: list[float] = []
-    masked: list[float] = []
-    valid: list[float] = []
-    for err, mask in _warp_errors(edited, gray):
-        plain.append(float(err.mean()))
-        valid.append(float(mask.mean()))
-        masked.append(float(err[mask].mean()) if mask.any() else float("nan"))
-    return plain, masked, valid
-
-
-def _warp_errors(edited: list[np.ndarray], gray: list[np.ndarray]):
-    """Per pair (t, t+1): the HxW warped squared error and the flow consistency mask."""
+    errors = []
     for t in range(len(edited) - 1):
         flow_bw = estimate_flow(gray[t + 1], gray[t])
         flow_fw = estimate_flow(gray[t], gray[t + 1])
         warped = warp(_to_float(edited[t]), flow_bw)
         err = np.mean((warped - _to_float(edited[t + 1])) ** 2, axis=-1)  # HxW, channel mean
-        yield err, consistency_mask(flow_bw, flow_fw)
+        errors.append((err, consistency_mask(flow_bw, flow_fw)))
+    return errors
+
+
+def _summarise(errors: WarpErrors) -> tuple[list[float], list[float], list[float]]:
+    """(plain, masked, valid_fraction) per pair, as `pixel_mse` returns them."""
+    plain = [float(err.mean()) for err, _ in errors]
+    valid = [float(mask.mean()) for _, mask in errors]
+    masked = [float(err[m].mean()) if m.any() else float("nan") for err, m in errors]
+    return plain, masked, valid
 
 
 def region_scores(
@@ -259,11 +266,14 @@ def region_scores(
     regions: list[np.ndarray],
     scorer: ClipScorer,
     prompt: str,
+    errors: WarpErrors | None = None,
 ) -> dict[str, float]:
     """CLIP-Text, PixelMSE and source MSE inside and outside `regions` (HxW bool per frame).
 
-    Source frames of another size are resized to the edited size the way `edit` resizes
-    them (Lanczos), so the source MSE outside an untouched background is exactly 0.
+    The PixelMSE is `pixel_mse`'s per-pixel error restricted to each region (`errors`, when
+    the caller has them already, saves computing the flows again). For the source MSE, source
+    frames of another size are resized to the edited size the way `edit` resizes them
+    (Lanczos), so it is exactly 0 outside an untouched background.
     """
     h, w = np.asarray(edited[0]).shape[:2]
     if len(regions) != len(edited) or any(np.shape(r) != (h, w) for r in regions):
@@ -276,7 +286,8 @@ def region_scores(
     # resized as the edit resized them, so an untouched pixel compares equal
     src = resize_frames([_to_uint8(s) for s in source], (w, h))
     text = scorer.text_embedding(prompt)
-    errors = list(_warp_errors(edited, [_to_gray(s) for s in src]))
+    if errors is None:
+        errors = _warp_errors(edited, source)
     scores = {"mask_fraction": _mean([float(r.mean()) for r in regions])}
     for name, keep in (("inside", regions), ("outside", [~r for r in regions])):
         grey = [
@@ -565,7 +576,8 @@ def evaluate(
     emb = scorer.image_embeddings(edited)
     clip_text = [float(v) for v in emb @ text]
     clip_image = [float(v) for v in (emb[:-1] * emb[1:]).sum(dim=-1)]
-    plain, masked, valid = pixel_mse(edited, source)
+    errors = _warp_errors(edited, source)  # the flows, once for every PixelMSE below
+    plain, masked, valid = _summarise(errors)
     if not any(math.isfinite(v) for v in masked):
         warnings.warn(
             "No pixel passed the flow consistency check; the masked PixelMSE is undefined.",
@@ -584,7 +596,9 @@ def evaluate(
         num_frames=len(edited),
         prompt=prompt,
         clip_model=scorer.model_name,
-        regions=None if regions is None else region_scores(edited, source, regions, scorer, prompt),
+        regions=None
+        if regions is None
+        else region_scores(edited, source, regions, scorer, prompt, errors),
     )
 
 
