@@ -37,10 +37,10 @@ _LAZY = {
     "EditResult": "job",
     "AnchorPreview": "job",
     "PipelineCache": "job",
-    "Pix2VideoPipeline": "pipeline",
-    "Pix2VideoControlNetPipeline": "controlnet",
-    "Pix2VideoOutput": "pipeline",
-    "load_pipeline": "pipeline",
+    "Pix2VideoPipeline": "pipelines.sd2_depth",
+    "Pix2VideoControlNetPipeline": "pipelines.sd15_controlnet",
+    "Pix2VideoOutput": "pipelines.sd2_depth",
+    "load_pipeline": "pipelines.sd2_depth",
 }
 
 __all__ = [  # the errors, then the names of _LAZY
@@ -65,7 +65,6 @@ __all__ = [  # the errors, then the names of _LAZY
 ]
 
 if TYPE_CHECKING:
-    from .controlnet import Pix2VideoControlNetPipeline
     from .job import (
         AnchorPreview,
         EditJob,
@@ -75,7 +74,8 @@ if TYPE_CHECKING:
         preview_anchor,
         suggest_source_prompt,
     )
-    from .pipeline import Pix2VideoOutput, Pix2VideoPipeline, load_pipeline
+    from .pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline, load_pipeline
+    from .pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
     from .settings import ATTEND_MODES, EditSettings
 
 

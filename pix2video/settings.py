@@ -17,9 +17,9 @@ from typing import Any
 
 import platformdirs
 
-from .caption import DEFAULT_CAPTIONER
 from .errors import InputError
 from .models import DEFAULT_MASK_MODEL, DEFAULT_MODEL
+from .pipelines.caption import DEFAULT_CAPTIONER
 
 ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
 """Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""
@@ -159,7 +159,7 @@ class EditSettings:
 
         Returns self, so `EditSettings(...).validate()` reads naturally.
         """
-        from .guidance import latent_guidance_schedule
+        from .core.guidance import latent_guidance_schedule
         from .video import parse_position, parse_size
 
         for name in ("input", "output"):

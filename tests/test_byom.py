@@ -234,7 +234,7 @@ def test_control_frames_from_a_folder(tmp_path, tiny_sd15, pipelines):
 
 
 def test_depth_model_replaces_sd2_depths_estimator(tmp_path, tiny_sd15, pipelines):
-    from pix2video.control import DepthEstimator
+    from pix2video.pipelines.control import DepthEstimator
 
     estimator = DepthEstimator(str(tiny_sd15.depth_model))
     frame = np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)

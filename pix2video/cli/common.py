@@ -447,7 +447,7 @@ def selection_options(f: Callable) -> Callable:
 
 
 def mask_options(f: Callable) -> Callable:
-    """--mask, --mask-prompt and how masks are made: local edits (`pix2video.masks`)."""
+    """--mask, --mask-prompt and how masks are made: local edits (`pix2video.pipelines.masks`)."""
     return _compose(
         click.option(
             "--mask",

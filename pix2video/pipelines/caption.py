@@ -11,8 +11,8 @@ import functools
 
 import numpy as np
 
-from .errors import InputError
-from .models import load_pretrained
+from ..errors import InputError
+from ..models import load_pretrained
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 MAX_NEW_TOKENS = 30

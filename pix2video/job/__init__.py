@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import EditCancelled, InputError, ModelNotAvailableError, VideoError
-from .settings import CONTROL_KINDS, DTYPES, EditSettings
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import EditCancelled, InputError, ModelNotAvailableError, VideoError
+from ..settings import CONTROL_KINDS, DTYPES, EditSettings
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from .backbone import Pix2VideoBase
+    from ..pipelines.backbone import Pix2VideoBase
 
 T = TypeVar("T")
 ProgressCallback = Callable[[str, int, int], None]
@@ -204,7 +204,7 @@ class PipelineCache:
         """The loaded pipeline; on a GPU its UNet is channels-last (faster convolutions)."""
         import torch
 
-        from .pipeline import load_pipeline
+        from ..pipelines.sd2_depth import load_pipeline
 
         extras = (tuple(controlnets), tuple(loras), depth_model, model_config)
         key = (model, str(device), str(dtype), compile, extras)
@@ -331,12 +331,12 @@ class EditJob:
         if self.masks_dir is not None:
             check_output_path(self.masks_dir)
         if s.mask is not None:
-            from .masks import MaskFiles
+            from ..pipelines.masks import MaskFiles
 
             self.mask_files = MaskFiles(s.mask)
         for k, control in enumerate(s.control):
             if control not in CONTROL_KINDS:
-                from .control import ControlFiles
+                from ..pipelines.control import ControlFiles
 
                 self.control_files[k] = ControlFiles(control)
 
@@ -347,7 +347,7 @@ class EditJob:
         takes the same memory); later stages decode them again. With `anchor_only` and the
         first frame as anchor, the pass stops after that frame.
         """
-        from . import video
+        from .. import video
 
         s = self.settings
         tic = time.perf_counter()
@@ -369,7 +369,7 @@ class EditJob:
         self.seconds["reading"] = time.perf_counter() - tic
 
     def _open_reader(self):
-        from . import video
+        from .. import video
 
         s = self.settings
         path = Path(s.input).expanduser()
@@ -393,7 +393,7 @@ class EditJob:
         Only `positions` are resized and yielded (all when None); the pass stops after the
         last of them. Every frame is counted in `frames_held` while it is alive.
         """
-        from . import video
+        from .. import video
 
         wanted = None if positions is None else set(positions)
         last = None if positions is None else max(positions, default=-1)
@@ -427,7 +427,7 @@ class EditJob:
     # ------------------------------------------------------------------ model and prompts
     def prepare(self, anchor_only: bool = False) -> None:
         """Everything before the per-frame work: checks, input, model, prompts, cache keys."""
-        from .quiet import silence_libraries
+        from ..quiet import silence_libraries
 
         s = self.settings
         self.check_paths()
@@ -451,12 +451,12 @@ class EditJob:
                     )
             depth_sources = [hash_file(path) for path in self.depth_files]
         device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
-        from .pipeline import default_inversion_batch
+        from ..pipelines.sd2_depth import default_inversion_batch
 
         self.inversion_batch = s.inversion_batch or default_inversion_batch(device)
         self._check_cancelled()
 
-        from . import pipeline  # noqa: F401 - imports diffusers, whose logs are silenced next
+        from ..pipelines import sd2_depth  # noqa: F401 - imports diffusers, whose logs are silenced next
 
         if not self.library_logs:
             silence_libraries()
@@ -515,7 +515,7 @@ class EditJob:
         s = self.settings
         self.depth_estimator = None
         if "depth" in s.control:
-            from .models import DEFAULT_DEPTH_MODEL
+            from ..models import DEFAULT_DEPTH_MODEL
 
             self.depth_estimator = load_depth_estimator(
                 s.depth_model or DEFAULT_DEPTH_MODEL, str(device)
@@ -560,8 +560,8 @@ class EditJob:
 
     def _make_keys(self, device, dtype, depth_sources: list[str]) -> None:
         """Content-hash cache keys of every stage (see `cache.py`)."""
+        from ..core.guidance import latent_guidance_schedule
         from .cache import hash_array, make_key, model_fingerprint
-        from .guidance import latent_guidance_schedule
 
         s = self.settings
         model_id = model_fingerprint(s.model)
@@ -660,7 +660,7 @@ class EditJob:
         positions = list(range(self.num_frames)) if positions is None else positions
         size = (self.width, self.height)
         if self.mask_files is not None:
-            from .masks import binarize
+            from ..pipelines.masks import binarize
 
             for done, i in enumerate(positions, 1):
                 self._check_cancelled()
@@ -708,7 +708,7 @@ class EditJob:
     def _keep_mask(self, position: int, mask) -> None:
         import numpy as np
 
-        from .masks import latent_mask
+        from ..pipelines.masks import latent_mask
 
         self.raw_masks[position] = np.packbits(mask)
         alpha = self.alpha_at(position)
@@ -719,7 +719,7 @@ class EditJob:
         """(H, W) float32 alpha of a local edit's frame: the mask grown and feathered."""
         import numpy as np
 
-        from .masks import mask_alpha
+        from ..pipelines.masks import mask_alpha
 
         s = self.settings
         count = self.width * self.height
@@ -730,7 +730,7 @@ class EditJob:
         """`--save-masks`: the alpha of every frame as a grey PNG, named like depth maps."""
         from PIL import Image
 
-        from .masks import alpha_to_image
+        from ..pipelines.masks import alpha_to_image
 
         names = frame_names(self.reader, self.num_frames)
         try:
@@ -852,7 +852,7 @@ class EditJob:
             return self._control_images(position, frame)
         maps = None
         if self.depth_files is not None:
-            from .depth import load_depth_maps
+            from ..pipelines.depth import load_depth_maps
 
             path = self.depth_files[position]
             maps = load_depth_maps(path.parent, [path.name], self.reader.source_size)
@@ -860,7 +860,7 @@ class EditJob:
 
     def _control_images(self, position: int, frame):
         """(1, 3k, H, W) control images of one frame, one per ControlNet, in their order."""
-        from .control import canny_image, depth_image
+        from ..pipelines.control import canny_image, depth_image
 
         s, size = self.settings, (self.width, self.height)
         images = []
@@ -899,7 +899,7 @@ class EditJob:
         """
         import torch
 
-        from .guidance import latent_guidance_schedule, needs_frame_major
+        from ..core.guidance import latent_guidance_schedule, needs_frame_major
 
         s, pipe = self.settings, self.pipe
         num_frames = inverted.shape[0]
@@ -981,7 +981,7 @@ class EditJob:
             )
         edited = self.pipe.decode_latents(final)[0]
         if self.settings.masked:
-            from .masks import composite
+            from ..pipelines.masks import composite
 
             edited = composite(self.anchor_frame, edited, self.alpha_at(a))
         return AnchorPreview(
@@ -1043,14 +1043,14 @@ class EditJob:
 
     def _write(self, final, result: EditResult) -> None:
         """Decode and encode one frame at a time (a side-by-side output decodes the source again)."""
-        from . import video
+        from .. import video
 
         s, reader, n = self.settings, self.reader, self.num_frames
         self.progress("writing", 0, n)
         sources = self._frames() if s.side_by_side or s.masked else None
 
         def output_frames() -> Iterator[np.ndarray]:
-            from .masks import composite
+            from ..pipelines.masks import composite
 
             for i in range(n):
                 self._check_cancelled()
@@ -1120,8 +1120,8 @@ def save_to_cache(cache, kind: str, key: str, value, warn: MessageCallback) -> b
 
 def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallback) -> str:
     """The source prompt: BLIP's caption of the anchor frame (cached by frame and captioner)."""
+    from ..pipelines.caption import MAX_NEW_TOKENS, caption_frame
     from .cache import hash_array, make_key, model_fingerprint
-    from .caption import MAX_NEW_TOKENS, caption_frame
 
     key = make_key(
         "caption",
@@ -1151,7 +1151,7 @@ def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallb
 
 def check_output_path(output: Path, input_path: Path | None = None) -> None:
     """Fail now, not after an hour of computing, when ``output`` cannot be written."""
-    from .video import VIDEO_EXTENSIONS, check_reusable_folder
+    from ..video import VIDEO_EXTENSIONS, check_reusable_folder
 
     folder_output = output.is_dir() or output.suffix == ""
     if not folder_output and output.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -1221,7 +1221,7 @@ def frame_names(reader, num_frames: int) -> list[str]:
     """Per selected frame, the name its depth map carries: image stem, or the source index."""
     indices = [reader.start_index + i * reader.stride for i in range(num_frames)]
     if reader.source_path.is_dir():
-        from .video import list_image_files
+        from ..video import list_image_files
 
         files = list_image_files(reader.source_path)
         return [files[i].name for i in indices]
@@ -1231,7 +1231,7 @@ def frame_names(reader, num_frames: int) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def load_depth_estimator(model: str, device: str):
     """The depth model of `--control depth` (kept loaded between jobs)."""
-    from .control import DepthEstimator
+    from ..pipelines.control import DepthEstimator
 
     return DepthEstimator(model, device)
 
@@ -1239,7 +1239,7 @@ def load_depth_estimator(model: str, device: str):
 @functools.lru_cache(maxsize=1)
 def load_segmenter(model: str, device: str):
     """The text-to-mask model (kept loaded between jobs, like the captioner)."""
-    from .masks import TextSegmenter
+    from ..pipelines.masks import TextSegmenter
 
     return TextSegmenter(model, device)
 

@@ -23,8 +23,8 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from diffusers.loaders import FromSingleFileMixin
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
+from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase, reference_scheduler
-from .errors import InputError
 
 
 class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):

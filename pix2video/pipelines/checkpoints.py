@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelNotAvailableError
-from .models import _offline, load_pretrained, resolve_model_path
+from ..errors import ModelNotAvailableError
+from ..models import _offline, load_pretrained, resolve_model_path
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -129,7 +129,7 @@ def load_backbone(
 
 
 def _load_sd2_depth(model: str, depth_model: str | None, kwargs: dict):
-    from .pipeline import Pix2VideoPipeline
+    from .sd2_depth import Pix2VideoPipeline
 
     components = {}
     if depth_model is not None:
@@ -159,7 +159,7 @@ def _load_controlnet_pipeline(
 ):
     from diffusers import ControlNetModel
 
-    from .controlnet import Pix2VideoControlNetPipeline
+    from .sd15_controlnet import Pix2VideoControlNetPipeline
 
     nets = [
         load_pretrained(ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
@@ -192,7 +192,7 @@ def _load_controlnet_pipeline(
 
 def _load_single_file(model: str, nets: list, model_config: str | None, kwargs: dict):
     """`from_single_file` offline-first: configs from `model_config` or the local hub cache."""
-    from .controlnet import Pix2VideoControlNetPipeline
+    from .sd15_controlnet import Pix2VideoControlNetPipeline
 
     path = str(Path(model).expanduser())
     config = model_config

@@ -29,6 +29,15 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from ..core.editing import (
+    EditCheckpoint,
+    ProgressCallback,
+    anchor_order,
+    processing_order,
+    source_trajectory,
+)
+from ..errors import InputError
+from ..models import DEFAULT_MODEL
 from .backbone import (
     FrameLike,
     Pix2VideoBase,
@@ -37,15 +46,6 @@ from .backbone import (
     reference_scheduler,
 )
 from .depth import estimate_depth, normalize_depth
-from .editing import (
-    EditCheckpoint,
-    ProgressCallback,
-    anchor_order,
-    processing_order,
-    source_trajectory,
-)
-from .errors import InputError
-from .models import DEFAULT_MODEL
 
 _processing_order = processing_order  # the old private name
 
