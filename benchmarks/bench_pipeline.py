@@ -54,7 +54,7 @@ def run_one(args) -> dict:
     from PIL import Image
 
     from pix2video.cli.common import return_large_buffers_to_os
-    from pix2video.pipelines.sd2_depth import load_pipeline
+    from pix2video.pipelines.checkpoints import load_pipeline
 
     return_large_buffers_to_os()  # as the `pix2video` command does
     torch.set_num_threads(args.threads)

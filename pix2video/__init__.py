@@ -40,7 +40,7 @@ _LAZY = {
     "Pix2VideoPipeline": "pipelines.sd2_depth",
     "Pix2VideoControlNetPipeline": "pipelines.sd15_controlnet",
     "Pix2VideoOutput": "pipelines.sd2_depth",
-    "load_pipeline": "pipelines.sd2_depth",
+    "load_pipeline": "pipelines.checkpoints",
 }
 
 __all__ = [  # the errors, then the names of _LAZY
@@ -74,7 +74,8 @@ if TYPE_CHECKING:
         preview_anchor,
         suggest_source_prompt,
     )
-    from .pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline, load_pipeline
+    from .pipelines.checkpoints import load_pipeline
+    from .pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline
     from .pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
     from .settings import ATTEND_MODES, EditSettings
 

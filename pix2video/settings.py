@@ -18,8 +18,7 @@ from typing import Any
 import platformdirs
 
 from .errors import InputError
-from .models import DEFAULT_MASK_MODEL, DEFAULT_MODEL
-from .pipelines.caption import DEFAULT_CAPTIONER
+from .models import DEFAULT_CAPTIONER, DEFAULT_MASK_MODEL, DEFAULT_MODEL
 
 ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
 """Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""

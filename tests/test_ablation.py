@@ -32,7 +32,7 @@ from pix2video.evaluation.ablation import (  # noqa: E402
     slugify,
 )
 from pix2video.evaluation.metrics import ClipScorer, EvalReport  # noqa: E402
-from pix2video.pipelines.sd2_depth import load_pipeline  # noqa: E402
+from pix2video.pipelines.checkpoints import load_pipeline  # noqa: E402
 from pix2video.video import read_clip, resize_frames  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -117,7 +117,7 @@ def ablate(
         frames = video.resize_frames(clip.frames, (width, height))
         device_, dtype_ = resolve_device(device, dtype)
         from ..evaluation.metrics import ClipScorer
-        from ..pipelines.sd2_depth import load_pipeline
+        from ..pipelines.checkpoints import load_pipeline
 
         if not debug:
             silence_libraries()

@@ -204,7 +204,7 @@ class PipelineCache:
         """The loaded pipeline; on a GPU its UNet is channels-last (faster convolutions)."""
         import torch
 
-        from ..pipelines.sd2_depth import load_pipeline
+        from ..pipelines.checkpoints import load_pipeline
 
         extras = (tuple(controlnets), tuple(loras), depth_model, model_config)
         key = (model, str(device), str(dtype), compile, extras)

@@ -37,7 +37,6 @@ from ..core.editing import (
     source_trajectory,
 )
 from ..errors import InputError
-from ..models import DEFAULT_MODEL
 from .backbone import (
     FrameLike,
     Pix2VideoBase,
@@ -57,7 +56,6 @@ __all__ = [
     "ProgressCallback",
     "anchor_order",
     "default_inversion_batch",
-    "load_pipeline",
     "reference_scheduler",
     "source_trajectory",
 ]
@@ -147,24 +145,3 @@ class Pix2VideoPipeline(Pix2VideoBase):
         )
         text = text.to(self.unet.dtype).expand(batch, -1, -1)
         return self.unet(model_input, t, encoder_hidden_states=text).sample.float()
-
-
-def load_pipeline(
-    model: str = DEFAULT_MODEL,
-    device: str | torch.device = "cpu",
-    torch_dtype: torch.dtype | None = None,
-    controlnets: Sequence[str] = (),
-    loras: Sequence[tuple[str, float]] = (),
-    depth_model: str | None = None,
-    model_config: str | None = None,
-) -> Pix2VideoBase:
-    """Load a checkpoint offline-first with the pipeline it calls for (`checkpoints.py`).
-
-    A depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) gives a
-    `Pix2VideoPipeline` (`depth_model` replaces its depth estimator); an SD 1.5 one (hub
-    id, folder or single file) with `controlnets` a `Pix2VideoControlNetPipeline`. `loras`
-    are (path or id, scale) pairs fused into the weights.
-    """
-    from .checkpoints import load_backbone
-
-    return load_backbone(model, device, torch_dtype, controlnets, loras, depth_model, model_config)
