@@ -159,7 +159,7 @@ class EditSettings:
         Returns self, so `EditSettings(...).validate()` reads naturally.
         """
         from .core.guidance import latent_guidance_schedule
-        from .video import parse_position, parse_size
+        from .media import parse_position, parse_size
 
         for name in ("input", "output"):
             if not str(getattr(self, name) or "").strip():

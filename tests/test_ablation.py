@@ -32,8 +32,8 @@ from pix2video.evaluation.ablation import (  # noqa: E402
     slugify,
 )
 from pix2video.evaluation.metrics import ClipScorer, EvalReport  # noqa: E402
+from pix2video.media import read_clip, resize_frames  # noqa: E402
 from pix2video.pipelines.checkpoints import load_pipeline  # noqa: E402
-from pix2video.video import read_clip, resize_frames  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_CLIP = SHARED / "models" / "tiny-clip"

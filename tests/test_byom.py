@@ -212,7 +212,7 @@ def test_masked_controlnet_edit_keeps_every_pixel_outside_the_alpha(tmp_path, ti
         mask_feather=0,
     )
     assert result.masked
-    from pix2video.video import read_clip, resize_frames
+    from pix2video.media import read_clip, resize_frames
 
     clip = read_clip(COCKATOO, max_frames=FRAMES)
     frames = resize_frames(clip.frames, (64, 32))

@@ -182,7 +182,7 @@ class JobRunner:
     def _metrics(self, settings, result) -> dict[str, Any]:
         """CLIP-Text, CLIP-Image and PixelMSE of the written output against its source."""
         from ..evaluation.metrics import ClipScorer, evaluate
-        from ..video import read_clip
+        from ..media import read_clip
 
         model = self.evaluation.clip_model
         scorer = self._scorers.get((model, result.device))

@@ -104,7 +104,7 @@ def ablate(
     Writes a table (rows = variants, columns = CLIP-Text, CLIP-Image, PixelMSE, masked
     PixelMSE, seconds per frame) and a contact sheet (rows = variants, columns = frames).
     """
-    from .. import video
+    from .. import media as video
     from ..evaluation.ablation import run_ablation, save_ablation, select_variants
 
     chosen = select_variants([v.strip() for v in variants.split(",")] if variants else None)

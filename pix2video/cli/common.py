@@ -563,6 +563,6 @@ def report_file_option(flag: str, dest: str, what: str) -> Callable:
 
 
 def read_frames(path: str, start, end, stride: int, max_frames: int | None):
-    from .. import video
+    from .. import media as video
 
     return video.read_clip(Path(path).expanduser(), start, end, stride, max_frames)

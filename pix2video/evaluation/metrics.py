@@ -281,7 +281,7 @@ def region_scores(
             f"Expected {len(edited)} masks of {w}x{h} (one per edited frame); got "
             f"{len(regions)} of shapes {sorted({np.shape(r) for r in regions})}."
         )
-    from ..video import resize_frames
+    from ..media import resize_frames
 
     # resized as the edit resized them, so an untouched pixel compares equal
     src = resize_frames([_to_uint8(s) for s in source], (w, h))

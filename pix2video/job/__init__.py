@@ -347,7 +347,7 @@ class EditJob:
         takes the same memory); later stages decode them again. With `anchor_only` and the
         first frame as anchor, the pass stops after that frame.
         """
-        from .. import video
+        from .. import media as video
 
         s = self.settings
         tic = time.perf_counter()
@@ -369,7 +369,7 @@ class EditJob:
         self.seconds["reading"] = time.perf_counter() - tic
 
     def _open_reader(self):
-        from .. import video
+        from .. import media as video
 
         s = self.settings
         path = Path(s.input).expanduser()
@@ -393,7 +393,7 @@ class EditJob:
         Only `positions` are resized and yielded (all when None); the pass stops after the
         last of them. Every frame is counted in `frames_held` while it is alive.
         """
-        from .. import video
+        from .. import media as video
 
         wanted = None if positions is None else set(positions)
         last = None if positions is None else max(positions, default=-1)
@@ -1043,7 +1043,7 @@ class EditJob:
 
     def _write(self, final, result: EditResult) -> None:
         """Decode and encode one frame at a time (a side-by-side output decodes the source again)."""
-        from .. import video
+        from .. import media as video
 
         s, reader, n = self.settings, self.reader, self.num_frames
         self.progress("writing", 0, n)
@@ -1151,7 +1151,7 @@ def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallb
 
 def check_output_path(output: Path, input_path: Path | None = None) -> None:
     """Fail now, not after an hour of computing, when ``output`` cannot be written."""
-    from ..video import VIDEO_EXTENSIONS, check_reusable_folder
+    from ..media import VIDEO_EXTENSIONS, check_reusable_folder
 
     folder_output = output.is_dir() or output.suffix == ""
     if not folder_output and output.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -1221,7 +1221,7 @@ def frame_names(reader, num_frames: int) -> list[str]:
     """Per selected frame, the name its depth map carries: image stem, or the source index."""
     indices = [reader.start_index + i * reader.stride for i in range(num_frames)]
     if reader.source_path.is_dir():
-        from ..video import list_image_files
+        from ..media import list_image_files
 
         files = list_image_files(reader.source_path)
         return [files[i].name for i in indices]

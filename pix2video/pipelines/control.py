@@ -84,7 +84,7 @@ class ControlFiles(MaskFiles):
 
     def frame(self, position: int, size: tuple[int, int]) -> np.ndarray:
         """The control frame of the selection's frame `position`, resized to `size` (w, h)."""
-        from ..video import resize_frames
+        from ..media import resize_frames
 
         image = np.asarray(self.raw(position))
         if image.ndim == 2:

@@ -115,7 +115,7 @@ class MaskFiles:
 
     def __init__(self, path: str | os.PathLike, frames: str = "the selection") -> None:
         """`frames` names what the masks must match, for messages ("the edited clip")."""
-        from .. import video
+        from .. import media as video
 
         self.frames = frames
         self.path = Path(path).expanduser()
