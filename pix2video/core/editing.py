@@ -44,6 +44,21 @@ FramePredictor = Callable[[torch.Tensor, int, int], torch.Tensor]
 BatchPredictor = Callable[[torch.Tensor, slice, int], torch.Tensor]
 """eps = predict(x, frames, t): unguided noise of the frames `frames` (a slice of the clip)."""
 
+FrameConditioning = Callable[[list[int]], torch.Tensor]
+"""conditioning(frames) -> (n, ...): the conditioning rows of the frames (clip indices), e.g.
+read from disk per call (`job.conditioning`); a backbone's `edit` turns a tensor into one."""
+
+SourceLatents = Callable[[list[int], int], torch.Tensor]
+"""source_latents(frames, step) -> (n, 4, h, w): a local edit's source latents of the frames
+(clip indices) at the noise level editing step `step` lands on. A provider rather than an
+(N, steps, 4, h, w) tensor, so a job can read them from disk a step at a time
+(`job.frame_store`) instead of holding every frame's trajectory for the whole clip."""
+
+
+def trajectory_rows(trajectories: torch.Tensor) -> SourceLatents:
+    """The `SourceLatents` of an in-memory (N, steps, 4, h, w) tensor (`source_trajectory`)."""
+    return lambda frames, step: trajectories[frames, step]
+
 
 @dataclass(frozen=True)
 class DDIMSchedule:
@@ -137,7 +152,7 @@ def edit_frames(
     resume: EditCheckpoint | None = None,
     on_step_end: Callable[[EditCheckpoint], None] | None = None,
     masks: torch.Tensor | None = None,
-    source_latents: torch.Tensor | None = None,
+    source_latents: SourceLatents | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FeatureStore]:
     """Denoise frames (given in clip order) from their inverted noise, anchor first.
 
@@ -150,9 +165,9 @@ def edit_frames(
     `on_step_end` receives it (it is not called in frame-major order), and `resume`
     continues from it with the same result as an uninterrupted run.
     A local edit passes `masks` (N, 1, h, w) bool at latent resolution (True = edit) and
-    `source_latents` (N, steps, 4, h, w) from `invert_frames(trajectory=True)`: after every
-    step, the latent outside the mask is the frame's own source latent at the same noise
-    level (blended latent diffusion). Returns the final latents (N, 4, h, w) in clip order
+    `source_latents` (`SourceLatents`, or the (N, steps, 4, h, w) tensor of
+    `invert_frames(trajectory=True)`): after every step, the latent outside the mask is the
+    frame's own source latent at the same noise level (blended latent diffusion). Returns the final latents (N, 4, h, w) in clip order
     and the feature store (for its byte counts).
     """
     num_frames, num_steps = inverted_latents.shape[0], len(schedule.timesteps)
@@ -162,7 +177,9 @@ def edit_frames(
     if (masks is None) != (source_latents is None):
         raise ValueError("A local edit needs both masks and source latents.")
     if masks is not None:
-        masks, source_latents = masks[clip_index], source_latents[clip_index]
+        masks = masks[clip_index]
+    if torch.is_tensor(source_latents):
+        source_latents = trajectory_rows(source_latents)
 
     target_of = latent_guidance_schedule(
         num_steps, latent_guidance_weight, latent_guidance_steps, latent_guidance_target
@@ -202,7 +219,7 @@ def edit_frames(
                 if last_use[key[1]] == step:
                     del x0_targets[key]
             if masks is not None:  # outside the mask, the source at this noise level
-                source = source_latents[position, step][None].to(latent.device)
+                source = source_latents([clip_index[position]], step).to(latent.device)
                 latent = torch.where(masks[position][None].to(latent.device), latent, source)
             if position + 1 < num_frames and step in last_use:
                 x0_targets[(position, step)] = x0

@@ -9,15 +9,19 @@ input, model or setting is simply a different entry, never a stale hit.
 Layout (``<root>`` = ``--cache-dir``)::
 
     <root>/v1/caption/<key>.pt      source prompt captioned from the anchor frame (str)
-    <root>/v1/depth/<key>.pt        normalised depth of one frame, (1, 1, h, w) float32
+    <root>/v1/depth/<key>.npy       one frame's conditioning: SD2's normalised depth,
+                                    (1, h, w) float32; ControlNets' control images,
+                                    (3k, H, W) uint8
     <root>/v1/inversion/<key>.pt    inverted noise x_T of one frame, (1, 4, h, w) float32
-    <root>/v1/trajectory/<key>.pt   a local edit's source latents of one frame, per step,
-                                    (1, steps, 4, h, w) float32 (same key as its inversion)
+    <root>/v1/trajectory/<key>.npy  a local edit's source latents of one frame, per step,
+                                    (steps, 4, h, w) float32 (same key as its inversion)
     <root>/v1/mask/<key>.pt         a mask segmented from text, (H, W) bool
     <root>/v1/checkpoint/<key>.pt   latest editing checkpoint of a clip (`EditCheckpoint`)
     <root>/v1/final/<key>.pt        final latents of a finished edit, (N, 4, h, w) float32
 
-Each file is a `torch.save` of ``{"key": key, "value": ...}`` written under a temporary
+The `.npy` entries are per-frame arrays a pass reads back a part at a time
+(`frame_store.FrameArrays`); their file name is their key. Each `.pt` file is a
+`torch.save` of ``{"key": key, "value": ...}`` written under a temporary
 name in the same folder and renamed into place (`os.replace`), so a kill never leaves a
 half-written entry; an entry that cannot be read (or holds another key) is a miss. Safe to
 delete at any time (``rm -rf <root>``).
@@ -163,6 +167,24 @@ class Cache:
         if kind not in KINDS:
             raise ValueError(f"unknown cache kind {kind!r}")
         return self.root / kind / f"{key}.pt"
+
+    def array_path(self, kind: str, key: str) -> Path:
+        """The `.npy` entry of a per-frame array (`frame_store.FrameArrays`)."""
+        return self.path(kind, key).with_suffix(".npy")
+
+    def save_array(self, kind: str, key: str, array: np.ndarray) -> Path | None:
+        """Store a per-frame array atomically; None (and the cache stops writing) if it cannot."""
+        if self.root is None or self.write_error is not None:
+            return None
+        path = self.array_path(kind, key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                np.save(tmp, array)
+        except OSError as exc:
+            self.write_error = f"{exc.strerror or exc} ({exc.filename or self.root})"
+            return None
+        return path
 
     def contains(self, kind: str, key: str) -> bool:
         return self.root is not None and self.path(kind, key).is_file()

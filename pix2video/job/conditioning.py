@@ -1,7 +1,12 @@
 """Conditioning: what the UNet sees beside the latent, frame by frame.
 
 One small interface, `Conditioning`: the per-frame part of the depth cache key
-(`sources`) and the per-frame tensor (`frame`). SD2-depth sees a depth map, estimated by
+(`sources`), the per-frame array as it is stored (`frame`, `row_shape`, `dtype`: compact,
+control images stay uint8) and how stored rows become what the model reads (`to_model`).
+Nothing here holds a frame's conditioning: the job writes each one to disk as it is made
+(`frame_store.FrameArrays`) and the edit reads it back a few frames at a time
+(`ConditioningRows`), so no kind of conditioning can grow the process with the clip.
+SD2-depth sees a depth map, estimated by
 the checkpoint's estimator (`EstimatedDepth`) or read from `--depth-dir` (`DepthFolder`);
 an SD 1.5 model sees one control image per ControlNet (`ControlImages`), each made by a
 `ControlKind`: Canny edges, an estimated depth map, or the user's files.
@@ -23,15 +28,28 @@ from .source import SourceClip
 
 
 class Conditioning:
-    """The per-frame conditioning of a backbone (the base is SD2-depth's estimator)."""
+    """The per-frame conditioning of a backbone: made and stored one frame at a time."""
+
+    dtype = "float32"
+    """How a frame's array is stored."""
 
     def sources(self, device) -> list:
         """Per frame, what its conditioning is made from: the depth cache key's part."""
         raise NotImplementedError
 
+    def row_shape(self, pipe, height: int, width: int) -> tuple[int, ...]:
+        """Shape of one frame's stored array (the model's row, `pipe.conditioning_shape`)."""
+        return tuple(pipe.conditioning_shape(height, width))
+
     def frame(self, pipe, position: int, frame) -> Any:
-        """(1, c, h, w) float CPU tensor of the frame at `position` (at the processing size)."""
+        """The stored array (`row_shape`, `dtype`) of the frame at `position` (processing size)."""
         raise NotImplementedError
+
+    def to_model(self, rows) -> Any:
+        """(n, c, h, w) float32 tensor the model reads, from n stored rows (a numpy array)."""
+        import torch
+
+        return torch.from_numpy(rows)
 
 
 class EstimatedDepth(Conditioning):
@@ -44,7 +62,7 @@ class EstimatedDepth(Conditioning):
         return ["estimator"] * self.num_frames
 
     def frame(self, pipe, position: int, frame):
-        return pipe.prepare_depth([frame], None).float().cpu()
+        return pipe.prepare_depth([frame], None).float().cpu().numpy()[0]
 
 
 class DepthFolder(Conditioning):
@@ -70,7 +88,7 @@ class DepthFolder(Conditioning):
 
         path = self.files[position]
         maps = load_depth_maps(path.parent, [path.name], self.source_size)
-        return pipe.prepare_depth([frame], maps).float().cpu()
+        return pipe.prepare_depth([frame], maps).float().cpu().numpy()[0]
 
 
 class ControlKind:
@@ -172,7 +190,14 @@ def control_kinds(settings: EditSettings) -> list[ControlKind]:
 
 
 class ControlImages(Conditioning):
-    """SD 1.5 + ControlNets: one control image per ControlNet, in their order."""
+    """SD 1.5 + ControlNets: one control image per ControlNet, in their order.
+
+    Stored as made, uint8 at the processing size (a quarter of the float rows the model
+    reads). Not recomputed per step: the edit has no frames to make them from (decoding
+    the clip again at every step costs more than reading the stored images back).
+    """
+
+    dtype = "uint8"
 
     def __init__(self, kinds: list[ControlKind], source: SourceClip) -> None:
         self.kinds = kinds
@@ -186,7 +211,27 @@ class ControlImages(Conditioning):
 
     def frame(self, pipe, position: int, frame):
         images = [kind.image(position, frame, self.size) for kind in self.kinds]
-        return pipe.prepare_conditioning([frame], control_images=[images]).float().cpu()
+        return pipe.control_rows([frame], [images]).numpy()[0]
+
+    def to_model(self, rows):
+        import torch
+
+        from ..pipelines.sd15_controlnet import control_to_float
+
+        return control_to_float(torch.from_numpy(rows))
+
+
+class ConditioningRows:
+    """The edit's `editing.FrameConditioning`: a few frames' rows, read from disk per call."""
+
+    def __init__(self, conditioning: Conditioning, arrays, keys: list[str], tracker) -> None:
+        self.conditioning, self.arrays, self.keys, self.tracker = (
+            conditioning, arrays, keys, tracker,
+        )  # fmt: skip
+
+    def __call__(self, frames: list[int]):
+        rows = self.arrays.read([self.keys[i] for i in frames])
+        return self.tracker.track(self.conditioning.to_model(rows))
 
 
 def make_conditioning(

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from ..errors import EditCancelled
 from ..settings import EditSettings
+from .frame_store import BytesTracker, Scratch
 from .results import CANCELLED, CANCELLED_NO_CACHE, MessageCallback, ProgressCallback
 
 T = TypeVar("T")
@@ -50,6 +51,8 @@ class JobContext:
     info: MessageCallback
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     frames_held: FrameTracker = field(default_factory=FrameTracker)
+    bytes_held: BytesTracker = field(default_factory=BytesTracker)  # conditioning, trajectories
+    scratch: Scratch = field(default_factory=Scratch)  # removed when the job ends
     warned: set[str] = field(default_factory=set)
     _cache: object = None
 

@@ -125,6 +125,19 @@ class EditJob:
 
     def preview(self) -> AnchorPreview:
         """Depth, inversion and editing of the anchor frame alone, decoded."""
+        try:
+            return self._preview()
+        finally:
+            self.ctx.scratch.close()  # the per-frame files of a job without cache, on Ctrl-C too
+
+    def run(self) -> EditResult:
+        """The whole selection, written to the output path."""
+        try:
+            return self._run()
+        finally:
+            self.ctx.scratch.close()  # the per-frame files of a job without cache, on Ctrl-C too
+
+    def _preview(self) -> AnchorPreview:
         tic = time.perf_counter()
         ctx = self.ctx
         p = self.prepare(anchor_only=True)
@@ -154,8 +167,7 @@ class EditJob:
             seconds=time.perf_counter() - tic,
         )
 
-    def run(self) -> EditResult:
-        """The whole selection, written to the output path."""
+    def _run(self) -> EditResult:
         ctx = self.ctx
         p = self.prepare()
         result = self._result(p)
@@ -184,6 +196,7 @@ class EditJob:
         ctx.seconds["writing"] = time.perf_counter() - tic
         ctx.seconds["total"] = time.perf_counter() - self._started
         result.peak_frames_held = ctx.frames_held.peak
+        result.peak_bytes_held = ctx.bytes_held.peak
         if p.paths.stats_path is not None:
             atomic_write_text(json.dumps(result.to_json(), indent=2) + "\n", p.paths.stats_path)
         return result

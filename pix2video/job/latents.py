@@ -1,7 +1,9 @@
 """The latents of a job: depth and DDIM inversion of every frame, then the edit.
 
 Both are cached per frame (inversion) or per clip (edit, with step checkpoints a killed job
-resumes from); only latents are kept, never the frames.
+resumes from); only latents are kept in memory, never the frames. The conditioning and a
+local edit's trajectories, which the edit needs for every frame, wait on disk
+(`frame_store`) and are read back a step and a few frames at a time.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .conditioning import Conditioning
+from .conditioning import Conditioning, ConditioningRows
 from .context import JobContext
+from .frame_store import BytesTracker, FrameArrays
 from .keys import StageKeys
 from .masks import LocalEditMasks
 from .prompts import Prompts
@@ -52,6 +55,19 @@ class FrameRows:
         return self.tensor[self._row[position]][None]
 
 
+class TrajectoryRows:
+    """The edit's `editing.SourceLatents`: a step's source latents of a few frames, from disk."""
+
+    def __init__(self, arrays: FrameArrays, keys: list[str], tracker: BytesTracker) -> None:
+        self.arrays, self.keys, self.tracker = arrays, keys, tracker
+
+    def __call__(self, frames: list[int], step: int):
+        import torch
+
+        rows = self.arrays.read([self.keys[i] for i in frames], row=step)
+        return self.tracker.track(torch.from_numpy(rows))
+
+
 def depth_and_inversion(
     ctx: JobContext,
     pipe,
@@ -63,20 +79,23 @@ def depth_and_inversion(
     inversion_batch: int,
     result: EditResult | None = None,
 ):
-    """(depth (n,1,h,w), x_T (n,4,h,w), trajectories) of the frames at `positions`.
+    """(conditioning, x_T (n,4,h,w), trajectories) of the frames at `positions`.
 
-    Cached per frame. One decoding pass, and none when everything is cached. Depth is
-    estimated one frame at a time; frames missing from the inversion cache are inverted
-    `inversion_batch` at a time, each stored as soon as its batch is done (a killed run
-    keeps them). A local edit also needs each frame's inversion trajectory
-    (n, steps, 4, h, w); otherwise that is None.
+    Cached per frame. One decoding pass, and none when everything is cached. Depth (or the
+    control images) is made one frame at a time and stored on disk at once; frames missing
+    from the inversion cache are inverted `inversion_batch` at a time, each stored as soon
+    as its batch is done (a killed run keeps them). A local edit also needs each frame's
+    inversion trajectory (steps, 4, h, w), stored on disk beside it; otherwise that is
+    None. The conditioning and the trajectories are returned as readers of those files
+    (`ConditioningRows`, `TrajectoryRows`): only x_T stays in memory.
     """
     import torch
 
     s = ctx.settings
-    depth, inverted, trajectories = _cached_rows(ctx, pipe, source, keys, positions)
-    depth_hits, inversion_hits = len(depth), len(inverted)
-    todo = [i for i in positions if i not in depth or i not in inverted]
+    depth, inverted, trajectories = _cached_rows(ctx, pipe, source, conditioning, keys, positions)
+    depth_hits = sum(keys.depth[i] in depth for i in positions)
+    inversion_hits, depth_done = len(inverted), depth_hits
+    todo = [i for i in positions if keys.depth[i] not in depth or i not in inverted]
     timer = {"depth": 0.0, "inversion": 0.0}
     evaluations = pipe.unet_evaluations
     ctx.progress("depth", depth_hits, len(positions))
@@ -85,10 +104,11 @@ def depth_and_inversion(
 
     def invert_batch() -> None:
         tic = time.perf_counter()
+        rows = conditioning.to_model(depth.read([keys.depth[i] for i, _ in batch]))
         with ctx.cancellable(pipe):
             values = pipe.invert(
                 torch.cat([latent for _, latent in batch]),
-                torch.cat([depth[i] for i, _ in batch]),
+                ctx.bytes_held.track(rows),
                 prompts.source,
                 s.steps,
                 batch_size=len(batch),
@@ -96,9 +116,8 @@ def depth_and_inversion(
             )
         if s.masked:
             values, paths = values
-            for (i, _), path in zip(batch, paths.float().cpu(), strict=True):
-                trajectories[i] = path[None]
-                ctx.save("trajectory", keys.inversion[i], path[None])
+            for (i, _), path in zip(batch, ctx.bytes_held.track(paths.float().cpu()), strict=True):
+                trajectories.put(keys.inversion[i], path.numpy())
         for (i, _), value in zip(batch, values.float().cpu(), strict=True):
             inverted[i] = value[None]
             ctx.save("inversion", keys.inversion[i], value[None])
@@ -108,12 +127,12 @@ def depth_and_inversion(
 
     for i, _frame, small in source.frames(ctx, todo) if todo else ():
         ctx.check_cancelled()
-        if i not in depth:
+        if keys.depth[i] not in depth:
             tic = time.perf_counter()
-            depth[i] = conditioning.frame(pipe, i, small)
-            ctx.save("depth", keys.depth[i], depth[i])
+            depth.put(keys.depth[i], ctx.bytes_held.track(conditioning.frame(pipe, i, small)))
+            depth_done += 1
             timer["depth"] += time.perf_counter() - tic
-            ctx.progress("depth", len(depth), len(positions))
+            ctx.progress("depth", depth_done, len(positions))
         if i not in inverted:
             tic = time.perf_counter()
             with ctx.cancellable(pipe):
@@ -124,7 +143,7 @@ def depth_and_inversion(
         del small
     if batch:
         invert_batch()
-    if len(depth) < len(positions) or len(inverted) < len(positions):
+    if depth_done < len(positions) or len(inverted) < len(positions):
         raise InputError(  # the file changed or lost frames since it was first read
             f"{s.input} gave fewer frames on a second reading than on the first; is it being "
             "written to?"
@@ -135,34 +154,49 @@ def depth_and_inversion(
         result.inversion_cached = inversion_hits
         result.inversion_computed = len(positions) - inversion_hits
         result.unet_evaluations_inversion = pipe.unet_evaluations - evaluations
-    return depth.tensor, inverted.tensor, trajectories.tensor if s.masked else None
+    rows = ConditioningRows(conditioning, depth, [keys.depth[i] for i in positions], ctx.bytes_held)
+    paths = None
+    if s.masked:
+        paths = TrajectoryRows(trajectories, [keys.inversion[i] for i in positions], ctx.bytes_held)
+    return rows, inverted.tensor, paths
 
 
 def latent_shape(source: SourceClip) -> tuple[int, int, int]:
     return (4, source.height // 8, source.width // 8)
 
 
-def _cached_rows(ctx: JobContext, pipe, source: SourceClip, keys: StageKeys, positions):
-    """(depth, x_T, trajectories) `FrameRows` holding what the cache has of `positions`.
+def _cached_rows(
+    ctx: JobContext,
+    pipe,
+    source: SourceClip,
+    conditioning: Conditioning,
+    keys: StageKeys,
+    positions,
+):
+    """(conditioning, trajectories) `FrameArrays` and x_T `FrameRows` of what the cache has.
 
     A local edit's frame whose trajectory is not cached is inverted again, for it.
     """
+    import numpy as np
+
     masked = ctx.settings.masked
     shape = latent_shape(source)
-    depth_shape = (1, *pipe.conditioning_shape(source.height, source.width))
-    trajectory_shape = (1, ctx.settings.steps, *shape)
-    depth = FrameRows(positions, depth_shape[1:])
+    depth = FrameArrays(
+        "depth",
+        conditioning.row_shape(pipe, source.height, source.width),
+        conditioning.dtype,
+        ctx.cache,
+        ctx.scratch,
+        ctx.warn,
+    )
+    trajectory_shape = (ctx.settings.steps, *shape)
+    trajectories = FrameArrays(
+        "trajectory", trajectory_shape, np.float32, ctx.cache, ctx.scratch, ctx.warn
+    )
     inverted = FrameRows(positions, shape)
-    trajectories = FrameRows(positions if masked else [], trajectory_shape[1:])
     for i in positions:
-        cached = ctx.load("depth", keys.depth[i], depth_shape)
-        if cached is not None:
-            depth[i] = cached
-        if masked:
-            cached = ctx.load("trajectory", keys.inversion[i], trajectory_shape)
-            if cached is None:
-                continue  # inverted again, for its trajectory
-            trajectories[i] = cached
+        if masked and keys.inversion[i] not in trajectories:
+            continue  # inverted again, for its trajectory
         cached = ctx.load("inversion", keys.inversion[i], (1, *shape))
         if cached is not None:
             inverted[i] = cached
@@ -184,7 +218,8 @@ def edit_latents(
 ):
     """Final latents (clip order) of the frames at `positions` (all when None).
 
-    Resumes from a step checkpoint; a local edit passes the frames' `trajectories`.
+    `depth` and `trajectories` are `depth_and_inversion`'s readers. Resumes from a step
+    checkpoint; a local edit passes the frames' `trajectories`.
     """
     import torch
 
@@ -204,7 +239,7 @@ def edit_latents(
     with ctx.cancellable(pipe):
         final, store = pipe.edit(
             inverted.to(pipe.device),
-            depth.to(pipe.device),
+            depth,
             prompts.edit,
             prompts.negative,
             num_inference_steps=s.steps,

@@ -54,6 +54,7 @@ class EditResult:
     unet_evaluations_editing: int = 0
     feature_store_peak_bytes: int = 0
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
+    peak_bytes_held: int = 0  # per-frame conditioning and trajectory bytes alive at once
     masked: bool = False  # a local edit
     mask_coverage: float = 1.0  # mean share of each frame's pixels the edit may change
     cache_enabled: bool = True

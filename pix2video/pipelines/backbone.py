@@ -33,7 +33,9 @@ from ..core.attention import FeatureStore
 from ..core.editing import (
     DDIMSchedule,
     EditCheckpoint,
+    FrameConditioning,
     ProgressCallback,
+    SourceLatents,
     edit_frames,
     invert_frames,
     processing_order,
@@ -241,7 +243,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def edit(
         self,
         inverted_latents: torch.Tensor,
-        depth: torch.Tensor,
+        depth: torch.Tensor | FrameConditioning,
         prompt_embedding: torch.Tensor,
         negative_embedding: torch.Tensor,
         num_inference_steps: int = 50,
@@ -259,11 +261,12 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         resume: EditCheckpoint | None = None,
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
         masks: torch.Tensor | None = None,
-        source_latents: torch.Tensor | None = None,
+        source_latents: torch.Tensor | SourceLatents | None = None,
     ) -> tuple[torch.Tensor, FeatureStore]:
         """Denoise frames (clip order) from their inverted noise: `editing.edit_frames`.
 
-        `depth` is the frames' conditioning (`prepare_conditioning`), in clip order; the
+        `depth` is the frames' conditioning (`prepare_conditioning`), in clip order, or a
+        `FrameConditioning` giving it a few frames at a time (a job reads it from disk); the
         other arguments are those of `editing.edit_frames` (`schedule` is its `order`).
         Returns the final latents (N, 4, h, w) in clip order and the feature store.
         """
@@ -273,8 +276,10 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             else torch.cat([negative_embedding, prompt_embedding])
         )
 
+        rows = depth if callable(depth) else (lambda frames: depth[frames])
+
         def predict(x: torch.Tensor, frame: int, t: int) -> torch.Tensor:
-            return self.predict_noise(x, depth[frame][None], t, text, guidance_scale)
+            return self.predict_noise(x, rows([frame]).to(self.device), t, text, guidance_scale)
 
         return edit_frames(
             predict,

@@ -27,6 +27,11 @@ from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase, reference_scheduler
 
 
+def control_to_float(rows: torch.Tensor) -> torch.Tensor:
+    """uint8 control images -> float32 in [0, 1], as diffusers' ControlNet pipeline scales them."""
+    return rows.float() / 255.0
+
+
 class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
     """Text-guided video editing with an SD 1.5-architecture checkpoint and ControlNets.
 
@@ -99,6 +104,10 @@ class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
                 "A ControlNet pipeline takes control images (control.py makes depth images), "
                 "not depth maps."
             )
+        return control_to_float(self.control_rows(frames, control_images)).to(self.device)
+
+    def control_rows(self, frames: Sequence[FrameLike], control_images: Sequence | None):
+        """(N, 3k, H, W) uint8: the control images as stored (a quarter of their float size)."""
         if control_images is None:
             raise InputError("A ControlNet pipeline needs one control image per frame.")
         height, width = np.asarray(frames[0]).shape[:2]
@@ -120,20 +129,13 @@ class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
                 for image in images
             ]
             for array in arrays:
-                if array.shape != (height, width, 3):
+                if array.shape != (height, width, 3) or array.dtype != np.uint8:
                     raise InputError(
-                        f"Control images must be {width}x{height} RGB like the frames; got an "
-                        f"array of shape {array.shape}."
+                        f"Control images must be {width}x{height} RGB (uint8) like the frames; "
+                        f"got an array of shape {array.shape} ({array.dtype})."
                     )
-            rows.append(
-                torch.cat(
-                    [
-                        torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1)
-                        for a in arrays
-                    ]
-                )
-            )
-        return torch.stack(rows).to(self.device)
+            rows.append(torch.cat([torch.from_numpy(a).permute(2, 0, 1) for a in arrays]))
+        return torch.stack(rows)
 
     def conditioning_shape(self, height: int, width: int) -> tuple[int, ...]:
         return (3 * self.num_controlnets, height, width)
