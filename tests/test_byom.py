@@ -177,7 +177,7 @@ def test_single_file_checkpoint_edits_like_its_folder(tmp_path, tiny_sd15, pipel
 
 
 def test_single_file_checkpoint_loads_the_folders_weights(tiny_sd15):
-    from pix2video.pipeline import load_pipeline
+    from pix2video import load_pipeline
 
     folder = load_pipeline(str(tiny_sd15.model), controlnets=[str(tiny_sd15.controlnets[0])])
     single = load_pipeline(
