@@ -7,13 +7,18 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
 
 - `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
   with cache, resume, progress and cancellation; what the CLI and the web UI run.
-- `Pix2VideoPipeline` (`pipeline`, SD2-depth) and `Pix2VideoControlNetPipeline`
-  (`controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on in-memory frames;
-  `load_pipeline` picks the one a checkpoint needs (`checkpoints`).
-- `editing`: the (frame, step) loop over a noise predictor, shared by every backbone.
+- `Pix2VideoPipeline` (`pipelines.sd2_depth`, SD2-depth) and `Pix2VideoControlNetPipeline`
+  (`pipelines.sd15_controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on
+  in-memory frames; `load_pipeline` picks the one a checkpoint needs (`pipelines.checkpoints`).
+- `core.editing`: the (frame, step) loop over a noise predictor, shared by every backbone;
+  `core.attention`: the anchor frame, the previous frame, the feature store and the injection
+  processor; `core.guidance`: the guided latent update; `core.inversion`: DDIM step and
+  inversion.
 - `pix2video.batch`: many clips in one run (a JOBS file; in-process or on a Ray cluster).
-- `attention`: the anchor frame, the previous frame, the feature store and the injection
-  processor; `guidance`: the guided latent update; `inversion`: DDIM step and inversion.
+
+The package by layer, each importing only those below it: the root (`errors`, `atomic`,
+`quiet`, `models`, `settings`), `media`, `core`, `pipelines`, `evaluation` and `job`, then
+the front ends `cli`, `ui` and `batch`.
 
 Names are imported on first use, so `import pix2video` does not load torch.
 """

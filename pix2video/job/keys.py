@@ -1,4 +1,4 @@
-"""Content-hash cache keys of every stage (the format: `cache.py`).
+"""Content-hash cache keys of every stage (their format: `cache`).
 
 A key names everything its stage's result depends on, so a new prompt for the same clip
 reuses depth and inversion, and a killed job resumes where it stopped.

@@ -9,14 +9,14 @@ code does):
 3. DDIM sampling of every frame from its x_T with the *edit* prompt and classifier-free
    guidance (both branches in one batched UNet call), where
    - the decoder self-attention of frame i reads keys/values from the anchor's and the
-     previous frame's features at the same step (`attention.py`), and
+     previous frame's features at the same step (`core/attention.py`), and
    - during the first half of the steps the latent is pulled towards the previous frame's
-     predicted clean latent (`guidance.py`);
+     predicted clean latent (`core/guidance.py`);
 4. VAE decoding.
 
 This module holds only what is SD2-depth's own: the depth channel concatenated to the
-latent. The loop over (frame, step) is `editing.py` (shared by every backbone), the rest of
-the method is `backbone.Pix2VideoBase`; `controlnet.py` is the SD 1.5 + ControlNet backbone.
+latent. The loop over (frame, step) is `core/editing.py` (shared by every backbone), the rest of
+the method is `backbone.Pix2VideoBase`; `sd15_controlnet.py` is the SD 1.5 + ControlNet backbone.
 The names that used to live here (`EditCheckpoint`, `source_trajectory`, ...) are
 re-exported.
 """
