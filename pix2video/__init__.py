@@ -8,7 +8,8 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
 - `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
   with cache, resume, progress and cancellation; what the CLI and the web UI run.
 - `Pix2VideoPipeline` (`pipeline`, SD2-depth) and `Pix2VideoControlNetPipeline`
-  (`controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on in-memory frames;
+  (`controlnet`, SD 1.5 + ControlNets), `Pix2VideoSDXLControlNetPipeline` (`sdxl`, SDXL +
+  ControlNets): the algorithm top to bottom on in-memory frames;
   `load_pipeline` picks the one a checkpoint needs (`checkpoints`).
 - `editing`: the (frame, step) loop over a noise predictor, shared by every backbone.
 - `pix2video.batch`: many clips in one run (a JOBS file; in-process or on a Ray cluster).
@@ -39,6 +40,7 @@ _LAZY = {
     "PipelineCache": "job",
     "Pix2VideoPipeline": "pipeline",
     "Pix2VideoControlNetPipeline": "controlnet",
+    "Pix2VideoSDXLControlNetPipeline": "sdxl",
     "Pix2VideoOutput": "pipeline",
     "load_pipeline": "pipeline",
 }
@@ -60,6 +62,7 @@ __all__ = [  # the errors, then the names of _LAZY
     "PipelineCache",
     "Pix2VideoPipeline",
     "Pix2VideoControlNetPipeline",
+    "Pix2VideoSDXLControlNetPipeline",
     "Pix2VideoOutput",
     "load_pipeline",
 ]
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
         suggest_source_prompt,
     )
     from .pipeline import Pix2VideoOutput, Pix2VideoPipeline, load_pipeline
+    from .sdxl import Pix2VideoSDXLControlNetPipeline
     from .settings import ATTEND_MODES, EditSettings
 
 

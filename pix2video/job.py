@@ -355,7 +355,7 @@ class EditJob:
 
         from .cache import hash_array
 
-        self.width, self.height = video.fit_size(*self.reader.source_size, video.parse_size(s.size))
+        self.width, self.height = video.fit_size(*self.reader.source_size, self.size_setting())
         self.frame_hashes: list[str] = []
         for position, frame, small in self._frames():
             self.frame_hashes.append(hash_array(small))
@@ -367,6 +367,17 @@ class EditJob:
         self.anchor_position = 0 if s.anchor == "first" else self.num_frames - 1
         self.anchor_index = self.reader.start_index + self.anchor_position * self.reader.stride
         self.seconds["reading"] = time.perf_counter() - tic
+
+    def size_setting(self) -> int | tuple[int, int]:
+        """--size; "auto" is 1024 for an SDXL-family model and 512 for the others."""
+        from .settings import AUTO_SIZE, processing_size
+
+        sdxl = False
+        if self.settings.size == AUTO_SIZE:
+            from .checkpoints import is_sdxl_checkpoint
+
+            sdxl = is_sdxl_checkpoint(self.settings.model)
+        return processing_size(self.settings.size, sdxl)
 
     def _open_reader(self):
         from . import video
@@ -480,7 +491,7 @@ class EditJob:
         self.pipe = pipe
         self.check_pipeline_inputs()
         self.edit_embedding = pipe.encode_prompt(s.prompt)
-        self.negative_embedding = pipe.encode_prompt(s.negative_prompt)
+        self.negative_embedding = pipe.encode_negative_prompt(s.negative_prompt)
         self.seconds["loading"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
