@@ -80,16 +80,50 @@ def is_sdxl_checkpoint(model: str) -> bool:
     path = Path(resolve_model_path(model)).expanduser()
     if is_single_file(model):
         return path.is_file() and _single_file_shape(path, ORIGINAL_SDXL_TEXT_2) is not None
-    config = path / "unet" / "config.json"
-    if not config.is_file() and not path.exists():
+    config = _component_config(model, "unet/config.json")
+    return config is not None and is_sdxl_unet(config)
+
+
+def _component_config(model: str, name: str) -> dict | None:
+    """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
+    config = Path(resolve_model_path(model)).expanduser() / name
+    if not config.is_file() and not config.parents[1].exists():
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(str(model), "unet/config.json")
+            found = try_to_load_from_cache(str(model), name)
             config = Path(found) if isinstance(found, str) else config
         except Exception:  # noqa: BLE001 - a malformed id: the loader says so
-            return False
-    return config.is_file() and is_sdxl_unet(json.loads(config.read_text()))
+            return None
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
+FEW_STEP_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
+"""Schedulers only consistency-distilled (few-step) checkpoints ship with."""
+
+
+def check_not_few_step(model: str, model_config: str | None = None) -> None:
+    """Refuse a few-step (Turbo/LCM-style) checkpoint, told by the scheduler it ships with.
+
+    Such checkpoints sample in 1-4 steps without guidance; DDIM inversion at that step count
+    does not map back to the frames (benchmarks/few_step.py; README "Few-step checkpoints").
+    SDXL-Turbo and SD-Turbo ship Euler ancestral with trailing timesteps, LCMs their own.
+    """
+    source = model_config if is_single_file(model) else model
+    config = _component_config(source, "scheduler/scheduler_config.json") if source else None
+    if config is None:
+        return
+    name = config.get("_class_name", "")
+    turbo = (
+        name == "EulerAncestralDiscreteScheduler" and config.get("timestep_spacing") == "trailing"
+    )
+    if name in FEW_STEP_SCHEDULERS or turbo:
+        raise ModelNotAvailableError(
+            f"The model '{model}' is a few-step (Turbo/LCM-style) checkpoint: Pix2Video inverts "
+            "every frame with DDIM at the edit's step count, and at 1-4 steps that inversion "
+            "does not map back to the frames, so it cannot edit them; use the model it was "
+            "distilled from (e.g. stabilityai/stable-diffusion-xl-base-1.0) with 20-50 steps."
+        )
 
 
 def _single_file_shape(path: Path, key: str) -> tuple[int, ...] | None:
@@ -193,6 +227,7 @@ def _load_controlnet_pipeline(
     from .controlnet import Pix2VideoControlNetPipeline
     from .sdxl import Pix2VideoSDXLControlNetPipeline
 
+    check_not_few_step(model, model_config)
     nets = [
         load_pretrained(ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
         for c in controlnets

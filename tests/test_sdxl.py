@@ -437,12 +437,23 @@ def _cli(tmp_path, *extra) -> tuple[int, str, Path]:
             "sd15-controlnet",
             "made for another architecture .*ControlNet for the model's base \\(SDXL\\)",
         ),
+        ("turbo", "is a few-step \\(Turbo/LCM-style\\) checkpoint: .*cannot edit them"),
     ],
 )
 def test_errors_are_one_sentence(tmp_path, tiny_sdxl, tiny_sd15, case, message):
     extra = ["--model", tiny_sdxl.model]
     if case == "sd15-controlnet":
         extra += ["--controlnet", tiny_sd15.controlnets[0], "--control", "canny"]
+    elif case == "turbo":  # the same weights, shipped with SDXL-Turbo's scheduler
+        import shutil
+
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        turbo = shutil.copytree(tiny_sdxl.model, tmp_path / "turbo")
+        EulerAncestralDiscreteScheduler.from_pretrained(
+            turbo / "scheduler", timestep_spacing="trailing"
+        ).save_pretrained(turbo / "scheduler")
+        extra = ["--model", turbo, "--controlnet", tiny_sdxl.controlnets[0], "--control", "canny"]
     code, output, out = _cli(tmp_path, *extra)
     assert code == 2, output
     lines = output.strip().splitlines()
