@@ -319,6 +319,17 @@ def test_cli_edit_with_sdxl_and_two_controlnets_equals_the_job(tmp_path, tiny_sd
     assert job.unet_evaluations == FRAMES * STEPS * 3  # inversion 1 row, editing 2 (CFG)
 
 
+@pytest.mark.bitwise
+def test_preview_is_the_anchor_frame_of_the_full_edit(tmp_path, tiny_sdxl, pipelines):
+    from pix2video import preview_anchor
+
+    s = settings(tmp_path, tiny_sdxl, output=tmp_path / "full")
+    preview = preview_anchor(s, pipelines=pipelines)
+    result = edit_clip(s, pipelines=pipelines)
+    assert result.inversion_cached == 1  # the preview's inversion is reused
+    assert np.array_equal(preview.edited, png_frames(tmp_path / "full")[0])
+
+
 def test_single_file_checkpoint_edits_like_its_folder(tmp_path, tiny_sdxl, pipelines):
     """Another loader and layout: equal weights, frames within one grey level."""
     from pix2video.checkpoints import is_sdxl_checkpoint
