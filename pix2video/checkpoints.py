@@ -75,13 +75,16 @@ def is_sdxl_checkpoint(model: str) -> bool:
 
     From a single file's second text encoder, or the UNet config of a folder or the hub cache.
     """
-    from .sdxl import is_sdxl_unet
-
     path = Path(resolve_model_path(model)).expanduser()
     if is_single_file(model):
         return path.is_file() and _single_file_shape(path, ORIGINAL_SDXL_TEXT_2) is not None
     config = _component_config(model, "unet/config.json")
     return config is not None and is_sdxl_unet(config)
+
+
+def is_sdxl_unet(config) -> bool:
+    """An SDXL-family UNet reads the pooled text embedding and size ids ("text_time")."""
+    return dict(config).get("addition_embed_type") == "text_time"
 
 
 def _component_config(model: str, name: str) -> dict | None:

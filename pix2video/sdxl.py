@@ -53,11 +53,6 @@ def unpack_text(text: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torc
     return text[:, :-1], text[:, -1, :pooled_dim]
 
 
-def is_sdxl_unet(config) -> bool:
-    """An SDXL-family UNet reads the pooled text embedding and size ids ("text_time")."""
-    return dict(config).get("addition_embed_type") == "text_time"
-
-
 class Pix2VideoSDXLControlNetPipeline(
     StableDiffusionXLLoraLoaderMixin, Pix2VideoControlNetPipeline
 ):
