@@ -36,7 +36,7 @@ def main() -> None:
     from test_sdxl import controls, make_frames
     from tiny_sdxl import build_sdxl, build_sdxl_controlnet
 
-    from pix2video.sdxl import Pix2VideoSDXLControlNetPipeline
+    from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_sdxl(Path(tmp) / "sdxl")

@@ -17,9 +17,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from pix2video.controlnet import Pix2VideoControlNetPipeline
 from pix2video.models import BUNDLED_MODELS
-from pix2video.pipeline import Pix2VideoPipeline
+from pix2video.pipelines.sd2_depth import Pix2VideoPipeline
+from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
 SD2_DEPTH_UNET = dict(
     sample_size=64,
@@ -162,7 +162,7 @@ def full_size_sdxl_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0):
     from diffusers import ControlNetModel, EulerDiscreteScheduler
     from transformers import CLIPTextModelWithProjection
 
-    from pix2video.sdxl import Pix2VideoSDXLControlNetPipeline
+    from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline
 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(BUNDLED_MODELS["tiny"] / "tokenizer")

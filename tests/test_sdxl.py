@@ -19,12 +19,12 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from PIL import Image
 
 from pix2video import EditSettings, edit_clip
-from pix2video.backbone import reference_scheduler
 from pix2video.cli import main
-from pix2video.control import canny_image, depth_image
 from pix2video.errors import EditCancelled
 from pix2video.job import EditJob, PipelineCache
-from pix2video.sdxl import Pix2VideoSDXLControlNetPipeline, pack_text, unpack_text
+from pix2video.pipelines.backbone import reference_scheduler
+from pix2video.pipelines.control import canny_image, depth_image
+from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline, pack_text, unpack_text
 
 PROMPT, SOURCE = "a red sports car", "a swan on a lake"
 STEPS, FRAMES = 2, 2
@@ -332,7 +332,7 @@ def test_preview_is_the_anchor_frame_of_the_full_edit(tmp_path, tiny_sdxl, pipel
 
 def test_single_file_checkpoint_edits_like_its_folder(tmp_path, tiny_sdxl, pipelines):
     """Another loader and layout: equal weights, frames within one grey level."""
-    from pix2video.checkpoints import is_sdxl_checkpoint
+    from pix2video.pipelines.checkpoints import is_sdxl_checkpoint
 
     assert is_sdxl_checkpoint(str(tiny_sdxl.single_file))
     assert is_sdxl_checkpoint(str(tiny_sdxl.model))
@@ -410,7 +410,7 @@ def test_masked_sdxl_edit_keeps_every_pixel_outside_the_mask(tmp_path, tiny_sdxl
         mask_feather=0,
     )
     assert result.masked
-    from pix2video.video import read_clip, resize_frames
+    from pix2video.media import read_clip, resize_frames
 
     frames = resize_frames(read_clip(COCKATOO, max_frames=FRAMES).frames, (64, 32))
     for frame, out in zip(frames, edited, strict=True):
@@ -419,14 +419,15 @@ def test_masked_sdxl_edit_keeps_every_pixel_outside_the_mask(tmp_path, tiny_sdxl
 
 
 def test_default_size_is_1024_for_sdxl_and_512_for_others(tmp_path, tiny_sdxl):
-    from pix2video.video import fit_size
+    from pix2video.job.source import read_source
+    from pix2video.media import fit_size
 
     assert EditSettings.defaults()["size"] == "auto"
     for model, long_side in ((str(tiny_sdxl.model), 1024), ("tiny", 512)):
         job = EditJob(settings(tmp_path, tiny_sdxl, model=model, size="auto"))
-        job.read_input(anchor_only=True)
-        assert (job.width, job.height) == fit_size(*job.reader.source_size, long_side)
-        assert max(job.width, job.height) == long_side  # aspect kept, multiples of 8
+        source = read_source(job.ctx, anchor_only=True)
+        assert (source.width, source.height) == fit_size(*source.reader.source_size, long_side)
+        assert max(source.width, source.height) == long_side  # aspect kept, multiples of 8
 
 
 def _cli(tmp_path, *extra) -> tuple[int, str, Path]:

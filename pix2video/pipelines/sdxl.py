@@ -33,9 +33,9 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
+from ..errors import InputError
 from .backbone import reference_scheduler
-from .controlnet import Pix2VideoControlNetPipeline
-from .errors import InputError
+from .sd15_controlnet import Pix2VideoControlNetPipeline
 
 SDXL_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"
 """The diffusers configs of an SDXL single file when no --model-config is given (local cache)."""
