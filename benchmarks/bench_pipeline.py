@@ -3,6 +3,7 @@
     python benchmarks/bench_pipeline.py --model tiny --size 512 --frames 4 16 --steps 50
     python benchmarks/bench_pipeline.py --model full --size 256 --frames 2 4 --steps 10
     python benchmarks/bench_pipeline.py --model full-controlnet --size 256 --frames 2 --steps 2
+    python benchmarks/bench_pipeline.py --model full-sdxl --size 1024 --frames 1 --steps 2 --dtype bfloat16
     python benchmarks/bench_pipeline.py --model full --size 512 --frames 4 16 --device cuda --dtype float16
 
 Each clip length runs in its own process, so the peak memory (RSS; CUDA peak on a GPU) is that
@@ -10,12 +11,14 @@ run's alone. Frames are real footage (blackswan, or any folder via --frames-dir)
 synthetic depth ramp, so the depth estimator is not part of the timing.
 `--model full` is the full-size SD2-depth architecture with random weights, `--model
 full-controlnet` the full-size SD 1.5 architecture with one ControlNet fed canny edges of the
-frames (see full_size.py); ControlNet evaluations are counted like the UNet's.
+frames, `--model full-sdxl` the full-size SDXL architecture with one SDXL ControlNet (see
+full_size.py); ControlNet evaluations are counted like the UNet's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -48,6 +51,21 @@ def _level(name: str, levels: int) -> int:
     return index if parts[0] == "down_blocks" else levels - 1 - index
 
 
+def reset_peak_rss() -> None:
+    """On Linux, restart the process's peak-RSS count (VmHWM) from its current size."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since `reset_peak_rss` (Linux), else since the process started."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run_one(args) -> dict:
     import numpy as np
     import torch
@@ -59,12 +77,20 @@ def run_one(args) -> dict:
     return_large_buffers_to_os()  # as the `pix2video` command does
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    controlnet = args.model == "full-controlnet"
-    if args.model in ("full", "full-controlnet"):
+    controlnet = args.model in ("full-controlnet", "full-sdxl")
+    if args.model in ("full", "full-controlnet", "full-sdxl"):
         sys.path.insert(0, str(Path(__file__).parent))
-        from full_size import full_size_controlnet_pipeline, full_size_pipeline
+        from full_size import (
+            full_size_controlnet_pipeline,
+            full_size_pipeline,
+            full_size_sdxl_pipeline,
+        )
 
-        build = full_size_controlnet_pipeline if controlnet else full_size_pipeline
+        build = {
+            "full": full_size_pipeline,
+            "full-controlnet": full_size_controlnet_pipeline,
+            "full-sdxl": full_size_sdxl_pipeline,
+        }[args.model]
         pipe = build(dtype).to(args.device)
     else:
         pipe = load_pipeline(args.model, device=args.device, torch_dtype=dtype)
@@ -94,6 +120,7 @@ def run_one(args) -> dict:
         pipe.controlnet.register_forward_pre_hook(count_controlnet)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    reset_peak_rss()  # the edit's peak, not building the random weights (in float32 first)
     store_dtype = {"float16": torch.float16, "float32": None}[args.feature_store_dtype]
     tic = time.perf_counter()
     out = pipe(
@@ -121,7 +148,7 @@ def run_one(args) -> dict:
         "controlnet_images_per_frame": controlnet_images["n"] / n,
         "feature_store_peak_bytes": out.feature_store_peak_bytes,
         "reference_store_bytes": reference_store_bytes(pipe, height, width, args.steps),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss(),
     }
     if args.device.startswith("cuda"):
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -133,7 +160,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", default="tiny", help="tiny, full, full-controlnet, or a model folder / hub id"
+        "--model",
+        default="tiny",
+        help="tiny, full, full-controlnet, full-sdxl, or a model folder / hub id",
     )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 16])

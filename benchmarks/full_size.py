@@ -5,7 +5,10 @@ the real checkpoints in benchmarks:
 - `full_size_pipeline`: `stabilityai/stable-diffusion-2-depth` (the depth estimator is the
   tiny DPT of the bundled model; benchmarks pass precomputed depth, so it is never timed);
 - `full_size_controlnet_pipeline`: an SD 1.5 checkpoint (UNet 860M, CLIP ViT-L/14 text
-  encoder, SD VAE) with one SD 1.5 ControlNet (361M, e.g. `control_v11f1p_sd15_depth`).
+  encoder, SD VAE) with one SD 1.5 ControlNet (361M, e.g. `control_v11f1p_sd15_depth`);
+- `full_size_sdxl_pipeline`: `stabilityai/stable-diffusion-xl-base-1.0` (UNet 2.6B, CLIP
+  ViT-L and OpenCLIP bigG text encoders, the SDXL VAE) with one full SDXL ControlNet (1.25B,
+  the shape of `diffusers/controlnet-depth-sdxl-1.0`: the UNet's encoder half).
 """
 
 from __future__ import annotations
@@ -82,6 +85,35 @@ OPENCLIP_H_TEXT = dict(
 )
 
 
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,  # 6 size ids x 256 + the pooled 1280
+)
+OPENCLIP_BIGG_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+SDXL_VAE = dict(SD2_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+
 def full_size_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0) -> Pix2VideoPipeline:
     """Pix2VideoPipeline with SD2-depth's UNet, VAE and text encoder shapes, random weights."""
     torch.manual_seed(seed)
@@ -119,3 +151,39 @@ def full_size_controlnet_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dtype=dtype)
+
+
+def full_size_sdxl_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Pix2VideoSDXLControlNetPipeline with SDXL base's shapes and one SDXL ControlNet.
+
+    The weights are created in `dtype` (not in float32 and cast), so building the 4.5B
+    parameters peaks at their size in `dtype`; a float16 VAE is upcast as the pipeline does.
+    """
+    from diffusers import ControlNetModel, EulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection
+
+    from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(BUNDLED_MODELS["tiny"] / "tokenizer")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        controlnet = ControlNetModel.from_unet(unet)
+        pipe = Pix2VideoSDXLControlNetPipeline(
+            vae=AutoencoderKL(**SDXL_VAE),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**OPENCLIP_BIGG_TEXT)),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=EulerDiscreteScheduler(
+                beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+            ),
+        )
+    finally:
+        torch.set_default_dtype(default)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -8,8 +8,9 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
 - `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
   with cache, resume, progress and cancellation; what the CLI and the web UI run.
 - `Pix2VideoPipeline` (`pipelines.sd2_depth`, SD2-depth) and `Pix2VideoControlNetPipeline`
-  (`pipelines.sd15_controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on
-  in-memory frames; `load_pipeline` picks the one a checkpoint needs (`pipelines.checkpoints`).
+  (`pipelines.sd15_controlnet`, SD 1.5 + ControlNets), `Pix2VideoSDXLControlNetPipeline`
+  (`pipelines.sdxl`, SDXL + ControlNets): the algorithm top to bottom on in-memory frames;
+  `load_pipeline` picks the one a checkpoint needs (`pipelines.checkpoints`).
 - `core.editing`: the (frame, step) loop over a noise predictor, shared by every backbone;
   `core.attention`: the anchor frame, the previous frame, the feature store and the injection
   processor; `core.guidance`: the guided latent update; `core.inversion`: DDIM step and
@@ -44,6 +45,7 @@ _LAZY = {
     "PipelineCache": "job",
     "Pix2VideoPipeline": "pipelines.sd2_depth",
     "Pix2VideoControlNetPipeline": "pipelines.sd15_controlnet",
+    "Pix2VideoSDXLControlNetPipeline": "pipelines.sdxl",
     "Pix2VideoOutput": "pipelines.sd2_depth",
     "load_pipeline": "pipelines.checkpoints",
 }
@@ -65,6 +67,7 @@ __all__ = [  # the errors, then the names of _LAZY
     "PipelineCache",
     "Pix2VideoPipeline",
     "Pix2VideoControlNetPipeline",
+    "Pix2VideoSDXLControlNetPipeline",
     "Pix2VideoOutput",
     "load_pipeline",
 ]
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
     from .pipelines.checkpoints import load_pipeline
     from .pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline
     from .pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
+    from .pipelines.sdxl import Pix2VideoSDXLControlNetPipeline
     from .settings import ATTEND_MODES, EditSettings
 
 

@@ -31,6 +31,10 @@ CONTROL_KINDS: tuple[str, ...] = ("canny", "depth")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 FEATURE_STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
+AUTO_SIZE = "auto"
+"""--size default: the long side the model family was trained at (`LONG_SIDES`)."""
+LONG_SIDES: dict[str, int] = {"sd": 512, "sdxl": 1024}
+"""Default processing long side per model family: SD2-depth and SD 1.5 at 512, SDXL at 1024."""
 MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_GUIDANCE_SCALE = 100.0
 MAX_MASK_GROWTH = 512  # pixels of --mask-dilate / --mask-feather
@@ -54,7 +58,7 @@ SEQUENCE_FIELDS: tuple[str, ...] = ("controlnet", "control", "control_scale", "l
 class EditSettings:
     """Everything one edit takes; the defaults are `pix2video edit`'s defaults.
 
-    Paths may be strings or `os.PathLike`; `size` is a long side (512) or "WxH".
+    Paths may be strings or `os.PathLike`; `size` is a long side (512), "WxH" or "auto".
     """
 
     input: str | os.PathLike
@@ -62,9 +66,9 @@ class EditSettings:
     output: str | os.PathLike
     source_prompt: str | None = None  # None: caption the anchor frame
     negative_prompt: str = ""
-    model: str = DEFAULT_MODEL  # SD2-depth or SD 1.5 checkpoint: hub id, folder, .safetensors
+    model: str = DEFAULT_MODEL  # SD2-depth, SD 1.5 or SDXL checkpoint: hub id, folder, file
     model_config: str | None = None  # diffusers configs for a single-file checkpoint
-    controlnet: tuple[str, ...] = ()  # ControlNets (hub id or folder) for an SD 1.5 model
+    controlnet: tuple[str, ...] = ()  # ControlNets (hub id or folder) for an SD 1.5/SDXL model
     control: tuple[str, ...] = ()  # per ControlNet: canny, depth, or a folder/video of frames
     control_scale: tuple[float, ...] = ()  # per ControlNet; default 1.0 each
     canny_low: int = 100
@@ -73,7 +77,7 @@ class EditSettings:
     lora: tuple[str, ...] = ()  # PATH_OR_ID[:SCALE] each
     device: str = "auto"
     dtype: str = "float32"
-    size: str | int = "512"
+    size: str | int = AUTO_SIZE  # long side, "WxH", or "auto" (the model family's, LONG_SIDES)
     keep_source_size: bool = False
     start: str | int | float | None = None
     end: str | int | float | None = None
@@ -201,7 +205,8 @@ class EditSettings:
         _integer("mask-feather", self.mask_feather, 0, MAX_MASK_GROWTH)
         if not str(self.mask_model).strip():
             raise InputError("The --mask-model name is empty: use a hub id or a folder.")
-        parse_size(self.size)
+        if self.size != AUTO_SIZE:
+            parse_size(self.size)
         parse_position(self.start)
         parse_position(self.end)
         latent_guidance_schedule(
@@ -257,6 +262,15 @@ class EditSettings:
     def loras(self) -> tuple[tuple[str, float], ...]:
         """(path or hub id, scale) of every --lora."""
         return tuple(parse_lora(text) for text in self.lora)
+
+
+def processing_size(size: str | int, sdxl: bool = False) -> int | tuple[int, int]:
+    """A --size as `media.parse_size` reads it; "auto" is the model family's long side."""
+    from .media import parse_size
+
+    if size == AUTO_SIZE:
+        return LONG_SIDES["sdxl" if sdxl else "sd"]
+    return parse_size(size)
 
 
 def parse_lora(text: str) -> tuple[str, float]:

@@ -122,7 +122,7 @@ def test_help_lists_every_option_with_its_default(runner):
         if not param.is_flag and not param.required:
             assert "default:" in record[1], f"{param.name} shows no default"
     for default in (
-        "[default: 512]",
+        "or auto (long side 1024 for SDXL models, 512 for others)",
         "[default: 50; 1<=x<=1000]",
         "[default: 7.5]",
         "[default: 0]",

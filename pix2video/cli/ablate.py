@@ -106,6 +106,7 @@ def ablate(
     """
     from .. import media as video
     from ..evaluation.ablation import run_ablation, save_ablation, select_variants
+    from ..settings import processing_size
 
     chosen = select_variants([v.strip() for v in variants.split(",")] if variants else None)
     out_dir = Path(output).expanduser()
@@ -113,7 +114,7 @@ def ablate(
     reporter = Reporter(quiet=quiet, debug=debug)
     with quiet_libraries(debug):
         clip = read_frames(input, start, end, stride, max_frames)
-        width, height = video.fit_size(*clip.source_size, video.parse_size(size))
+        width, height = video.fit_size(*clip.source_size, processing_size(size))
         frames = video.resize_frames(clip.frames, (width, height))
         device_, dtype_ = resolve_device(device, dtype)
         from ..evaluation.metrics import ClipScorer

@@ -302,8 +302,8 @@ def model_options(f: Callable) -> Callable:
             "--model",
             default=DEFAULTS["model"],
             help="Checkpoint: SD2-depth (hub id, used offline when cached, or folder; 'tiny' = "
-            "the bundled random-weight model for smoke runs), or an SD 1.5-architecture model "
-            "(hub id, folder, or one .safetensors/.ckpt file) with --controlnet.",
+            "the bundled random-weight model for smoke runs), or an SD 1.5- or SDXL-architecture "
+            "model (hub id, folder, or one .safetensors/.ckpt file) with --controlnet.",
         ),
         click.option(
             "--device",
@@ -326,7 +326,7 @@ def backbone_options(f: Callable) -> Callable:
             "--controlnet",
             multiple=True,
             show_default="none",
-            help="ControlNet (hub id or folder) for an SD 1.5 --model; repeat for several (their "
+            help="ControlNet (hub id or folder) for an SD 1.5 or SDXL --model; repeat for several (their "
             "residuals add up).",
         ),
         click.option(
@@ -507,8 +507,8 @@ def size_option(f: Callable) -> Callable:
         "--size",
         default=DEFAULTS["size"],
         help="Processing size: one number = the long side (aspect ratio kept, 1280x720 at 512 "
-        "gives 512x288), or WxH. Both sides must be multiples of 8, the VAE's latent grid "
-        "(rounded for a single number).",
+        "gives 512x288), or WxH, or auto (long side 1024 for SDXL models, 512 for others). "
+        "Both sides must be multiples of 8, the VAE's latent grid (rounded for a single number).",
     )(f)
 
 

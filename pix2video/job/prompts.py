@@ -27,7 +27,7 @@ class Prompts:
 def encode_edit_prompts(pipe, ctx: JobContext) -> tuple[Any, Any]:
     """(edit, negative) text embeddings."""
     s = ctx.settings
-    return pipe.encode_prompt(s.prompt), pipe.encode_prompt(s.negative_prompt)
+    return pipe.encode_prompt(s.prompt), pipe.encode_negative_prompt(s.negative_prompt)
 
 
 def source_prompt(

@@ -44,12 +44,24 @@ class SourceClip:
         return frame_names(self.reader, self.num_frames)
 
 
+def size_setting(s) -> int | tuple[int, int]:
+    """--size; "auto" is 1024 for an SDXL-family model and 512 for the others."""
+    from ..settings import AUTO_SIZE, processing_size
+
+    sdxl = False
+    if s.size == AUTO_SIZE:
+        from ..pipelines.checkpoints import is_sdxl_checkpoint
+
+        sdxl = is_sdxl_checkpoint(s.model)
+    return processing_size(s.size, sdxl)
+
+
 def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
     """Open the selection and make one pass over it: sizes, frame hashes, the anchor frame.
 
     With `anchor_only` and the first frame as anchor, the pass stops after that frame.
     """
-    from ..media import fit_size, parse_size
+    from ..media import fit_size
 
     s = ctx.settings
     tic = time.perf_counter()
@@ -58,7 +70,7 @@ def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
 
     from .cache import hash_array
 
-    width, height = fit_size(*reader.source_size, parse_size(s.size))
+    width, height = fit_size(*reader.source_size, size_setting(s))
     frame_hashes: list[str] = []
     anchor = None
     for position, frame, small in decode_pass(ctx, reader, path, (width, height)):

@@ -146,6 +146,10 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         ).input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
+    def encode_negative_prompt(self, prompt: str) -> torch.Tensor:
+        """The unconditional branch's embedding (a backbone may encode "" differently, as SDXL)."""
+        return self.encode_prompt(prompt)
+
     @torch.inference_mode()
     def encode_frames(self, frames: Sequence[FrameLike]) -> torch.Tensor:
         """(N, 4, h, w) latents: the VAE posterior mean (not a sample) times the scaling factor."""
@@ -393,7 +397,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             masks=masks,
         )
         edit_embedding = self.encode_prompt(prompt)  # prompts first: a bad one fails fast
-        negative_embedding = self.encode_prompt(negative_prompt)
+        negative_embedding = self.encode_negative_prompt(negative_prompt)
         source_embedding = self.encode_prompt(source_prompt) if inverted_latents is None else None
         timings: dict[str, float] = {}
         evaluations_before = self.unet_evaluations

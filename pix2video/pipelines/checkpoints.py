@@ -10,6 +10,8 @@ original-layout `.safetensors`/`.ckpt` file as model sites publish them (diffuse
 local cache). LoRAs (a file, a folder or a hub id, each with a scale) are loaded with
 diffusers' `load_lora_weights` and fused into the weights at their scales, so an edit
 costs the same with or without them. Every failure is one sentence.
+An SDXL-family UNet (`is_sdxl_checkpoint`) also reads 4 channels and needs ControlNets; it
+gets `sdxl.Pix2VideoSDXLControlNetPipeline` (single files: configs of `sdxl.SDXL_CONFIG`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 """The diffusers configs diffusers picks for an SD 1.5 single file (from the local cache)."""
 ORIGINAL_UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
+ORIGINAL_SDXL_TEXT_2 = "conditioner.embedders.1.model.positional_embedding"
+"""SDXL's second (OpenCLIP bigG) text encoder in the original single-file layout."""
 TINY_HINT = " (or `tiny` for the bundled random-weight model)"
 
 
@@ -68,6 +72,65 @@ def unet_in_channels(model: str) -> int | None:
     if not config.is_file():
         return None
     return int(json.loads(config.read_text()).get("in_channels", 4))
+
+
+def is_sdxl_checkpoint(model: str) -> bool:
+    """Whether the checkpoint is SDXL-family (its UNet reads pooled text and size ids).
+
+    From a single file's second text encoder, or the UNet config of a folder or the hub cache.
+    """
+    path = Path(resolve_model_path(model)).expanduser()
+    if is_single_file(model):
+        return path.is_file() and _single_file_shape(path, ORIGINAL_SDXL_TEXT_2) is not None
+    config = _component_config(model, "unet/config.json")
+    return config is not None and is_sdxl_unet(config)
+
+
+def is_sdxl_unet(config) -> bool:
+    """An SDXL-family UNet reads the pooled text embedding and size ids ("text_time")."""
+    return dict(config).get("addition_embed_type") == "text_time"
+
+
+def _component_config(model: str, name: str) -> dict | None:
+    """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
+    config = Path(resolve_model_path(model)).expanduser() / name
+    if not config.is_file() and not config.parents[1].exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(str(model), name)
+            config = Path(found) if isinstance(found, str) else config
+        except Exception:  # noqa: BLE001 - a malformed id: the loader says so
+            return None
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
+FEW_STEP_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
+"""Schedulers only consistency-distilled (few-step) checkpoints ship with."""
+
+
+def check_not_few_step(model: str, model_config: str | None = None) -> None:
+    """Refuse a few-step (Turbo/LCM-style) checkpoint, told by the scheduler it ships with.
+
+    Such checkpoints sample in 1-4 steps without guidance; DDIM inversion at that step count
+    does not map back to the frames (benchmarks/few_step.py; README "Few-step checkpoints").
+    SDXL-Turbo and SD-Turbo ship Euler ancestral with trailing timesteps, LCMs their own.
+    """
+    source = model_config if is_single_file(model) else model
+    config = _component_config(source, "scheduler/scheduler_config.json") if source else None
+    if config is None:
+        return
+    name = config.get("_class_name", "")
+    turbo = (
+        name == "EulerAncestralDiscreteScheduler" and config.get("timestep_spacing") == "trailing"
+    )
+    if name in FEW_STEP_SCHEDULERS or turbo:
+        raise ModelNotAvailableError(
+            f"The model '{model}' is a few-step (Turbo/LCM-style) checkpoint: Pix2Video inverts "
+            "every frame with DDIM at the edit's step count, and at 1-4 steps that inversion "
+            "does not map back to the frames, so it cannot edit them; use the model it was "
+            "distilled from (e.g. stabilityai/stable-diffusion-xl-base-1.0) with 20-50 steps."
+        )
 
 
 def _single_file_shape(path: Path, key: str) -> tuple[int, ...] | None:
@@ -119,10 +182,15 @@ def load_backbone(
         if channels is None:  # unknown: let the SD2-depth loader say what it is
             pipe = _load_sd2_depth(model, depth_model, kwargs)
         else:
+            example = (
+                "diffusers/controlnet-depth-sdxl-1.0"
+                if is_sdxl_checkpoint(model)
+                else "lllyasviel/control_v11f1p_sd15_depth"
+            )
             raise ModelNotAvailableError(
                 f"The model '{model}' is not depth-conditioned, so it needs a ControlNet for the "
-                "video's structure: add --controlnet ID --control canny|depth (e.g. "
-                "lllyasviel/control_v11f1p_sd15_depth with --control depth)."
+                f"video's structure: add --controlnet ID --control canny|depth (e.g. {example} "
+                "with --control depth)."
             )
     else:
         pipe = _load_controlnet_pipeline(model, controlnets, model_config, kwargs)
@@ -164,21 +232,26 @@ def _load_controlnet_pipeline(
     from diffusers import ControlNetModel
 
     from .sd15_controlnet import Pix2VideoControlNetPipeline
+    from .sdxl import Pix2VideoSDXLControlNetPipeline
 
+    check_not_few_step(model, model_config)
     nets = [
         load_pretrained(ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
         for c in controlnets
     ]
+    sdxl = is_sdxl_checkpoint(model)
     if is_single_file(model):
-        pipe = _load_single_file(model, nets, model_config, kwargs)
+        pipe = _load_single_file(model, nets, model_config, kwargs, sdxl)
     else:
+        pipeline_class = Pix2VideoSDXLControlNetPipeline if sdxl else Pix2VideoControlNetPipeline
+        extras = {} if sdxl else {"safety_checker": None}
         pipe = load_pretrained(
-            Pix2VideoControlNetPipeline.from_pretrained,
+            pipeline_class.from_pretrained,
             model,
             "diffusion model",
             controlnet=nets,
-            safety_checker=None,
             feature_extractor=None,
+            **extras,
             **kwargs,
         )
     unet = pipe.unet.config
@@ -189,38 +262,45 @@ def _load_controlnet_pipeline(
             raise ModelNotAvailableError(
                 f"The ControlNet '{name}' was made for another architecture than the model "
                 f"'{model}' (cross-attention {net.config.cross_attention_dim} vs "
-                f"{unet.cross_attention_dim}); use a ControlNet for the model's base (SD 1.5)."
+                f"{unet.cross_attention_dim}); use a ControlNet for the model's base "
+                f"({'SDXL' if sdxl else 'SD 1.5'})."
             )
     return pipe
 
 
-def _load_single_file(model: str, nets: list, model_config: str | None, kwargs: dict):
+def _load_single_file(
+    model: str, nets: list, model_config: str | None, kwargs: dict, sdxl: bool = False
+):
     """`from_single_file` offline-first: configs from `model_config` or the local hub cache."""
     from .sd15_controlnet import Pix2VideoControlNetPipeline
+    from .sdxl import SDXL_CONFIG, Pix2VideoSDXLControlNetPipeline
 
     path = str(Path(model).expanduser())
-    config = model_config
+    pipeline_class = Pix2VideoSDXLControlNetPipeline if sdxl else Pix2VideoControlNetPipeline
+    extras = {} if sdxl else {"safety_checker": None}
+    default_config = SDXL_CONFIG if sdxl else SD15_CONFIG
+    config = model_config or (SDXL_CONFIG if sdxl else None)
     if config is not None and Path(config).expanduser().is_dir():
         config = str(Path(config).expanduser())
     attempts = [True] if _offline() else [True, False]
     error: Exception | None = None
     for local_only in attempts:
         try:
-            return Pix2VideoControlNetPipeline.from_single_file(
+            return pipeline_class.from_single_file(
                 path,
                 controlnet=nets,
                 config=config,
                 local_files_only=local_only,
-                safety_checker=None,
+                **extras,
                 **kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one sentence
             error = exc
-    needed = config or SD15_CONFIG
+    needed = config or default_config
     raise ModelNotAvailableError(
         f"The single-file checkpoint '{model}' could not be loaded with the diffusers configs "
         f"of '{needed}' ({type(error).__name__}); download those configs once with "
-        f"`huggingface-cli download {SD15_CONFIG} --include '*.json' '*.txt'`, or pass "
+        f"`huggingface-cli download {default_config} --include '*.json' '*.txt'`, or pass "
         "--model-config with a diffusers folder of the same architecture."
     ) from error
 
