@@ -14,12 +14,29 @@ import numpy as np
 from .errors import InputError
 from .models import load_pretrained
 
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
+AUTO = "auto"
+"""The default `--captioner`: `BLIP` below, or the bundled tiny BLIP for the bundled tiny model."""
+BLIP = "Salesforce/blip-image-captioning-base"
+DEFAULT_CAPTIONER = AUTO
+TINY_CAPTIONER = "tiny-blip"  # random weights, like `tiny`: captions are arbitrary words
 MAX_NEW_TOKENS = 30
 
 
+def resolve_captioner(captioner: str, model: str = "") -> str:
+    """The captioner `auto` stands for with diffusion model `model`; other names unchanged.
+
+    The bundled tiny model gets the bundled tiny captioner, so its offline smoke run needs
+    no source prompt and no download; every other model gets BLIP base.
+    """
+    if captioner != AUTO:
+        return captioner
+    from .models import BUNDLED_MODELS
+
+    return TINY_CAPTIONER if BUNDLED_MODELS.get(model) == BUNDLED_MODELS["tiny"] else BLIP
+
+
 @functools.lru_cache(maxsize=1)
-def load_captioner(model: str = DEFAULT_CAPTIONER, device: str = "cpu"):
+def load_captioner(model: str = BLIP, device: str = "cpu"):
     """(processor, model) of a BLIP captioning checkpoint: hub id (offline-first) or folder.
 
     The last one loaded is kept, so a server captions each new clip without reloading it.
@@ -35,7 +52,7 @@ def load_captioner(model: str = DEFAULT_CAPTIONER, device: str = "cpu"):
 
 def caption_frame(
     frame: np.ndarray,
-    model: str = DEFAULT_CAPTIONER,
+    model: str = BLIP,
     device: str = "cpu",
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> str:

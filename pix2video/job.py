@@ -261,7 +261,12 @@ def suggest_source_prompt(settings: EditSettings, pipelines: PipelineCache | Non
     job.read_input(anchor_only=True)
     device, _ = resolve_device(settings.device, settings.dtype)
     return caption_anchor(
-        job.anchor_source_frame, settings.captioner, str(device), job.cache, job.warn
+        job.anchor_source_frame,
+        settings.captioner,
+        str(device),
+        job.cache,
+        job.warn,
+        settings.model,
     )
 
 
@@ -487,7 +492,7 @@ class EditJob:
         self.source_prompt, self.captioned = s.source_prompt, False
         if not (self.source_prompt or "").strip():
             self.source_prompt = caption_anchor(
-                self.anchor_source_frame, s.captioner, str(device), self.cache, self.warn
+                self.anchor_source_frame, s.captioner, str(device), self.cache, self.warn, s.model
             )
             self.captioned = True
             self.info(
@@ -1118,10 +1123,14 @@ def save_to_cache(cache, kind: str, key: str, value, warn: MessageCallback) -> b
     return saved
 
 
-def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallback) -> str:
+def caption_anchor(
+    frame, captioner: str, device: str, cache, warn: MessageCallback, model: str = ""
+) -> str:
     """The source prompt: BLIP's caption of the anchor frame (cached by frame and captioner)."""
     from .cache import hash_array, make_key, model_fingerprint
-    from .caption import MAX_NEW_TOKENS, caption_frame
+    from .caption import MAX_NEW_TOKENS, caption_frame, resolve_captioner
+
+    captioner = resolve_captioner(captioner, model)  # `auto`: BLIP, or tiny-blip for `tiny`
 
     key = make_key(
         "caption",

@@ -1,14 +1,14 @@
 """Resolving model names to loaded models, offline-first, with one clear error.
 
 `name` may be a local folder, a Hugging Face hub id, or `tiny` (the random-weight
-SD2-depth copy bundled with the package, for smoke runs and tests). A hub id is looked up
-in the local cache first, so nothing touches the network when the model is already there
-or when `HF_HUB_OFFLINE=1`.
+SD2-depth copy bundled with the package, for smoke runs and tests; `tiny-blip` is its
+captioner). A hub id is looked up in the local cache first, so nothing touches the network
+when the model is already there; a missing one is downloaded (with progress, `hub.py`) only
+when `hub.can_download()` says the hub can be reached, else it is one sentence at once.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +18,11 @@ from .errors import ModelNotAvailableError
 T = TypeVar("T")
 
 ASSETS = Path(__file__).parent / "assets"
-BUNDLED_MODELS = {"tiny": ASSETS / "tiny-sd2-depth", "tiny-sd2-depth": ASSETS / "tiny-sd2-depth"}
+BUNDLED_MODELS = {
+    "tiny": ASSETS / "tiny-sd2-depth",
+    "tiny-sd2-depth": ASSETS / "tiny-sd2-depth",
+    "tiny-blip": ASSETS / "tiny-blip",  # the captioner of `tiny` (random weights too)
+}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
 DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
@@ -32,7 +36,10 @@ def resolve_model_path(name: str) -> str:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    """Nothing may be downloaded now (offline mode, or the hub does not answer): `hub.py`."""
+    from .hub import can_download
+
+    return not can_download()
 
 
 def load_pretrained(
@@ -60,14 +67,29 @@ def load_pretrained(
         return loader(path, local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         cached_error = exc
-    if not _offline():
-        try:
-            return loader(path, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            cached_error = exc
+    from .hub import can_download, download_model, offline_reason
+
+    if not can_download():
+        raise ModelNotAvailableError(
+            f"The {what} '{name}' is not available offline: it is not in the local hub cache "
+            f"and {offline_reason()}; get it with `pix2video download {name}` where there is "
+            f"internet (then copy the hub cache), or pass a local folder{fallback_hint}."
+        ) from cached_error
+    try:
+        download_model(path)  # with progress, resumable, checked
+        return loader(path, local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - files our selection missed: the loader's own way
+        cached_error = exc
+    try:
+        return loader(path, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        cached_error = exc
     raise ModelNotAvailableError(
-        f"The {what} '{name}' is not available offline and could not be downloaded "
-        f"({type(cached_error).__name__}); download it once with "
-        f"`huggingface-cli download {name}` on a machine with internet, or pass a local "
-        f"folder{fallback_hint}."
+        f"The {what} '{name}' could not be downloaded or loaded "
+        f"({type(cached_error).__name__}: {first_line(cached_error)}); check the name, or "
+        f"pass a local folder{fallback_hint}."
     ) from cached_error
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0].rstrip(".")
