@@ -254,6 +254,21 @@ def test_wanted_files_take_one_copy_of_the_weights():
     ]
 
 
+def test_download_meter_says_megabytes_and_speed_at_most_every_interval():
+    from pix2video.hub import DownloadMeter
+
+    now, shown = [0.0], []
+    meter = DownloadMeter(lambda text, *_: shown.append(text), interval=0.5, clock=lambda: now[0])
+    for t, done in ((0.0, 0), (1.0, 10 * 10**6), (1.2, 11 * 10**6), (2.0, 100 * 10**6)):
+        now[0] = t
+        meter("owner/model", done, 100 * 10**6)
+    assert shown == [
+        "Downloading owner/model: 0 of 100 MB",
+        "Downloading owner/model: 10 of 100 MB at 10.0 MB/s",
+        "Downloading owner/model: 100 of 100 MB",  # the end is always shown
+    ]
+
+
 # --------------------------------------------------------------------------- doctor
 
 
