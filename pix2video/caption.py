@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from .errors import InputError
-from .models import load_pretrained
+from .models import load_pretrained, require_available
 
 AUTO = "auto"
 """The default `--captioner`: `BLIP` below, or the bundled tiny BLIP for the bundled tiny model."""
@@ -41,6 +41,7 @@ def load_captioner(model: str = BLIP, device: str = "cpu"):
 
     The last one loaded is kept, so a server captions each new clip without reloading it.
     """
+    require_available(model, "captioning model")  # before transformers' seconds of importing
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     processor = load_pretrained(BlipProcessor.from_pretrained, model, what="captioning model")

@@ -280,6 +280,14 @@ def remote_files(model: str) -> tuple[str, list[RemoteFile]]:
     return str(info.sha), files
 
 
+def in_cache(model: str) -> bool:
+    """Whether the local hub cache holds any snapshot of `model` (no network, no file check)."""
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
+
+
 def cached_path(model: str, path: str, commit: str | None = None) -> Path | None:
     """The file in the local hub cache (at `commit`, or the cached ``main``), or None."""
     from huggingface_hub import try_to_load_from_cache

@@ -456,6 +456,8 @@ class EditJob:
                     )
             depth_sources = [hash_file(path) for path in self.depth_files]
         device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+        if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
+            check_captioner(self.anchor_source_frame, s.captioner, self.cache, s.model)
         from .pipeline import default_inversion_batch
 
         self.inversion_batch = s.inversion_batch or default_inversion_batch(device)
@@ -1127,27 +1129,14 @@ def caption_anchor(
     frame, captioner: str, device: str, cache, warn: MessageCallback, model: str = ""
 ) -> str:
     """The source prompt: BLIP's caption of the anchor frame (cached by frame and captioner)."""
-    from .cache import hash_array, make_key, model_fingerprint
-    from .caption import MAX_NEW_TOKENS, caption_frame, resolve_captioner
+    from .caption import caption_frame, resolve_captioner
 
     captioner = resolve_captioner(captioner, model)  # `auto`: BLIP, or tiny-blip for `tiny`
-
-    key = make_key(
-        "caption",
-        captioner=model_fingerprint(captioner),
-        frame=hash_array(frame),
-        max_new_tokens=MAX_NEW_TOKENS,
-    )
+    key = caption_key(frame, captioner)
     text = cache.load("caption", key)
     if not isinstance(text, str):
-        try:
+        with skip_captioning_hint():
             text = caption_frame(frame, captioner, device)
-        except ModelNotAvailableError as exc:
-            # models.py's hint about `tiny` concerns the diffusion model, not the captioner.
-            message = str(exc).replace(" (or `tiny` for the bundled random-weight model)", "")
-            raise ModelNotAvailableError(
-                f"{message.rstrip('.')}; or pass --source-prompt to skip captioning."
-            ) from exc
         if text.strip():
             save_to_cache(cache, "caption", key, text, warn)
     if not text.strip():
@@ -1156,6 +1145,43 @@ def caption_anchor(
             "describe the input with --source-prompt."
         )
     return text.strip()
+
+
+def caption_key(frame, captioner: str) -> str:
+    from .cache import hash_array, make_key, model_fingerprint
+    from .caption import MAX_NEW_TOKENS
+
+    return make_key(
+        "caption",
+        captioner=model_fingerprint(captioner),
+        frame=hash_array(frame),
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+
+
+def check_captioner(frame, captioner: str, cache, model: str) -> None:
+    """Fail at once (nothing imported, nothing loaded) when the anchor frame's caption is not
+    cached and the captioner is neither in the hub cache nor downloadable."""
+    from .caption import resolve_captioner
+    from .models import require_available
+
+    captioner = resolve_captioner(captioner, model)
+    if not isinstance(cache.load("caption", caption_key(frame, captioner)), str):
+        with skip_captioning_hint():
+            require_available(captioner, "captioning model")
+
+
+@contextlib.contextmanager
+def skip_captioning_hint() -> Iterator[None]:
+    """A captioner that is not available: say that a source prompt makes it unnecessary."""
+    try:
+        yield
+    except ModelNotAvailableError as exc:
+        # models.py's hint about `tiny` concerns the diffusion model, not the captioner.
+        message = str(exc).replace(" (or `tiny` for the bundled random-weight model)", "")
+        raise ModelNotAvailableError(
+            f"{message.rstrip('.')}; or pass --source-prompt to skip captioning."
+        ) from exc
 
 
 def check_output_path(output: Path, input_path: Path | None = None) -> None:

@@ -63,18 +63,15 @@ def load_pretrained(
             ) from exc
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ModelNotAvailableError(f"The {what} folder '{name}' does not exist.")
+    require_available(name, what, fallback_hint)
     try:
         return loader(path, local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         cached_error = exc
-    from .hub import can_download, download_model, offline_reason
+    from .hub import can_download, download_model
 
     if not can_download():
-        raise ModelNotAvailableError(
-            f"The {what} '{name}' is not available offline: it is not in the local hub cache "
-            f"and {offline_reason()}; get it with `pix2video download {name}` where there is "
-            f"internet (then copy the hub cache), or pass a local folder{fallback_hint}."
-        ) from cached_error
+        raise not_available(name, what, fallback_hint) from cached_error
     try:
         download_model(path)  # with progress, resumable, checked
         return loader(path, local_files_only=True, **kwargs)
@@ -89,6 +86,30 @@ def load_pretrained(
         f"({type(cached_error).__name__}: {first_line(cached_error)}); check the name, or "
         f"pass a local folder{fallback_hint}."
     ) from cached_error
+
+
+def require_available(name: str, what: str, fallback_hint: str = "") -> None:
+    """Fail at once when the hub id `name` is not in the local cache and cannot be downloaded.
+
+    Cheap (no model library is imported), so a loader can call it before importing
+    transformers or diffusers, which takes seconds.
+    """
+    from .hub import can_download, in_cache, is_hub_id
+
+    if name in BUNDLED_MODELS or not is_hub_id(name) or in_cache(name):
+        return
+    if not can_download():
+        raise not_available(name, what, fallback_hint)
+
+
+def not_available(name: str, what: str, fallback_hint: str = "") -> ModelNotAvailableError:
+    from .hub import offline_reason
+
+    return ModelNotAvailableError(
+        f"The {what} '{name}' is not available offline: it is not in the local hub cache "
+        f"and {offline_reason()}; get it with `pix2video download {name}` where there is "
+        f"internet (then copy the hub cache), or pass a local folder{fallback_hint}."
+    )
 
 
 def first_line(exc: BaseException) -> str:

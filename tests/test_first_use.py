@@ -376,8 +376,8 @@ def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
             assert status == (
                 f"No caption: the captioner {BLIP} is not available offline (the hub "
                 f"({server.hub}) cannot be reached). Type a source prompt: what the video "
-                f"shows. (`pix2video download {BLIP}` fetches the captioner where there is "
-                "internet.)"
+                f"shows; `pix2video download {BLIP}` fetches the captioner where there is "
+                "internet."
             )
             if target := os.environ.get("PIX2VIDEO_FIRST_USE_SCREENSHOT"):
                 page.screenshot(path=target, full_page=True)

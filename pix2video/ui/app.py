@@ -632,8 +632,8 @@ class EditorApp:
         if isinstance(exc, ModelNotAvailableError) and not can_download():
             return "", (
                 f"No caption: the captioner {captioner} is not available offline "
-                f"({offline_reason()}). {needed} (`pix2video download {captioner}` fetches "
-                "the captioner where there is internet.)"
+                f"({offline_reason()}). Type a source prompt: what the video shows; "
+                f"`pix2video download {captioner}` fetches the captioner where there is internet."
             )
         if isinstance(exc, Pix2VideoError):
             return "", f"No caption: {self.clean(str(exc), video)} {needed}"
