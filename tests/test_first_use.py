@@ -405,3 +405,32 @@ def test_tiny_model_page_captions_with_the_bundled_captioner(tmp_path):
         assert "Traceback" not in server.output, server.output
     finally:
         server.stop()
+
+
+def test_edit_downloads_a_missing_model_with_a_bar_then_loads_it_from_the_cache(tmp_path):
+    """`pix2video edit --model owner/name` on a hub id not in the cache: fetched with progress
+    (only the files a loader reads), then loaded from the cache, and the edit runs."""
+    if not COCKATOO.exists():
+        pytest.skip(f"the example clip {COCKATOO} is absent")
+    folder = BUNDLED_MODELS["tiny"]
+    repo = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    repo["unet/diffusion_pytorch_model.fp16.safetensors"] = b"a variant: never downloaded"
+    repo["512-depth-ema.ckpt"] = b"a single-file copy: never downloaded"
+    hub = StandInHub({"tiny/sd2-depth": repo}).start()
+    try:
+        args = [
+            "edit", str(COCKATOO), "-p", "a golden cockatoo", "--source-prompt", "a cockatoo",
+            "--model", "tiny/sd2-depth", "--size", "64", "--max-frames", "2", "--steps", "2",
+            "-o", str(tmp_path / "out.mp4"), "--no-cache",
+        ]  # fmt: skip
+        done = pix2video(args, hub_env(tmp_path, hub.url))
+    finally:
+        hub.stop()
+    assert done.returncode == 0, done.stderr
+    assert "Edited 2 frames" in done.stdout, done.stdout
+    assert re.search(r"tiny/sd2-depth .* ([\d.]+)/\1 MB", done.stderr), done.stderr
+    fetched = {r.path.split("/", 2)[2] for r in hub.requests if r.method == "GET"}
+    assert fetched == set(repo) - {
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "512-depth-ema.ckpt",
+    }
