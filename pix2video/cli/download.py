@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError, ModelNotAvailableError
-from .common import _STATE, Reporter, quiet_libraries
+from .common import _STATE, Reporter, _set_debug, quiet_libraries
 
 
 @click.command(context_settings={"show_default": True})
@@ -32,7 +32,12 @@ from .common import _STATE, Reporter, quiet_libraries
     help="Every default model (diffusion, captioner, CLIPSeg, depth, CLIP) not named above.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; errors only.")
-@click.option("--debug", is_flag=True, help="Full tracebacks, and the libraries' own logs.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    callback=_set_debug,
+    help="Full tracebacks, and the libraries' own logs.",
+)
 def download(names, model, controlnet, captioner, mask_model, depth_model, clip_model, defaults,
              quiet, debug) -> None:  # fmt: skip
     """Download models into the hub cache, with progress; say what is already there.
@@ -43,7 +48,10 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
     hash. Without a network it lists what the cache holds. Bundled models (tiny, tiny-blip)
     and local folders need nothing.
 
-    Example: pix2video download --all   (or: pix2video download --model stabilityai/stable-diffusion-2-depth)
+    \b
+    Examples:
+      pix2video download --all
+      pix2video download --model stabilityai/stable-diffusion-2-depth --captioner auto
     """
     from ..hub import (
         cached_model,
