@@ -384,7 +384,21 @@ def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
             assert page.locator("#source-prompt textarea").input_value() == typed
             preview_and_edit(page)
             assert page.locator("#source-prompt textarea").input_value() == typed
-        assert server.process.poll() is None  # still serving
+        # still serving, to scripts too: the same preview through the API
+        import gradio_client
+
+        client = gradio_client.Client(server.url, verbose=False, download_files=str(tmp_path))
+        _, status, _ = client.predict(
+            video=gradio_client.handle_file(str(COCKATOO)),
+            prompt="a golden cockatoo",
+            source_prompt=typed,
+            steps=2,
+            max_frames=2,
+            size="128",
+            api_name="/preview",
+        )
+        assert status.startswith("Anchor frame (frame 0)"), status
+        assert server.process.poll() is None
         assert "Traceback" not in server.output, server.output
     finally:
         server.stop()
