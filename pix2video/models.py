@@ -27,6 +27,22 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
 DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
 DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth (Depth Anything V2 also works)
+BLIP = "Salesforce/blip-image-captioning-base"  # the source prompt (`pipelines.caption`)
+TINY_CAPTIONER = "tiny-blip"  # random weights, like `tiny`: captions are arbitrary words
+AUTO = "auto"
+DEFAULT_CAPTIONER = AUTO
+"""The default `--captioner`: `BLIP`, or the bundled tiny BLIP for the bundled tiny model."""
+
+
+def resolve_captioner(captioner: str, model: str = "") -> str:
+    """The captioner `auto` stands for with diffusion model `model`; other names unchanged.
+
+    The bundled tiny model gets the bundled tiny captioner, so its offline smoke run needs
+    no source prompt and no download; every other model gets BLIP base.
+    """
+    if captioner != AUTO:
+        return captioner
+    return TINY_CAPTIONER if BUNDLED_MODELS.get(model) == BUNDLED_MODELS["tiny"] else BLIP
 
 
 def resolve_model_path(name: str) -> str:
@@ -114,3 +130,39 @@ def not_available(name: str, what: str, fallback_hint: str = "") -> ModelNotAvai
 
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+
+
+# ------------------------------------------------------------------------------ what to fetch
+def models_for(
+    model: str | None = None,
+    controlnets: tuple[str, ...] = (),
+    captioner: str | None = None,
+    mask_model: str | None = None,
+    depth_model: str | None = None,
+    clip_model: str | None = None,
+    names: tuple[str, ...] = (),
+    defaults: bool = False,
+) -> list[tuple[str, str]]:
+    """(what, name) of every model these options load, without repeats; `defaults` adds the
+    default of each kind that is not given (what `pix2video edit/ui/eval` use unasked)."""
+    if defaults:
+        model = model or DEFAULT_MODEL
+        captioner = captioner or AUTO
+        mask_model = mask_model or DEFAULT_MASK_MODEL
+        depth_model = depth_model or DEFAULT_DEPTH_MODEL
+        clip_model = clip_model or DEFAULT_CLIP_MODEL
+    wanted = [("model", n) for n in names]
+    wanted += [("diffusion model", model)] if model else []
+    wanted += [("ControlNet", c) for c in controlnets]
+    if captioner:
+        wanted.append(("captioner", resolve_captioner(captioner, model or DEFAULT_MODEL)))
+    wanted += [("segmentation model", mask_model)] if mask_model else []
+    wanted += [("depth model", depth_model)] if depth_model else []
+    wanted += [("CLIP model", clip_model)] if clip_model else []
+    seen: set[str] = set()
+    unique = []
+    for what, name in wanted:
+        if name not in seen:
+            seen.add(name)
+            unique.append((what, name))
+    return unique

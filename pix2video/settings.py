@@ -17,9 +17,8 @@ from typing import Any
 
 import platformdirs
 
-from .caption import DEFAULT_CAPTIONER
 from .errors import InputError
-from .models import DEFAULT_MASK_MODEL, DEFAULT_MODEL
+from .models import DEFAULT_CAPTIONER, DEFAULT_MASK_MODEL, DEFAULT_MODEL
 
 ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
 """Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""
@@ -159,8 +158,8 @@ class EditSettings:
 
         Returns self, so `EditSettings(...).validate()` reads naturally.
         """
-        from .guidance import latent_guidance_schedule
-        from .video import parse_position, parse_size
+        from .core.guidance import latent_guidance_schedule
+        from .media import parse_position, parse_size
 
         for name in ("input", "output"):
             if not str(getattr(self, name) or "").strip():

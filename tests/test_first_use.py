@@ -114,7 +114,7 @@ def test_download_shows_progress_checks_files_and_second_call_finds_them(standin
     # what was downloaded is what the captioner loads, with the hub now offline
     code = (
         "import numpy as np\n"
-        "from pix2video.caption import caption_frame\n"
+        "from pix2video.pipelines.caption import caption_frame\n"
         "print(repr(caption_frame(np.full((64, 64, 3), 128, np.uint8), 'tiny/blip')))\n"
     )
     loaded = subprocess.run(
@@ -220,7 +220,7 @@ def test_missing_model_with_the_hub_unreachable_is_one_sentence_naming_download(
 
 
 def test_auto_captioner_is_the_bundled_one_for_the_bundled_model():
-    from pix2video.caption import BLIP, resolve_captioner
+    from pix2video.models import BLIP, resolve_captioner
 
     assert resolve_captioner("auto", "tiny") == "tiny-blip"
     assert resolve_captioner("auto", "tiny-sd2-depth") == "tiny-blip"

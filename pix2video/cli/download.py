@@ -59,10 +59,9 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
         download_model,
         format_size,
         is_hub_id,
-        models_for,
         offline_reason,
     )
-    from ..models import BUNDLED_MODELS
+    from ..models import BUNDLED_MODELS, models_for
 
     wanted = models_for(
         model, tuple(controlnet), captioner, mask_model, depth_model, clip_model, names, defaults

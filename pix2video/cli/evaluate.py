@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..job import resolve_device
-from ..masks import read_regions
+from ..pipelines.masks import read_regions
 from .common import (
     Reporter,
     _set_debug,
@@ -75,7 +75,7 @@ def evaluate_command(
     """
     import transformers  # noqa: F401 - imported first so that its loading bars can be silenced
 
-    from ..metrics import evaluate
+    from ..evaluation.metrics import evaluate
 
     reporter = Reporter(quiet=quiet, debug=debug)
     with quiet_libraries(debug), reporter.live(), reporter.downloads():

@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 import gradio as gr
 import numpy as np
 
-from ..caption import resolve_captioner
 from ..errors import EditCancelled, ModelNotAvailableError, Pix2VideoError
 from ..hub import DownloadMeter, can_download, offline_reason, reporting_downloads
 from ..job import (
@@ -52,6 +51,7 @@ from ..job import (
     preview_anchor,
     suggest_source_prompt,
 )
+from ..models import resolve_captioner
 from ..settings import ANCHORS, ATTEND_MODES, BACKBONE_FIELDS, EditSettings
 from . import ServerOptions
 

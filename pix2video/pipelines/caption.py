@@ -11,28 +11,10 @@ import functools
 
 import numpy as np
 
-from .errors import InputError
-from .models import load_pretrained, require_available
+from ..errors import InputError
+from ..models import BLIP, load_pretrained, require_available
 
-AUTO = "auto"
-"""The default `--captioner`: `BLIP` below, or the bundled tiny BLIP for the bundled tiny model."""
-BLIP = "Salesforce/blip-image-captioning-base"
-DEFAULT_CAPTIONER = AUTO
-TINY_CAPTIONER = "tiny-blip"  # random weights, like `tiny`: captions are arbitrary words
 MAX_NEW_TOKENS = 30
-
-
-def resolve_captioner(captioner: str, model: str = "") -> str:
-    """The captioner `auto` stands for with diffusion model `model`; other names unchanged.
-
-    The bundled tiny model gets the bundled tiny captioner, so its offline smoke run needs
-    no source prompt and no download; every other model gets BLIP base.
-    """
-    if captioner != AUTO:
-        return captioner
-    from .models import BUNDLED_MODELS
-
-    return TINY_CAPTIONER if BUNDLED_MODELS.get(model) == BUNDLED_MODELS["tiny"] else BLIP
 
 
 @functools.lru_cache(maxsize=1)
