@@ -1,14 +1,14 @@
 """Resolving model names to loaded models, offline-first, with one clear error.
 
 `name` may be a local folder, a Hugging Face hub id, or `tiny` (the random-weight
-SD2-depth copy bundled with the package, for smoke runs and tests). A hub id is looked up
-in the local cache first, so nothing touches the network when the model is already there
-or when `HF_HUB_OFFLINE=1`.
+SD2-depth copy bundled with the package, for smoke runs and tests; `tiny-blip` is its
+captioner). A hub id is looked up in the local cache first, so nothing touches the network
+when the model is already there; a missing one is downloaded (with progress, `hub.py`) only
+when `hub.can_download()` says the hub can be reached, else it is one sentence at once.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,12 +18,31 @@ from .errors import ModelNotAvailableError
 T = TypeVar("T")
 
 ASSETS = Path(__file__).parent / "assets"
-BUNDLED_MODELS = {"tiny": ASSETS / "tiny-sd2-depth", "tiny-sd2-depth": ASSETS / "tiny-sd2-depth"}
+BUNDLED_MODELS = {
+    "tiny": ASSETS / "tiny-sd2-depth",
+    "tiny-sd2-depth": ASSETS / "tiny-sd2-depth",
+    "tiny-blip": ASSETS / "tiny-blip",  # the captioner of `tiny` (random weights too)
+}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
 DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
 DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth (Depth Anything V2 also works)
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the source prompt (`caption`)
+BLIP = "Salesforce/blip-image-captioning-base"  # the source prompt (`pipelines.caption`)
+TINY_CAPTIONER = "tiny-blip"  # random weights, like `tiny`: captions are arbitrary words
+AUTO = "auto"
+DEFAULT_CAPTIONER = AUTO
+"""The default `--captioner`: `BLIP`, or the bundled tiny BLIP for the bundled tiny model."""
+
+
+def resolve_captioner(captioner: str, model: str = "") -> str:
+    """The captioner `auto` stands for with diffusion model `model`; other names unchanged.
+
+    The bundled tiny model gets the bundled tiny captioner, so its offline smoke run needs
+    no source prompt and no download; every other model gets BLIP base.
+    """
+    if captioner != AUTO:
+        return captioner
+    return TINY_CAPTIONER if BUNDLED_MODELS.get(model) == BUNDLED_MODELS["tiny"] else BLIP
 
 
 def resolve_model_path(name: str) -> str:
@@ -33,7 +52,10 @@ def resolve_model_path(name: str) -> str:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    """Nothing may be downloaded now (offline mode, or the hub does not answer): `hub.py`."""
+    from .hub import can_download
+
+    return not can_download()
 
 
 def load_pretrained(
@@ -57,18 +79,90 @@ def load_pretrained(
             ) from exc
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ModelNotAvailableError(f"The {what} folder '{name}' does not exist.")
+    require_available(name, what, fallback_hint)
     try:
         return loader(path, local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
         cached_error = exc
-    if not _offline():
-        try:
-            return loader(path, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            cached_error = exc
+    from .hub import can_download, download_model
+
+    if not can_download():
+        raise not_available(name, what, fallback_hint) from cached_error
+    try:
+        download_model(path)  # with progress, resumable, checked
+        return loader(path, local_files_only=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - files our selection missed: the loader's own way
+        cached_error = exc
+    try:
+        return loader(path, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        cached_error = exc
     raise ModelNotAvailableError(
-        f"The {what} '{name}' is not available offline and could not be downloaded "
-        f"({type(cached_error).__name__}); download it once with "
-        f"`huggingface-cli download {name}` on a machine with internet, or pass a local "
-        f"folder{fallback_hint}."
+        f"The {what} '{name}' could not be downloaded or loaded "
+        f"({type(cached_error).__name__}: {first_line(cached_error)}); check the name, or "
+        f"pass a local folder{fallback_hint}."
     ) from cached_error
+
+
+def require_available(name: str, what: str, fallback_hint: str = "") -> None:
+    """Fail at once when the hub id `name` is not in the local cache and cannot be downloaded.
+
+    Cheap (no model library is imported), so a loader can call it before importing
+    transformers or diffusers, which takes seconds.
+    """
+    from .hub import can_download, in_cache, is_hub_id
+
+    if name in BUNDLED_MODELS or not is_hub_id(name) or in_cache(name):
+        return
+    if not can_download():
+        raise not_available(name, what, fallback_hint)
+
+
+def not_available(name: str, what: str, fallback_hint: str = "") -> ModelNotAvailableError:
+    from .hub import offline_reason
+
+    return ModelNotAvailableError(
+        f"The {what} '{name}' is not available offline: it is not in the local hub cache "
+        f"and {offline_reason()}; get it with `pix2video download {name}` where there is "
+        f"internet (then copy the hub cache), or pass a local folder{fallback_hint}."
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+
+
+# ------------------------------------------------------------------------------ what to fetch
+def models_for(
+    model: str | None = None,
+    controlnets: tuple[str, ...] = (),
+    captioner: str | None = None,
+    mask_model: str | None = None,
+    depth_model: str | None = None,
+    clip_model: str | None = None,
+    names: tuple[str, ...] = (),
+    defaults: bool = False,
+) -> list[tuple[str, str]]:
+    """(what, name) of every model these options load, without repeats; `defaults` adds the
+    default of each kind that is not given (what `pix2video edit/ui/eval` use unasked)."""
+    if defaults:
+        model = model or DEFAULT_MODEL
+        captioner = captioner or AUTO
+        mask_model = mask_model or DEFAULT_MASK_MODEL
+        depth_model = depth_model or DEFAULT_DEPTH_MODEL
+        clip_model = clip_model or DEFAULT_CLIP_MODEL
+    wanted = [("model", n) for n in names]
+    wanted += [("diffusion model", model)] if model else []
+    wanted += [("ControlNet", c) for c in controlnets]
+    if captioner:
+        wanted.append(("captioner", resolve_captioner(captioner, model or DEFAULT_MODEL)))
+    wanted += [("segmentation model", mask_model)] if mask_model else []
+    wanted += [("depth model", depth_model)] if depth_model else []
+    wanted += [("CLIP model", clip_model)] if clip_model else []
+    seen: set[str] = set()
+    unique = []
+    for what, name in wanted:
+        if name not in seen:
+            seen.add(name)
+            unique.append((what, name))
+    return unique

@@ -132,7 +132,7 @@ def test_help_lists_every_option_with_its_default(runner):
         "(steps//2+1)",
         "[default: same-step]",
         "[default: stabilityai/stable-diffusion-2-depth]",
-        "[default: Salesforce/blip-image-captioning-base]",
+        "auto: Salesforce/blip-image-captioning-base, or the bundled tiny-blip",
         "[default: auto]",
         "[default: float32]",
         "(caption of the anchor frame)",

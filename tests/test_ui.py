@@ -93,13 +93,15 @@ class Server:
     folder: Path | None = None
 
     @classmethod
-    def start(cls, args: list[str], tmp: Path, timeout: float = 120) -> Server:
+    def start(
+        cls, args: list[str], tmp: Path, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> Server:
         process = subprocess.Popen(
             [sys.executable, "-m", "pix2video", "ui", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=server_env(tmp),
+            env=env or server_env(tmp),
         )
         server = cls(process)
         threading.Thread(target=server._read, daemon=True).start()

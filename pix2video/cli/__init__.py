@@ -5,6 +5,8 @@
     pix2video ablate INPUT -p "prompt" -o FOLDER                (ablate.py -> ablation)
     pix2video ui [--port N]                                     (ui.py -> pix2video.ui)
     pix2video batch JOBS -o FOLDER [--backend ray]              (batch.py -> pix2video.batch)
+    pix2video download [--all | --model ID ...]                 (download.py -> hub)
+    pix2video doctor                                            (doctor.py -> environment)
 
 Each command parses its options, calls the library and prints; `common.py` holds what
 they share (error handling: one sentence and exit code 2 for anything a user can fix,
@@ -18,7 +20,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import ablate, batch, edit, evaluate, ui
+from . import ablate, batch, doctor, download, edit, evaluate, ui
 from .common import Pix2VideoGroup, return_large_buffers_to_os
 
 
@@ -40,5 +42,7 @@ main.add_command(evaluate.evaluate_command)
 main.add_command(ablate.ablate)
 main.add_command(ui.ui)
 main.add_command(batch.batch)
+main.add_command(download.download)
+main.add_command(doctor.doctor)
 
 __all__ = ["main"]

@@ -125,8 +125,10 @@ def ablate(
         pipe = load_pipeline(model, device_, dtype_)
         scorer = ClipScorer(clip_model, device=str(device_))
         if source_prompt is None:
+            from ..models import resolve_captioner
             from ..pipelines.caption import caption_frame
 
+            captioner = resolve_captioner(captioner, model)
             source_prompt = caption_frame(clip.frames[0], captioner, str(device_))
             if not source_prompt:
                 raise InputError(

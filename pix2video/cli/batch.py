@@ -185,7 +185,7 @@ def batch(
     )
     reporter = Reporter(quiet=quiet, debug=debug)
     evaluation = Evaluation(clip_model) if evaluate else None
-    with quiet_libraries(debug), reporter.live():
+    with quiet_libraries(debug), reporter.live(), reporter.downloads():
         outcome = run_batch(plan, runner, _Events(reporter), evaluation, debug)
     counts = outcome.counts
     reporter.info(

@@ -96,7 +96,7 @@ class Reporter:
         progress = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            _CountColumn(MofNCompleteColumn()),
             TextColumn("{task.fields[unit]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -132,6 +132,24 @@ class Reporter:
             if task is not None and self._progress is not None:
                 self._progress.remove_task(task)
 
+    def download(self, model: str, done: int, total: int) -> None:
+        """A model's download (`hub.DownloadProgress`): a bar with sizes and speed."""
+        if self._progress is None:
+            return
+        if model not in self._tasks:
+            self._tasks[model] = self._progress.add_task(
+                model, total=total, completed=done, unit="", bytes=True
+            )
+        self.update(model, done, total)
+
+    @contextlib.contextmanager
+    def downloads(self) -> Iterator[None]:
+        """Within the block, model downloads show as bars (`download`)."""
+        from ..hub import reporting_downloads
+
+        with reporting_downloads(self.download if not self.quiet else None):
+            yield
+
     def update(self, stage: str, done: int, total: int, unit: str | None = None) -> None:
         """Move a bar (opened at `done` if new); `unit` replaces the words after the counts."""
         if self._progress is None:
@@ -144,6 +162,24 @@ class Reporter:
         if now - self._last_refresh >= REFRESH_SECONDS or done == total:
             self._last_refresh = now
             self._progress.refresh()
+
+
+def _CountColumn(counts):  # noqa: N802 - builds a rich column class lazily (rich loads late)
+    """Done/total as counts (`counts`), or as sizes and speed for a download's bar."""
+    from rich.progress import DownloadColumn, ProgressColumn, TransferSpeedColumn
+    from rich.text import Text
+
+    class CountColumn(ProgressColumn):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes, self.speed = DownloadColumn(), TransferSpeedColumn()
+
+        def render(self, task) -> Text:
+            if not task.fields.get("bytes"):
+                return counts.render(task)
+            return Text.assemble(self.sizes.render(task), " ", self.speed.render(task))
+
+    return CountColumn()
 
 
 class _State:

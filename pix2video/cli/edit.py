@@ -212,7 +212,8 @@ def format_summary(result: EditResult) -> list[str]:
 @click.option(
     "--captioner",
     default=DEFAULTS["captioner"],
-    help="BLIP captioning model (hub id or folder) for the source prompt.",
+    help="BLIP captioning model (hub id or folder) for the source prompt; auto: "
+    "Salesforce/blip-image-captioning-base, or the bundled tiny-blip with --model tiny.",
 )
 @click.option(
     "--stats-json",
@@ -237,7 +238,7 @@ def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
     if settings.no_cache:
         _STATE.interrupted_message = INTERRUPTED_NO_CACHE
     reporter = Reporter(quiet=quiet, debug=debug)
-    with quiet_libraries(debug), reporter.live():
+    with quiet_libraries(debug), reporter.live(), reporter.downloads():
         result = edit_clip(
             settings,
             progress=reporter.update,

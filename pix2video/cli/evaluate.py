@@ -7,6 +7,7 @@ import click
 from ..job import resolve_device
 from ..pipelines.masks import read_regions
 from .common import (
+    Reporter,
     _set_debug,
     clip_model_option,
     quiet_libraries,
@@ -76,7 +77,8 @@ def evaluate_command(
 
     from ..evaluation.metrics import evaluate
 
-    with quiet_libraries(debug):
+    reporter = Reporter(quiet=quiet, debug=debug)
+    with quiet_libraries(debug), reporter.live(), reporter.downloads():
         edited_clip = read_frames(edited, None, None, 1, None)
         source_clip = read_frames(source, start, end, stride, max_frames)
         regions = read_regions(mask, edited_clip.frames) if mask else None

@@ -49,7 +49,8 @@ from .common import (
 @click.option(
     "--captioner",
     default=DEFAULTS["captioner"],
-    help="BLIP captioning model (hub id or folder) that suggests the source prompt.",
+    help="BLIP captioning model (hub id or folder) that suggests the source prompt; auto: "
+    "Salesforce/blip-image-captioning-base, or the bundled tiny-blip with --model tiny.",
 )
 @click.option(
     "--mask-model",

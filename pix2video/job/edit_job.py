@@ -24,7 +24,13 @@ from .latents import depth_and_inversion, edit_latents, latent_shape
 from .loading import PipelineCache, check_pipeline_inputs, load_pipe
 from .masks import LocalEditMasks, prepare_masks
 from .output import save_latents, write_output
-from .prompts import Prompts, caption_anchor, encode_edit_prompts, source_prompt
+from .prompts import (
+    Prompts,
+    caption_anchor,
+    check_captioner,
+    encode_edit_prompts,
+    source_prompt,
+)
 from .results import AnchorPreview, EditResult, MessageCallback, ProgressCallback
 from .source import SourceClip, read_source
 
@@ -91,6 +97,8 @@ class EditJob:
             kind.check_count(source.num_frames)
         conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
         device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+        if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
+            check_captioner(source.anchor_source_frame, s.captioner, ctx.cache, s.model)
         from ..pipelines.backbone import default_inversion_batch
 
         inversion_batch = s.inversion_batch or default_inversion_batch(device)
@@ -265,5 +273,10 @@ def suggest_source_prompt(settings: EditSettings, pipelines: PipelineCache | Non
     device, _ = resolve_device(settings.device, settings.dtype)
     ctx = job.ctx
     return caption_anchor(
-        source.anchor_source_frame, settings.captioner, str(device), ctx.cache, ctx.warn
+        source.anchor_source_frame,
+        settings.captioner,
+        str(device),
+        ctx.cache,
+        ctx.warn,
+        settings.model,
     )

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError, ModelNotAvailableError
+from ..models import require_available, resolve_captioner
 from .context import JobContext, save_to_cache
 from .results import MessageCallback
 from .source import SourceClip
@@ -39,7 +42,7 @@ def source_prompt(
     text, captioned = s.source_prompt, False
     if not (text or "").strip():
         text = caption_anchor(
-            source.anchor_source_frame, s.captioner, str(device), ctx.cache, ctx.warn
+            source.anchor_source_frame, s.captioner, str(device), ctx.cache, ctx.warn, s.model
         )
         captioned = True
         ctx.info(f'Source prompt (caption of frame {source.anchor_index}): "{text}"')
@@ -56,27 +59,18 @@ def source_prompt(
     return Prompts(*edit_embeddings, embedding, text, captioned)
 
 
-def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallback) -> str:
+def caption_anchor(
+    frame, captioner: str, device: str, cache, warn: MessageCallback, model: str = ""
+) -> str:
     """The source prompt: BLIP's caption of the anchor frame (cached by frame and captioner)."""
-    from ..pipelines.caption import MAX_NEW_TOKENS, caption_frame
-    from .cache import hash_array, make_key, model_fingerprint
+    from ..pipelines.caption import caption_frame
 
-    key = make_key(
-        "caption",
-        captioner=model_fingerprint(captioner),
-        frame=hash_array(frame),
-        max_new_tokens=MAX_NEW_TOKENS,
-    )
+    captioner = resolve_captioner(captioner, model)  # `auto`: BLIP, or tiny-blip for `tiny`
+    key = caption_key(frame, captioner)
     text = cache.load("caption", key)
     if not isinstance(text, str):
-        try:
+        with skip_captioning_hint():
             text = caption_frame(frame, captioner, device)
-        except ModelNotAvailableError as exc:
-            # models.py's hint about `tiny` concerns the diffusion model, not the captioner.
-            message = str(exc).replace(" (or `tiny` for the bundled random-weight model)", "")
-            raise ModelNotAvailableError(
-                f"{message.rstrip('.')}; or pass --source-prompt to skip captioning."
-            ) from exc
         if text.strip():
             save_to_cache(cache, "caption", key, text, warn)
     if not text.strip():
@@ -85,3 +79,37 @@ def caption_anchor(frame, captioner: str, device: str, cache, warn: MessageCallb
             "describe the input with --source-prompt."
         )
     return text.strip()
+
+
+def caption_key(frame, captioner: str) -> str:
+    from ..pipelines.caption import MAX_NEW_TOKENS
+    from .cache import hash_array, make_key, model_fingerprint
+
+    return make_key(
+        "caption",
+        captioner=model_fingerprint(captioner),
+        frame=hash_array(frame),
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+
+
+def check_captioner(frame, captioner: str, cache, model: str) -> None:
+    """Fail at once (nothing imported, nothing loaded) when the anchor frame's caption is not
+    cached and the captioner is neither in the hub cache nor downloadable."""
+    captioner = resolve_captioner(captioner, model)
+    if not isinstance(cache.load("caption", caption_key(frame, captioner)), str):
+        with skip_captioning_hint():
+            require_available(captioner, "captioning model")
+
+
+@contextlib.contextmanager
+def skip_captioning_hint() -> Iterator[None]:
+    """A captioner that is not available: say that a source prompt makes it unnecessary."""
+    try:
+        yield
+    except ModelNotAvailableError as exc:
+        # models.py's hint about `tiny` concerns the diffusion model, not the captioner.
+        message = str(exc).replace(" (or `tiny` for the bundled random-weight model)", "")
+        raise ModelNotAvailableError(
+            f"{message.rstrip('.')}; or pass --source-prompt to skip captioning."
+        ) from exc

@@ -12,17 +12,18 @@ import functools
 import numpy as np
 
 from ..errors import InputError
-from ..models import DEFAULT_CAPTIONER, load_pretrained
+from ..models import BLIP, load_pretrained, require_available
 
 MAX_NEW_TOKENS = 30
 
 
 @functools.lru_cache(maxsize=1)
-def load_captioner(model: str = DEFAULT_CAPTIONER, device: str = "cpu"):
+def load_captioner(model: str = BLIP, device: str = "cpu"):
     """(processor, model) of a BLIP captioning checkpoint: hub id (offline-first) or folder.
 
     The last one loaded is kept, so a server captions each new clip without reloading it.
     """
+    require_available(model, "captioning model")  # before transformers' seconds of importing
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     processor = load_pretrained(BlipProcessor.from_pretrained, model, what="captioning model")
@@ -34,7 +35,7 @@ def load_captioner(model: str = DEFAULT_CAPTIONER, device: str = "cpu"):
 
 def caption_frame(
     frame: np.ndarray,
-    model: str = DEFAULT_CAPTIONER,
+    model: str = BLIP,
     device: str = "cpu",
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> str:

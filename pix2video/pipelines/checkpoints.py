@@ -349,7 +349,7 @@ def _load_hub_lora(pipe, name: str, adapter: str) -> None:
             error = exc
     raise ModelNotAvailableError(
         f"The LoRA '{name}' is not available offline and could not be downloaded "
-        f"({type(error).__name__}); download it once with `huggingface-cli download {name}`, "
+        f"({type(error).__name__}); download it once with `pix2video download {name}`, "
         "or pass a file or folder."
     ) from error
 

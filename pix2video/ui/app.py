@@ -38,7 +38,8 @@ from typing import Any, TypeVar
 import gradio as gr
 import numpy as np
 
-from ..errors import EditCancelled, Pix2VideoError
+from ..errors import EditCancelled, ModelNotAvailableError, Pix2VideoError
+from ..hub import DownloadMeter, can_download, offline_reason, reporting_downloads
 from ..job import (
     CANCELLED,
     CANCELLED_NO_CACHE,
@@ -50,6 +51,7 @@ from ..job import (
     preview_anchor,
     suggest_source_prompt,
 )
+from ..models import resolve_captioner
 from ..settings import ANCHORS, ATTEND_MODES, BACKBONE_FIELDS, EditSettings
 from . import ServerOptions
 
@@ -77,10 +79,19 @@ FORM_FIELDS = (
 )
 """The inputs of ``/edit`` in order (``/preview`` takes all but ``side_by_side``)."""
 
-JOB_QUEUE = "pix2video-job"  # one concurrency group: previews, edits and captions take turns
+JOB_QUEUE = "pix2video-job"  # one concurrency group: previews and edits take turns
+CAPTION_QUEUE = "pix2video-caption"  # captions run beside the jobs, never in front of one
 RESULT_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 DELETE_AFTER_S = 6 * 3600  # uploads and results older than this are swept (hourly)
 NO_VIDEO = "Choose a video first: upload one, or pick the example clip."
+SOURCE_PLACEHOLDER = (
+    "what the input shows (filled in from a caption of the anchor frame when you choose a video)"
+)
+FILL_CAPTION = """(caption, note, typed, status) =>
+    (typed && typed.trim()) ? [typed, caption ? status : note || status] : [caption, note || status]"""
+"""Runs in the page once a caption is back: it fills the source prompt only if the field is
+still empty, so text typed meanwhile is never overwritten; why there is no caption is said
+in the status either way."""
 CSS = "#status textarea { font-family: var(--font-mono); font-size: 0.85em; }"
 
 
@@ -108,6 +119,13 @@ class ProgressFeed:
             eta = (now - self.started) / worked * (total - done)
             desc += f", about {format_seconds(eta)} left"
         self.progress((done, total), desc=desc, unit=STAGES.get(stage, "steps"))
+
+
+def download_progress(progress: Callable[..., Any]) -> DownloadMeter:
+    """A model download as `gr.Progress` updates: MB done of the total, and the speed."""
+    return DownloadMeter(
+        lambda text, done, total: progress((done // 10**6, total // 10**6), desc=text, unit="MB")
+    )
 
 
 def format_seconds(seconds: float) -> str:
@@ -249,8 +267,7 @@ class EditorApp:
                     source_prompt = gr.Textbox(
                         value="",
                         label="Source prompt",
-                        placeholder="what the input shows (filled in from a caption of the "
-                        "anchor frame when you choose a video)",
+                        placeholder=SOURCE_PLACEHOLDER,
                         elem_id="source-prompt",
                     )
                     mask_prompt = gr.Textbox(
@@ -294,6 +311,10 @@ class EditorApp:
                     status = gr.Textbox(
                         label="Status", interactive=False, lines=4, elem_id="status"
                     )
+                    # the caption and its status line wait here until the page decides
+                    # whether they may go into the form (`FILL_CAPTION`)
+                    caption = gr.Textbox(visible="hidden", elem_id="caption")
+                    caption_note = gr.Textbox(visible="hidden", elem_id="caption-note")
 
             form = [video, prompt, source_prompt, mask_prompt, *fields.values()]
             job_events = dict(concurrency_limit=1, concurrency_id=JOB_QUEUE)
@@ -334,10 +355,19 @@ class EditorApp:
                     video,
                     *(fields[n] for n in ("anchor", "start", "end", "stride", "max_frames")),
                 ],
-                outputs=[source_prompt, status],
+                outputs=[caption, caption_note, source_prompt],
                 show_progress="minimal",
+                show_progress_on=[source_prompt],
                 api_visibility="private",
-                **job_events,
+                concurrency_limit=1,
+                concurrency_id=CAPTION_QUEUE,
+            ).then(
+                None,
+                inputs=[caption, caption_note, source_prompt, status],
+                outputs=[source_prompt, status],
+                js=FILL_CAPTION,
+                api_visibility="private",
+                queue=False,
             )
         return blocks
 
@@ -460,15 +490,16 @@ class EditorApp:
             progress(0, desc="Reading the clip and loading the model")
 
             def work(cancel: threading.Event) -> AnchorPreview:
-                return preview_anchor(
-                    settings,
-                    progress=ProgressFeed(progress),
-                    cancel=cancel,
-                    pipelines=self.pipelines,
-                    warn=lambda m: messages.append(f"Warning: {m}"),
-                    info=messages.append,
-                    library_logs=self.options.debug,
-                )
+                with reporting_downloads(download_progress(progress)):
+                    return preview_anchor(
+                        settings,
+                        progress=ProgressFeed(progress),
+                        cancel=cancel,
+                        pipelines=self.pipelines,
+                        warn=lambda m: messages.append(f"Warning: {m}"),
+                        info=messages.append,
+                        library_logs=self.options.debug,
+                    )
 
             try:
                 result = self.run_job(request, work)
@@ -511,15 +542,16 @@ class EditorApp:
 
             def work(cancel: threading.Event) -> EditResult:
                 output.parent.mkdir(parents=True, exist_ok=True)
-                return edit_clip(
-                    settings,
-                    progress=ProgressFeed(progress),
-                    cancel=cancel,
-                    pipelines=self.pipelines,
-                    warn=lambda m: messages.append(f"Warning: {m}"),
-                    info=messages.append,
-                    library_logs=self.options.debug,
-                )
+                with reporting_downloads(download_progress(progress)):
+                    return edit_clip(
+                        settings,
+                        progress=ProgressFeed(progress),
+                        cancel=cancel,
+                        pipelines=self.pipelines,
+                        warn=lambda m: messages.append(f"Warning: {m}"),
+                        info=messages.append,
+                        library_logs=self.options.debug,
+                    )
 
             try:
                 result = self.run_job(request, work)
@@ -539,10 +571,18 @@ class EditorApp:
         stride: int,
         max_frames: int | None,
         request: gr.Request = None,
-    ) -> tuple[str, str]:
-        """Pre-fill the source prompt with the captioner's description of the anchor frame."""
+    ) -> Iterator[tuple[Any, Any, Any]]:
+        """(caption, status line, source-prompt field update) for the anchor frame of a new clip.
+
+        Runs beside the jobs (its own queue, not the job lock), so a preview or an edit with
+        a typed source prompt never waits for it; the page puts the caption into the form
+        only if the field is still empty (`FILL_CAPTION`). While the captioner downloads,
+        the empty field's placeholder shows how far it got.
+        """
+        placeholder = gr.update(placeholder=SOURCE_PLACEHOLDER)
         if not video:
-            return "", ""
+            yield "", "", placeholder
+            return
         form = {
             "video": video,
             "prompt": "(not needed to caption)",
@@ -553,23 +593,52 @@ class EditorApp:
             # the first frame of the selection is the same whatever its length: read only it
             "max_frames": 1 if anchor == "first" else max_frames,
         }
-        needed = "A source prompt is needed: type what the video shows."
-        try:
-            settings = self.settings_from_form(form, output=self.folder / "caption.mp4")
-            caption = self.run_job(
-                request, lambda cancel: suggest_source_prompt(settings, self.pipelines)
+        captioner = resolve_captioner(self.options.captioner, self.options.model)
+        downloading: list[str] = []
+        meter = DownloadMeter(lambda text, *_: downloading.append(f"{text}; or type it yourself"))
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                settings = self.settings_from_form(form, output=self.folder / "caption.mp4")
+                with reporting_downloads(meter):
+                    outcome["caption"] = suggest_source_prompt(settings, self.pipelines)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, daemon=True, name="pix2video-caption")
+        worker.start()
+        shown = None
+        while worker.is_alive():
+            worker.join(0.5)
+            if downloading and downloading[-1] != shown:
+                shown = downloading[-1]
+                yield gr.update(), gr.update(), gr.update(placeholder=shown)
+        yield (*self.caption_outcome(outcome, captioner, video), placeholder)
+
+    def caption_outcome(
+        self, outcome: dict[str, Any], captioner: str, video: str
+    ) -> tuple[str, str]:
+        """(caption, status line) from what the captioning thread left."""
+        needed = "Type a source prompt: what the video shows."
+        exc = outcome.get("error")
+        if exc is None:
+            return outcome["caption"], (
+                f"Source prompt suggested by the captioner ({Path(captioner).name}); "
+                "correct it if it is wrong."
             )
-        except gr.Error as exc:
+        if isinstance(exc, gr.Error):
             return "", f"{exc.message} {needed}"
-        except Pix2VideoError as exc:
+        if isinstance(exc, ModelNotAvailableError) and not can_download():
+            return "", (
+                f"No caption: the captioner {captioner} is not available offline "
+                f"({offline_reason()}). Type a source prompt: what the video shows; "
+                f"`pix2video download {captioner}` fetches the captioner where there is internet."
+            )
+        if isinstance(exc, Pix2VideoError):
             return "", f"No caption: {self.clean(str(exc), video)} {needed}"
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
-            self.log_exception("caption", exc)
-            return "", f"{unexpected_message(exc)} {needed}"
-        return caption, (
-            f"Source prompt suggested by the captioner ({Path(self.options.captioner).name}); "
-            "correct it if it is wrong."
-        )
+        self.log_exception("caption", exc)  # a bug must not stop the server
+        return "", f"{unexpected_message(exc)} {needed}"
 
     def cancel(self, request: gr.Request = None) -> str:
         """Stop this page's job before its next model step; finished work stays cached."""

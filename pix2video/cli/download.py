@@ -1,0 +1,113 @@
+"""`pix2video download`: fetch the models a set of options needs into the hub cache, ahead of time."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import InputError, ModelNotAvailableError
+from .common import _STATE, Reporter, _set_debug, quiet_libraries
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("names", nargs=-1)
+@click.option("--model", default=None, show_default="none", help="Diffusion model (hub id).")
+@click.option(
+    "--controlnet", multiple=True, show_default="none", help="ControlNet (hub id); repeatable."
+)
+@click.option(
+    "--captioner",
+    default=None,
+    show_default="none",
+    help="Captioning model (hub id; auto: the one `edit` uses with --model).",
+)
+@click.option("--mask-model", default=None, show_default="none", help="CLIPSeg model (hub id).")
+@click.option("--depth-model", default=None, show_default="none", help="Depth model (hub id).")
+@click.option(
+    "--clip-model", default=None, show_default="none", help="CLIP model of `eval` (hub id)."
+)
+@click.option(
+    "--all",
+    "defaults",
+    is_flag=True,
+    help="Every default model (diffusion, captioner, CLIPSeg, depth, CLIP) not named above.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; errors only.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    callback=_set_debug,
+    help="Full tracebacks, and the libraries' own logs.",
+)
+def download(names, model, controlnet, captioner, mask_model, depth_model, clip_model, defaults,
+             quiet, debug) -> None:  # fmt: skip
+    """Download models into the hub cache, with progress; say what is already there.
+
+    Names the same models as the options of `pix2video edit` (and NAMES, any hub ids);
+    --all fetches every default. Files already in the cache are kept, an interrupted
+    download resumes where it stopped, and every file is checked against the hub's size and
+    hash. Without a network it lists what the cache holds. Bundled models (tiny, tiny-blip)
+    and local folders need nothing.
+
+    \b
+    Examples:
+      pix2video download --all
+      pix2video download --model stabilityai/stable-diffusion-2-depth --captioner auto
+    """
+    from ..hub import (
+        cached_model,
+        can_download,
+        download_model,
+        format_size,
+        is_hub_id,
+        offline_reason,
+    )
+    from ..models import BUNDLED_MODELS, models_for
+
+    wanted = models_for(
+        model, tuple(controlnet), captioner, mask_model, depth_model, clip_model, names, defaults
+    )
+    if not wanted:
+        raise InputError(
+            "Name what to download: hub ids, --model, --controlnet, --captioner, --mask-model, "
+            "--depth-model, --clip-model, or --all for every default."
+        )
+    _STATE.interrupted_message = "Interrupted; run the same command again to resume the download."
+    reporter = Reporter(quiet=quiet, debug=debug)
+    online = can_download()
+    missing = []
+    with quiet_libraries(debug):
+        for what, name in wanted:
+            if name in BUNDLED_MODELS:
+                reporter.info(f"{name}: bundled with pix2video ({what}), nothing to download.")
+                continue
+            if not is_hub_id(name):
+                reporter.info(f"{name}: a local path ({what}), nothing to download.")
+                continue
+            if not online:
+                cached = cached_model(name)
+                if cached is None:
+                    missing.append(name)
+                    continue
+                reporter.info(
+                    f"{name}: in the cache ({format_size(cached.size)}, {cached.files} files; "
+                    "not checked, the hub cannot be reached)."
+                )
+                continue
+            with reporter.live():
+                fetched = download_model(name, progress=reporter.download, verify=True)
+            size = format_size(fetched.total_bytes)
+            files = f"{len(fetched.files)} files checked"
+            if fetched.downloaded_bytes == 0 and fetched.present_bytes == fetched.total_bytes:
+                reporter.info(f"{name}: already in the cache ({size}, {files}).")
+            elif fetched.present_bytes:
+                reporter.info(
+                    f"{name}: downloaded {format_size(fetched.downloaded_bytes)}, "
+                    f"{format_size(fetched.present_bytes)} were already there ({size}, {files})."
+                )
+            else:
+                reporter.info(f"{name}: downloaded {size} ({files}).")
+    if missing:
+        raise ModelNotAvailableError(
+            f"Cannot download {', '.join(missing)}: {offline_reason()}; run `pix2video "
+            "download` where there is internet and copy the hub cache (HF_HOME) here."
+        )
