@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import EditCancelled, InputError, ModelNotAvailableError, VideoError
-from .settings import CONTROL_KINDS, DTYPES, EditSettings
+from .settings import CONTROL_KINDS, DTYPES, EditSettings, parse_frame_batch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,6 +90,7 @@ class EditResult:
     unet_evaluations_inversion: int = 0
     unet_evaluations_editing: int = 0
     feature_store_peak_bytes: int = 0
+    frame_batch: int = 1  # frames per editing UNet call (--frame-batch, "auto" resolved)
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     masked: bool = False  # a local edit
     mask_coverage: float = 1.0  # mean share of each frame's pixels the edit may change
@@ -907,6 +908,12 @@ class EditJob:
             s.steps, s.latent_guidance_weight, s.latent_guidance_steps, s.latent_guidance_target
         )
         step_major = num_frames == 1 or not needs_frame_major(target_of)
+        frame_batch = parse_frame_batch(s.frame_batch) if step_major else 1
+        if not step_major and parse_frame_batch(s.frame_batch) not in ("auto", 1):
+            self.warn(
+                f"--frame-batch {s.frame_batch} is not used: a guidance target at a later step "
+                f"({s.latent_guidance_target}) edits the frames one at a time."
+            )
         resume = None
         if step_major and self.cache.enabled:
             resume = self.cache.load_checkpoint(key, num_frames, s.steps)
@@ -957,10 +964,12 @@ class EditJob:
                 on_step_end=on_step_end if step_major and self.cache.enabled else None,
                 masks=self._latent_masks(positions or list(range(num_frames))),
                 source_latents=trajectories,
+                frame_batch=frame_batch,
             )
         if result is not None:
             result.unet_evaluations_editing = pipe.unet_evaluations - evaluations
             result.feature_store_peak_bytes = store.peak_nbytes
+            result.frame_batch = store.chunk_size
         final = final.float().cpu()
         if self._save("final", key, final):
             self.cache.remove("checkpoint", key)
