@@ -169,7 +169,7 @@ class FeatureStore:
     def put(self, layer: str, hidden_states: torch.Tensor) -> None:
         """Keep the rows of `hidden_states` that a later chunk will read.
 
-        Rows are branch-major: (branch, position in the chunk), as `rows` splits them.
+        Rows are branch-major: (branch, position in the chunk), as `split_rows` splits them.
         """
         if self.positions is None:
             return

@@ -12,7 +12,8 @@ the same memory for its frames (`EditResult.peak_frames_held`). Every stage is c
 keyed by content hashes: a killed or cancelled job resumes where it stopped, and a new
 prompt for the same clip reuses depth and inversion. `preview()` runs the same stages for
 the anchor frame alone; the anchor attends to no other frame, so its preview is exactly
-the anchor frame of the full edit (and the full edit then reuses its inversion).
+the anchor frame of the full edit (up to float rounding when `--frame-batch` puts it in a
+call with other frames), and the full edit then reuses its inversion.
 
 Progress is reported as ``progress(stage, done, total)`` with the stages of `STAGES`;
 cancellation is cooperative: set the `threading.Event` given as ``cancel`` and the job
@@ -245,7 +246,7 @@ def preview_anchor(
     info: MessageCallback | None = None,
     library_logs: bool = False,
 ) -> AnchorPreview:
-    """Invert and edit only the anchor frame (pixel-identical to the full edit's anchor frame)."""
+    """Invert and edit only the anchor frame (the full edit's anchor frame; see the module doc)."""
     return EditJob(settings, progress, cancel, pipelines, warn, info, library_logs).preview()
 
 
