@@ -415,7 +415,7 @@ def test_job_says_frame_major_order_keeps_one_frame_per_call(tmp_path, pipelines
     ]
 
 
-def test_cli_frame_batch(tmp_path, monkeypatch):
+def test_cli_and_config_file_frame_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("PIX2VIDEO_CACHE_DIR", str(tmp_path / "cache"))
     s = job_settings(tmp_path, max_frames=3, steps=2)
     args = [
@@ -428,8 +428,29 @@ def test_cli_frame_batch(tmp_path, monkeypatch):
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["frame_batch"] == 2
     assert stats["unet_evaluations_editing"] == 2 * 3 * 2
-    bad = CliRunner().invoke(main, [*args[:-1], "0"])
+    config = tmp_path / "config.yaml"
+    config.write_text("frame-batch: 0\n")  # a config file's key, like any edit option
+    bad = CliRunner().invoke(main, [*args[:-2], "--config", str(config)])
     assert bad.exit_code != 0
     assert "--frame-batch must be 'auto' or a whole number >= 1; got '0'." in bad.output
     assert "Traceback" not in bad.output
     assert len(list((tmp_path / "out").glob("*.png"))) == 3  # the good run's frames only
+
+
+@pytest.mark.parametrize(
+    ("field", "setting"), [("", "auto"), ("auto", "auto"), (" 3 ", 3), ("x", "x")]
+)
+def test_page_field_becomes_the_setting(tmp_path, field, setting):
+    """The Advanced field "Frames per UNet call" (`#frame-batch`): empty means auto."""
+    pytest.importorskip("gradio")
+    from pix2video.ui import ServerOptions
+    from pix2video.ui.app import FORM_FIELDS, EditorApp
+
+    assert "frame_batch" in FORM_FIELDS
+    app = EditorApp(ServerOptions(model="tiny", examples=[]), tmp_path)
+    form = {"video": "clip.mp4", "prompt": "a red car", "frame_batch": field}
+    settings = app.settings_from_form(form, output=tmp_path / "out.mp4")
+    assert settings.frame_batch == setting
+    if setting == "x":
+        with pytest.raises(InputError, match="--frame-batch"):
+            settings.validate()
