@@ -152,6 +152,7 @@ def test_inversion_runs_once(ablation):
     ]
 
 
+@pytest.mark.bitwise
 def test_frames_differ_exactly_where_the_variants_differ(ablation):
     rows, _, _ = ablation
     by_name = {r.name: r.frames for r in rows}
@@ -174,6 +175,7 @@ def test_frames_differ_exactly_where_the_variants_differ(ablation):
     assert not np.array_equal(by_name["anchor + random earlier"][3], by_name[FULL][3])
 
 
+@pytest.mark.bitwise
 def test_subset_with_precomputed_inputs_reproduces_full(pipe, scorer, frames, ablation):
     rows, _, _ = ablation
     depth = pipe.prepare_depth(frames)

@@ -153,6 +153,7 @@ def test_injection_equals_attention_computed_by_hand(tiny_pipe, block):
         assert (out2 - AttnProcessor2_0()(attn, cur)).abs().max() > 1e-3
 
 
+@pytest.mark.bitwise
 def test_cfg_branches_do_not_mix(tiny_pipe):
     block = 2
     attn, layer = _attn_module(tiny_pipe.unet, block), _layer_name(block)
@@ -167,6 +168,7 @@ def test_cfg_branches_do_not_mix(tiny_pipe):
         assert (outs[pos][0] - outs_changed[pos][0]).abs().max() > 1e-3
 
 
+@pytest.mark.bitwise
 def test_store_keeps_attn1_input_of_each_decoder_layer(tiny_pipe):
     """Under `cross_frame_attention` a UNet call stores the `norm1` output fed to each attn1."""
     unet = tiny_pipe.unet

@@ -109,6 +109,7 @@ def test_pipeline_cache_keys_include_controlnets_and_loras(tiny_sd15, tiny_lora)
 
 
 # --------------------------------------------------------------------------- edits
+@pytest.mark.bitwise
 def test_cli_edit_with_two_controlnets_and_the_job_agree(tmp_path, tiny_sd15, pipelines):
     cn1, cn2 = (str(p) for p in tiny_sd15.controlnets)
     args = [
@@ -165,9 +166,34 @@ def test_single_file_checkpoint_edits_like_its_folder(tmp_path, tiny_sd15, pipel
         model_config=str(tiny_sd15.model),
     )
     assert result.inversion_computed == FRAMES  # another checkpoint: nothing reused
-    assert all(np.array_equal(a, b) for a, b in zip(from_folder, from_file, strict=True))
+    # The converted file is laid out unlike the folder, so its kernels may round differently
+    # (measured on an AMD EPYC: 1 grey level in 6 of 12,288 values); what must hold is that
+    # the file loads the same model, and that the edit is the same up to that rounding.
+    assert len(from_file) == len(from_folder) == FRAMES
+    pairs = zip(from_folder, from_file, strict=True)
+    gap = max(int(np.abs(a.astype(int) - b).max()) for a, b in pairs)
+    print(f"single file vs folder: max gap {gap} grey level(s)")
+    assert gap <= 1
 
 
+def test_single_file_checkpoint_loads_the_folders_weights(tiny_sd15):
+    from pix2video.pipeline import load_pipeline
+
+    folder = load_pipeline(str(tiny_sd15.model), controlnets=[str(tiny_sd15.controlnets[0])])
+    single = load_pipeline(
+        str(tiny_sd15.single_file),
+        controlnets=[str(tiny_sd15.controlnets[0])],
+        model_config=str(tiny_sd15.model),
+    )
+    for name in ("unet", "vae", "text_encoder"):
+        want, got = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert sorted(got) == sorted(want), name
+        for key, value in want.items():
+            # after the layout conversion: the same values (a reshape at most)
+            assert torch.equal(got[key].reshape(value.shape), value), f"{name}.{key}"
+
+
+@pytest.mark.bitwise
 def test_lora_changes_the_edit_and_scale_zero_is_no_lora(tmp_path, tiny_sd15, tiny_lora, pipelines):
     _, plain = run(tmp_path, tiny_sd15, pipelines, "plain")
     with_lora, styled = run(tmp_path, tiny_sd15, pipelines, "lora", lora=(f"{tiny_lora}:1.0",))
@@ -177,6 +203,7 @@ def test_lora_changes_the_edit_and_scale_zero_is_no_lora(tmp_path, tiny_sd15, ti
     assert all(np.array_equal(a, b) for a, b in zip(plain, zero, strict=True))
 
 
+@pytest.mark.bitwise
 def test_cancelled_controlnet_edit_resumes_to_the_same_frames(tmp_path, tiny_sd15, pipelines):
     s = settings(tmp_path, tiny_sd15, steps=4, output=tmp_path / "out", checkpoint_interval=0.0)
     reference = png_frames(
@@ -233,6 +260,7 @@ def test_control_frames_from_a_folder(tmp_path, tiny_sd15, pipelines):
     assert len(from_files) == FRAMES and not np.array_equal(from_files[0], from_canny[0])
 
 
+@pytest.mark.bitwise
 def test_depth_model_replaces_sd2_depths_estimator(tmp_path, tiny_sd15, pipelines):
     from pix2video.control import DepthEstimator
 

@@ -354,6 +354,7 @@ def test_depth_dir_is_used_and_a_mismatching_one_is_an_error(runner, tmp_path):
     assert "aspect ratios differ" in result.stderr and not out.exists()
 
 
+@pytest.mark.bitwise
 def test_new_prompt_reuses_inversion_and_same_command_reuses_everything(runner, tmp_path):
     need(G1)
     cache = tmp_path / "cache"
@@ -671,6 +672,7 @@ def uninterrupted(tmp_path_factory):
     return png_frames(tmp / "out"), stats(tmp / "s.json")
 
 
+@pytest.mark.bitwise
 def test_killed_during_inversion_resumes_without_redoing_finished_frames(tmp_path, uninterrupted):
     cache, out, report = tmp_path / "cache", tmp_path / "out", tmp_path / "s.json"
     args = resume_args(out, cache, report)
@@ -691,6 +693,7 @@ def test_killed_during_inversion_resumes_without_redoing_finished_frames(tmp_pat
     assert all(np.array_equal(a, b) for a, b in zip(png_frames(out), frames, strict=True))
 
 
+@pytest.mark.bitwise
 def test_killed_during_editing_resumes_from_the_checkpoint(tmp_path, uninterrupted):
     cache, out, report = tmp_path / "cache", tmp_path / "out", tmp_path / "s.json"
     args = resume_args(out, cache, report)

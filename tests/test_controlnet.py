@@ -190,6 +190,7 @@ def _edit(pipe, clip, **kwargs):
     )[0]
 
 
+@pytest.mark.bitwise
 def test_step_and_frame_order_are_bitwise_identical_with_injection(pipe, clip):
     processors = dict(pipe.unet.attn_processors)
     by_step = _edit(pipe, clip, schedule="step")
@@ -202,6 +203,7 @@ def test_step_and_frame_order_are_bitwise_identical_with_injection(pipe, clip):
     assert all(after[name] is processors[name] for name in processors)
 
 
+@pytest.mark.bitwise
 def test_resume_from_a_checkpoint_is_bitwise_identical(pipe, clip):
     checkpoints = []
     full = _edit(pipe, clip, on_step_end=checkpoints.append)

@@ -81,6 +81,7 @@ def _edit(pipe, setup, **kwargs):
     return final
 
 
+@pytest.mark.bitwise
 def test_guidance_changes_only_frames_after_the_anchor(tiny_pipe, setup):
     guided = _edit(tiny_pipe, setup, latent_guidance_weight=100.0)
     free = _edit(tiny_pipe, setup, latent_guidance_weight=0.0)
@@ -89,6 +90,7 @@ def test_guidance_changes_only_frames_after_the_anchor(tiny_pipe, setup):
         assert (guided[i] - free[i]).abs().max() > 1e-3
 
 
+@pytest.mark.bitwise
 def test_zero_guided_steps_equals_weight_zero(tiny_pipe, setup):
     free = _edit(tiny_pipe, setup, latent_guidance_weight=0.0)
     no_steps = _edit(tiny_pipe, setup, latent_guidance_weight=100.0, latent_guidance_steps=0)
@@ -134,6 +136,7 @@ def test_guided_step_pulls_towards_previous_frame_x0(tiny_pipe, setup):
             assert (after_step0[i : i + 1] - to_anchor).abs().max() > 1e-3
 
 
+@pytest.mark.bitwise
 def test_fixed_target_step_in_pipeline(tiny_pipe, setup):
     same = _edit(tiny_pipe, setup, latent_guidance_weight=100.0)
     fixed = _edit(tiny_pipe, setup, latent_guidance_weight=100.0, latent_guidance_target="step:0")

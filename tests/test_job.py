@@ -136,6 +136,7 @@ def test_public_api():
 # --------------------------------------------------------------------------- one edit, three front ends
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize(
     "variant",
     [{"anchor": "last"}, {"attend": "anchor+random", "seed": 3}],
@@ -176,6 +177,7 @@ def test_cli_job_and_pipeline_give_bitwise_identical_frames(tmp_path, pipelines,
 # --------------------------------------------------------------------------- preview
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("anchor", ["first", "last"])
 def test_preview_is_the_anchor_frame_of_the_full_edit(tmp_path, pipelines, anchor):
     s = settings(tmp_path, anchor=anchor)

@@ -152,6 +152,7 @@ def run_pipe(pipe, frames, masks=None, attend="anchor+previous", **kwargs):
     )
 
 
+@pytest.mark.bitwise
 def test_all_white_mask_is_exactly_the_unmasked_edit(tiny_pipe):
     frames = synthetic_frames()
     plain = run_pipe(tiny_pipe, frames)
@@ -161,6 +162,7 @@ def test_all_white_mask_is_exactly_the_unmasked_edit(tiny_pipe):
     assert white.unet_evaluations == plain.unet_evaluations
 
 
+@pytest.mark.bitwise
 def test_all_black_mask_gives_the_source_frames_and_latents(tiny_pipe):
     frames = synthetic_frames()
     black = run_pipe(tiny_pipe, frames, masks=[np.zeros((64, 64), np.float32)] * 3)
@@ -232,6 +234,7 @@ def test_mask_folder_keeps_every_pixel_beyond_dilate_plus_feather(tmp_path, pipe
         assert np.abs(frame[mask].astype(int) - source[mask]).mean() > 5
 
 
+@pytest.mark.bitwise
 def test_all_white_and_all_black_mask_files(tmp_path, pipelines):
     plain = settings(tmp_path, output=tmp_path / "plain")
     edit_clip(plain, pipelines=pipelines)
@@ -254,6 +257,7 @@ def test_all_white_and_all_black_mask_files(tmp_path, pipelines):
     )
 
 
+@pytest.mark.bitwise
 def test_mask_video_is_read_in_step_with_the_frames(tmp_path, pipelines):
     import av
 
@@ -277,6 +281,7 @@ def test_mask_video_is_read_in_step_with_the_frames(tmp_path, pipelines):
     )
 
 
+@pytest.mark.bitwise
 def test_masked_edit_resumes_after_a_cancel_with_the_same_result(tmp_path, pipelines):
     folder = write_masks(tmp_path / "masks", moving_masks())
     reference = settings(tmp_path, mask=folder, steps=4, output=tmp_path / "ref", no_cache=True)

@@ -166,6 +166,7 @@ def test_base_path_matches_diffusers_depth2img(tiny_pipe, emb):
 
 
 # ---------------------------------------------------------------------------- UNet evaluations
+@pytest.mark.bitwise
 def test_unet_evaluation_counts(tiny_pipe):
     n, steps = 2, 3
     frames, raw = make_frames(n), make_depth(n)
@@ -204,6 +205,7 @@ def test_unet_evaluation_counts(tiny_pipe):
 
 
 # ---------------------------------------------------------------------------- processing order
+@pytest.mark.bitwise
 @pytest.mark.parametrize("attend", ATTEND_MODES)
 def test_frame_and_step_order_are_bitwise_identical(run_edit, attend):
     by_step, step_peak = run_edit(attend=attend, schedule="step")
@@ -223,6 +225,7 @@ def test_feature_store_peaks(run_edit):
     assert run_edit(attend="none", schedule="step")[1] == 0
 
 
+@pytest.mark.bitwise
 def test_future_guidance_target_needs_frame_order(run_edit):
     with pytest.raises(InputError, match="schedule='frame'"):
         run_edit(schedule="step", latent_guidance_target="step:2")
@@ -240,6 +243,7 @@ def test_future_guidance_target_needs_frame_order(run_edit):
 
 
 # ---------------------------------------------------------------------------- anchor and modes
+@pytest.mark.bitwise
 def test_anchor_last_equals_reversed_clip_with_anchor_first(tiny_pipe, case):
     n, steps = 3, 2
     x_t, depth = case[0][:n], case[1][:n]
@@ -265,6 +269,7 @@ def test_anchor_last_equals_reversed_clip_with_anchor_first(tiny_pipe, case):
     assert not torch.equal(first.final_latents[-1], last.final_latents[-1])
 
 
+@pytest.mark.bitwise
 def test_attend_modes_differ_where_their_plans_differ(run_edit):
     both, _ = run_edit(attend="anchor+previous", schedule="step")
     anchor, _ = run_edit(attend="anchor", schedule="step")
@@ -287,6 +292,7 @@ def test_attend_modes_differ_where_their_plans_differ(run_edit):
 
 
 # ---------------------------------------------------------------------------- resume
+@pytest.mark.bitwise
 @pytest.mark.parametrize("target", ["same-step", "step:0"])
 def test_resume_from_a_checkpoint_is_bitwise_identical(tiny_pipe, case, emb, target):
     n, steps = 3, 4
@@ -329,6 +335,7 @@ def test_two_runs_are_identical(tiny_pipe):
     assert a.frames[0].dtype == np.uint8 and a.frames[0].shape == (64, 64, 3)
 
 
+@pytest.mark.bitwise
 def test_seed_only_matters_for_anchor_random(run_edit):
     assert torch.equal(run_edit(seed=0)[0], run_edit(seed=7)[0])  # anchor+previous
     plans = {s: reference_plan(N_FRAMES, "anchor+random", s) for s in range(20)}
@@ -403,6 +410,7 @@ def test_prompt_of_exactly_77_tokens_is_accepted(tiny_pipe):
         tiny_pipe.encode_prompt("a " * 76)
 
 
+@pytest.mark.bitwise
 def test_processors_restored_after_an_exception_mid_edit(tiny_pipe, case, emb, run_edit):
     processors = processors_of(tiny_pipe)
     calls = []
@@ -437,6 +445,7 @@ def test_processors_restored_after_an_exception_mid_edit(tiny_pipe, case, emb, r
 
 
 # ---------------------------------------------------------------------------- float16 store
+@pytest.mark.bitwise
 def test_float16_feature_store_halves_memory_and_barely_changes_latents(run_edit):
     exact, exact_peak = run_edit()
     half, half_peak = run_edit(feature_store_dtype=torch.float16)

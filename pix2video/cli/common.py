@@ -512,30 +512,29 @@ def size_option(f: Callable) -> Callable:
     )(f)
 
 
-MMAP_THRESHOLD = 16 << 20
 MALLOC_ARENAS = 1
 
 
 def return_large_buffers_to_os() -> None:
-    """Keep glibc from holding on to freed memory, so a long clip's peak stays that of a short one.
+    """Keep glibc from spreading a long clip's frame buffers over arenas it never gives back.
 
-    - Buffers over 16 MiB are served with mmap, so freeing them returns the memory at once:
-      glibc raises its mmap threshold after large frees, after which the VAE's 32-128 MB
-      activations come from the heap and stay there (tiny model, 8 frames at 512x512: peak
-      RSS 931 MB -> 741 MB; 1 MiB and 16 MiB thresholds give the same peak, 16 MiB keeps
-      the UNet's smaller buffers on the faster heap).
-    - One malloc arena: with a second thread running (the progress display's refresher, a
-      server's workers) glibc spreads the main thread's frame-sized buffers over several
-      arenas that it does not give back; a 200-frame edit then peaked at 859 MiB instead of
-      530 MiB (600 frames: 1263 MiB instead of 595 MiB), measured on the tiny model at 256.
-    No-op outside glibc.
+    One malloc arena: with a second thread running (a server's workers, formerly the progress
+    display's refresher) glibc spread the main thread's frame-sized buffers over several
+    arenas; a 200-frame edit then peaked at 859 MiB instead of 530 MiB (600 frames: 1263 MiB
+    instead of 595 MiB), tiny model at 256 px. A fixed 16 MiB mmap threshold used to go with
+    it; `benchmarks/allocator.py` showed it tripled the page faults and doubled the system
+    time (every large activation a fresh, zeroed mapping; both compute threads faulting under
+    one lock) while the long-clip peak stayed flat without it, so glibc's dynamic threshold
+    is left alone. Any of glibc's own ``MALLOC_*`` variables (or ``GLIBC_TUNABLES``) in the
+    environment means the user chose: then nothing is changed. No-op outside glibc.
     """
     import ctypes
     import ctypes.util
 
+    if "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
+        return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
         libc.mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
