@@ -29,6 +29,7 @@ processors on its decoder self-attention layers, which every diffusers
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -187,6 +188,12 @@ def edit_frames(
         raise InputError("Resuming needs step-by-step processing (schedule 'step').")
     if not step_major:
         on_step_end = None  # frame by frame, no step boundary is a consistent state
+        if frame_batch > 1:
+            warnings.warn(
+                f"frame_batch {frame_batch} is not used: a guidance target at a later step "
+                "edits the frames one at a time.",
+                stacklevel=2,
+            )
         frame_batch = 1
     frame_batch = max(1, min(frame_batch, num_frames))
 

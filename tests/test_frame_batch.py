@@ -159,7 +159,8 @@ def test_checkpoint_of_one_frame_batch_resumes_with_another(pipe64, clip64, run6
 def test_frame_major_order_keeps_one_frame_per_call(run64):
     """A guidance target at a later step (`step:K`) needs frame-by-frame order: N = 1."""
     one, _, _ = run64(latent_guidance_target="step:2")
-    batched, calls, store = run64(latent_guidance_target="step:2", frame_batch=4)
+    with pytest.warns(UserWarning, match="frame_batch 4 is not used"):
+        batched, calls, store = run64(latent_guidance_target="step:2", frame_batch=4)
     assert calls == [2] * FRAMES * STEPS
     assert store.chunk_size == 1
     assert torch.equal(batched, one)
