@@ -54,7 +54,7 @@ def run_one(args) -> dict:
     from PIL import Image
 
     from pix2video.cli.common import return_large_buffers_to_os
-    from pix2video.pipeline import load_pipeline
+    from pix2video.pipelines.checkpoints import load_pipeline
 
     return_large_buffers_to_os()  # as the `pix2video` command does
     torch.set_num_threads(args.threads)
@@ -84,7 +84,7 @@ def run_one(args) -> dict:
     controlnet_images = {"n": 0}
     conditioning = {"depth_maps": depth}
     if controlnet:
-        from pix2video.control import canny_image
+        from pix2video.pipelines.control import canny_image
 
         conditioning = {"control_images": [canny_image(f, 100, 200) for f in frames]}
 

@@ -38,7 +38,7 @@ def run_one(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.model == "tiny":
-        from pix2video.pipeline import load_pipeline
+        from pix2video import load_pipeline
 
         pipe = load_pipeline("tiny", device=device, torch_dtype=dtype)
     else:

@@ -14,9 +14,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from pix2video.controlnet import Pix2VideoControlNetPipeline
 from pix2video.models import BUNDLED_MODELS
-from pix2video.pipeline import Pix2VideoPipeline
+from pix2video.pipelines.sd2_depth import Pix2VideoPipeline
+from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
 SD2_DEPTH_UNET = dict(
     sample_size=64,

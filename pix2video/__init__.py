@@ -7,13 +7,18 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
 
 - `EditSettings` / `edit_clip` / `preview_anchor` (`settings`, `job`): one clip end to end,
   with cache, resume, progress and cancellation; what the CLI and the web UI run.
-- `Pix2VideoPipeline` (`pipeline`, SD2-depth) and `Pix2VideoControlNetPipeline`
-  (`controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on in-memory frames;
-  `load_pipeline` picks the one a checkpoint needs (`checkpoints`).
-- `editing`: the (frame, step) loop over a noise predictor, shared by every backbone.
+- `Pix2VideoPipeline` (`pipelines.sd2_depth`, SD2-depth) and `Pix2VideoControlNetPipeline`
+  (`pipelines.sd15_controlnet`, SD 1.5 + ControlNets): the algorithm top to bottom on
+  in-memory frames; `load_pipeline` picks the one a checkpoint needs (`pipelines.checkpoints`).
+- `core.editing`: the (frame, step) loop over a noise predictor, shared by every backbone;
+  `core.attention`: the anchor frame, the previous frame, the feature store and the injection
+  processor; `core.guidance`: the guided latent update; `core.inversion`: DDIM step and
+  inversion.
 - `pix2video.batch`: many clips in one run (a JOBS file; in-process or on a Ray cluster).
-- `attention`: the anchor frame, the previous frame, the feature store and the injection
-  processor; `guidance`: the guided latent update; `inversion`: DDIM step and inversion.
+
+The package by layer, each importing only those below it: the root (`errors`, `atomic`,
+`quiet`, `models`, `settings`), `media`, `core`, `pipelines`, `evaluation` and `job`, then
+the front ends `cli`, `ui` and `batch`.
 
 Names are imported on first use, so `import pix2video` does not load torch.
 """
@@ -37,10 +42,10 @@ _LAZY = {
     "EditResult": "job",
     "AnchorPreview": "job",
     "PipelineCache": "job",
-    "Pix2VideoPipeline": "pipeline",
-    "Pix2VideoControlNetPipeline": "controlnet",
-    "Pix2VideoOutput": "pipeline",
-    "load_pipeline": "pipeline",
+    "Pix2VideoPipeline": "pipelines.sd2_depth",
+    "Pix2VideoControlNetPipeline": "pipelines.sd15_controlnet",
+    "Pix2VideoOutput": "pipelines.sd2_depth",
+    "load_pipeline": "pipelines.checkpoints",
 }
 
 __all__ = [  # the errors, then the names of _LAZY
@@ -65,7 +70,6 @@ __all__ = [  # the errors, then the names of _LAZY
 ]
 
 if TYPE_CHECKING:
-    from .controlnet import Pix2VideoControlNetPipeline
     from .job import (
         AnchorPreview,
         EditJob,
@@ -75,7 +79,9 @@ if TYPE_CHECKING:
         preview_anchor,
         suggest_source_prompt,
     )
-    from .pipeline import Pix2VideoOutput, Pix2VideoPipeline, load_pipeline
+    from .pipelines.checkpoints import load_pipeline
+    from .pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline
+    from .pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
     from .settings import ATTEND_MODES, EditSettings
 
 

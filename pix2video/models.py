@@ -23,6 +23,7 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
 DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
 DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth (Depth Anything V2 also works)
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"  # the source prompt (`caption`)
 
 
 def resolve_model_path(name: str) -> str:

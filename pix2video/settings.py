@@ -17,9 +17,8 @@ from typing import Any
 
 import platformdirs
 
-from .caption import DEFAULT_CAPTIONER
 from .errors import InputError
-from .models import DEFAULT_MASK_MODEL, DEFAULT_MODEL
+from .models import DEFAULT_CAPTIONER, DEFAULT_MASK_MODEL, DEFAULT_MODEL
 
 ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
 """Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""
@@ -160,8 +159,8 @@ class EditSettings:
 
         Returns self, so `EditSettings(...).validate()` reads naturally.
         """
-        from .guidance import latent_guidance_schedule
-        from .video import parse_position, parse_size
+        from .core.guidance import latent_guidance_schedule
+        from .media import parse_position, parse_size
 
         for name in ("input", "output"):
             if not str(getattr(self, name) or "").strip():
@@ -267,7 +266,7 @@ def parse_frame_batch(value: Any) -> int | str:
 
     Frames that share one editing UNet call (step-by-step order; the result equals one at a
     time up to float rounding). "auto": on a GPU as many as fit its free memory, on a CPU
-    what measured fastest (`backbone.auto_frame_batch`).
+    what measured fastest (`pipelines.backbone.auto_frame_batch`).
     """
     text = str(value).strip().lower() if isinstance(value, str) else value
     if text == "auto":

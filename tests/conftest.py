@@ -35,7 +35,7 @@ _MEASUREMENTS = pytest.StashKey[list]()
 @pytest.fixture(scope="session")
 def tiny_pipe():
     """The bundled random-weight SD2-depth pipeline (exact SD2-depth topology), on the CPU."""
-    from pix2video.pipeline import load_pipeline
+    from pix2video.pipelines.checkpoints import load_pipeline
 
     pipe = load_pipeline("tiny")
     processors = dict(pipe.unet.attn_processors)

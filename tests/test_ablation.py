@@ -1,4 +1,4 @@
-"""Tests of pix2video.ablation on real code paths: the bundled tiny SD2-depth, a tiny CLIP and
+"""Tests of pix2video.evaluation.ablation on real code paths: the bundled tiny SD2-depth, a tiny CLIP and
 a few frames of a real clip. One ablation run (all 6 variants) is shared by the tests."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pix2video.ablation import (  # noqa: E402
+from pix2video.core.attention import reference_plan  # noqa: E402
+from pix2video.errors import InputError  # noqa: E402
+from pix2video.evaluation.ablation import (  # noqa: E402
     GAP,
     HEADER_HEIGHT,
     LABEL_WIDTH,
@@ -29,11 +31,9 @@ from pix2video.ablation import (  # noqa: E402
     sheet_columns,
     slugify,
 )
-from pix2video.attention import reference_plan  # noqa: E402
-from pix2video.errors import InputError  # noqa: E402
-from pix2video.metrics import ClipScorer, EvalReport  # noqa: E402
-from pix2video.pipeline import load_pipeline  # noqa: E402
-from pix2video.video import read_clip, resize_frames  # noqa: E402
+from pix2video.evaluation.metrics import ClipScorer, EvalReport  # noqa: E402
+from pix2video.media import read_clip, resize_frames  # noqa: E402
+from pix2video.pipelines.checkpoints import load_pipeline  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_CLIP = SHARED / "models" / "tiny-clip"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from pix2video.attention import (
+from pix2video.core.attention import (
     ATTEND_MODES,
     CrossFrameAttnProcessor,
     FeatureStore,

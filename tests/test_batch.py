@@ -32,7 +32,7 @@ from pix2video.batch.ray_backend import RAY_MISSING
 from pix2video.batch.runner import job_key
 from pix2video.errors import InputError
 from pix2video.job import PipelineCache
-from pix2video.video import read_clip, write_video
+from pix2video.media import read_clip, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"

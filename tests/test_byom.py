@@ -177,7 +177,7 @@ def test_single_file_checkpoint_edits_like_its_folder(tmp_path, tiny_sd15, pipel
 
 
 def test_single_file_checkpoint_loads_the_folders_weights(tiny_sd15):
-    from pix2video.pipeline import load_pipeline
+    from pix2video import load_pipeline
 
     folder = load_pipeline(str(tiny_sd15.model), controlnets=[str(tiny_sd15.controlnets[0])])
     single = load_pipeline(
@@ -239,7 +239,7 @@ def test_masked_controlnet_edit_keeps_every_pixel_outside_the_alpha(tmp_path, ti
         mask_feather=0,
     )
     assert result.masked
-    from pix2video.video import read_clip, resize_frames
+    from pix2video.media import read_clip, resize_frames
 
     clip = read_clip(COCKATOO, max_frames=FRAMES)
     frames = resize_frames(clip.frames, (64, 32))
@@ -262,7 +262,7 @@ def test_control_frames_from_a_folder(tmp_path, tiny_sd15, pipelines):
 
 @pytest.mark.bitwise
 def test_depth_model_replaces_sd2_depths_estimator(tmp_path, tiny_sd15, pipelines):
-    from pix2video.control import DepthEstimator
+    from pix2video.pipelines.control import DepthEstimator
 
     estimator = DepthEstimator(str(tiny_sd15.depth_model))
     frame = np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)

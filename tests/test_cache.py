@@ -1,4 +1,4 @@
-"""Tests of `pix2video.cache`: keys, atomic entries, misses on damage, checkpoints."""
+"""Tests of `pix2video.job.cache`: keys, atomic entries, misses on damage, checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pix2video.cache import (
+from pix2video.job.cache import (
     CACHE_VERSION,
     Cache,
     atomic_torch_save,
@@ -22,7 +22,7 @@ from pix2video.cache import (
     model_fingerprint,
 )
 from pix2video.models import BUNDLED_MODELS
-from pix2video.pipeline import EditCheckpoint
+from pix2video.pipelines.sd2_depth import EditCheckpoint
 
 
 def entries(root: Path) -> list[str]:

@@ -29,9 +29,9 @@ from pix2video import cli
 from pix2video.cli.common import INTERRUPTED
 from pix2video.errors import InputError
 from pix2video.job import EditResult, edit_clip
+from pix2video.media import probe, read_audio_info, read_clip
 from pix2video.models import DEFAULT_MODEL
 from pix2video.settings import ATTEND_MODES, EditSettings
-from pix2video.video import probe, read_audio_info, read_clip
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
@@ -269,7 +269,7 @@ def test_keep_source_size_side_by_side_and_anchor_last_caption(runner, tmp_path)
 def test_caption_is_used_and_printed_when_source_prompt_is_omitted(runner, tmp_path, monkeypatch):
     need(BLACKSWAN)
     need(TINY_BLIP)
-    from pix2video.caption import caption_frame
+    from pix2video.pipelines.caption import caption_frame
 
     out, report = tmp_path / "out", tmp_path / "s.json"
     args = ["edit", BLACKSWAN, "-p", "a crystal swan", "-o", out, "--model", "tiny"]
@@ -282,21 +282,21 @@ def test_caption_is_used_and_printed_when_source_prompt_is_omitted(runner, tmp_p
     assert f'Source prompt (caption of frame 0): "{expected}"' in result.stdout
     assert f'Source prompt (BLIP caption): "{expected}"' in result.stdout
     # cached: the second run does not caption again
-    import pix2video.caption
+    import pix2video.pipelines.caption
 
     def no_captioning(*args, **kwargs):
         raise AssertionError("captioned again")
 
-    monkeypatch.setattr(pix2video.caption, "caption_frame", no_captioning)
+    monkeypatch.setattr(pix2video.pipelines.caption, "caption_frame", no_captioning)
     second = invoke(runner, args + ["--cache-dir", tmp_path / "c", "-p", "another edit"])
     assert f'"{expected}"' in second.stdout
 
 
 def test_empty_caption_asks_for_a_source_prompt(monkeypatch, tmp_path):
     need(BLACKSWAN)
-    import pix2video.caption
+    import pix2video.pipelines.caption
 
-    monkeypatch.setattr(pix2video.caption, "caption_frame", lambda *a, **k: "  ")
+    monkeypatch.setattr(pix2video.pipelines.caption, "caption_frame", lambda *a, **k: "  ")
     settings = EditSettings(
         input=BLACKSWAN, prompt="x", output=tmp_path / "o.mp4", model="tiny", size="64"
     )
@@ -308,8 +308,8 @@ def test_empty_caption_asks_for_a_source_prompt(monkeypatch, tmp_path):
 
 def test_caption_frame_with_tiny_blip():
     need(TINY_BLIP)
-    from pix2video.caption import caption_frame
     from pix2video.errors import ModelNotAvailableError
+    from pix2video.pipelines.caption import caption_frame
 
     frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     text = caption_frame(frame, str(TINY_BLIP))

@@ -47,7 +47,7 @@ def pix2video(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_eval_of_a_still_clip_against_itself(tmp_path):
     """Known answers: identical consecutive frames give CLIP-Image 1 and PixelMSE 0."""
-    from pix2video.video import read_clip, write_video
+    from pix2video.media import read_clip, write_video
 
     still = tmp_path / "still"
     write_video(still, [read_clip(G1, max_frames=1).frames[0]] * 5, fps=25)
@@ -76,7 +76,7 @@ def test_eval_of_a_moving_clip_against_itself(tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert len(metrics["pixel_mse_per_pair"]) == 15
     # Warping with the clip's own flow explains most of the frame-to-frame change.
-    from pix2video.video import read_clip
+    from pix2video.media import read_clip
 
     frames = [f.astype(np.float64) / 255 for f in read_clip(G1).frames]
     unwarped = np.mean(

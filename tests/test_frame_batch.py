@@ -18,15 +18,14 @@ import torch
 from click.testing import CliRunner
 from diffusers import ControlNetModel
 
-from pix2video import EditSettings, edit_clip
-from pix2video.attention import ATTEND_MODES, FeatureStore, reference_plan
-from pix2video.backbone import frames_that_fit, model_rows
+from pix2video import EditSettings, edit_clip, load_pipeline
 from pix2video.cli import main
-from pix2video.controlnet import Pix2VideoControlNetPipeline
-from pix2video.editing import chunked_calls, processing_order
+from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
+from pix2video.core.editing import chunked_calls, processing_order
 from pix2video.errors import InputError
 from pix2video.job import PipelineCache
-from pix2video.pipeline import load_pipeline
+from pix2video.pipelines.backbone import frames_that_fit, model_rows
+from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 from pix2video.settings import parse_frame_batch
 
 FRAMES, STEPS = 7, 3  # 7 is a multiple of none of the chunk sizes below

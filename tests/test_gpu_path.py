@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pix2video.job import PipelineCache
-from pix2video.pipeline import load_pipeline
+from pix2video.pipelines.checkpoints import load_pipeline
 
 FRAMES = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(2)]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pix2video.core.guidance import default_guided_steps, guidance_target_step, guided_latent_update
+from pix2video.core.inversion import ddim_sample_step
 from pix2video.errors import InputError
-from pix2video.guidance import default_guided_steps, guidance_target_step, guided_latent_update
-from pix2video.inversion import ddim_sample_step
 
 STEPS = 4
 

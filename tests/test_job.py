@@ -20,7 +20,7 @@ from pix2video import EditSettings, Pix2VideoPipeline, edit_clip, load_pipeline,
 from pix2video.cli import main
 from pix2video.errors import EditCancelled, InputError
 from pix2video.job import PipelineCache
-from pix2video.video import fit_size, read_clip, resize_frames
+from pix2video.media import fit_size, read_clip, resize_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"

@@ -1,4 +1,4 @@
-"""Local edits (`pix2video.masks`): mask maths, the blended latent loop, and `edit --mask`.
+"""Local edits (`pix2video.pipelines.masks`): mask maths, the blended latent loop, and `edit --mask`.
 
 Pipeline runs use the tiny SD2-depth model on synthetic frames; job and CLI runs use
 examples/cockatoo.mp4 at 128x72 with PNG outputs, so comparisons with the source are exact.
@@ -20,9 +20,9 @@ from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.errors import EditCancelled
 from pix2video.job import PipelineCache
-from pix2video.masks import binarize, composite, latent_mask, mask_alpha
-from pix2video.pipeline import source_trajectory
-from pix2video.video import fit_size, read_clip, resize_frames
+from pix2video.media import fit_size, read_clip, resize_frames
+from pix2video.pipelines.masks import binarize, composite, latent_mask, mask_alpha
+from pix2video.pipelines.sd2_depth import source_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"

@@ -1,4 +1,4 @@
-"""Tests of pix2video.metrics with known answers: synthetic flows/videos and a tiny random CLIP."""
+"""Tests of pix2video.evaluation.metrics with known answers: synthetic flows/videos and a tiny random CLIP."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pix2video.errors import InputError, ModelNotAvailableError
-from pix2video.metrics import (
+from pix2video.evaluation.metrics import (
     DEFAULT_CLIP_MODEL,
     ClipScorer,
     EvalReport,

@@ -33,7 +33,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pix2video.pipeline import Pix2VideoPipeline, load_pipeline
+from pix2video.pipelines.checkpoints import load_pipeline
+from pix2video.pipelines.sd2_depth import Pix2VideoPipeline
 
 TOL_INVERTED = 5e-3
 TOL_FINAL = 5e-2

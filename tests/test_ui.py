@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pix2video import cli
-from pix2video.video import probe, read_clip
+from pix2video.media import probe, read_clip
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client", reason="the test extra installs gradio")

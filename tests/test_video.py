@@ -1,4 +1,4 @@
-"""Tests of `pix2video.video` on the real clips in ../shared/data and on small generated ones."""
+"""Tests of `pix2video.media` on the real clips in ../shared/data and on small generated ones."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pix2video.errors import InputError, VideoError
-from pix2video.video import (
+from pix2video.media import (
     Clip,
     fit_size,
     fps_fraction,

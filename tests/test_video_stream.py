@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix2video import video
 from pix2video.errors import VideoError
-from pix2video.video import DECODE_STATS, ClipReader, open_clip, read_clip
+from pix2video.media import DECODE_STATS, ClipReader, open_clip, read_clip
+from pix2video.media import decode as video
 
 FRAMES, FPS, GOP, W, H = 300, 30, 30, 64, 48
 COCKATOO = (

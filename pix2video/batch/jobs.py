@@ -283,7 +283,7 @@ def _default_name(values: Mapping[str, Any], method: str) -> str:
 
 def _check_output_type(output: Path, where: str) -> None:
     """Known video suffix, or none (a folder of PNG frames); the rest is checked by the job."""
-    from ..video import VIDEO_EXTENSIONS
+    from ..media import VIDEO_EXTENSIONS
 
     if output.suffix and output.suffix.lower() not in VIDEO_EXTENSIONS:
         raise InputError(

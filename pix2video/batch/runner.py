@@ -181,8 +181,8 @@ class JobRunner:
 
     def _metrics(self, settings, result) -> dict[str, Any]:
         """CLIP-Text, CLIP-Image and PixelMSE of the written output against its source."""
-        from ..metrics import ClipScorer, evaluate
-        from ..video import read_clip
+        from ..evaluation.metrics import ClipScorer, evaluate
+        from ..media import read_clip
 
         model = self.evaluation.clip_model
         scorer = self._scorers.get((model, result.device))
@@ -194,7 +194,7 @@ class JobRunner:
         ).frames
         regions = None
         if settings.masked:
-            from ..masks import read_regions
+            from ..pipelines.masks import read_regions
 
             regions = read_regions(settings.save_masks, edited)
         report = evaluate(edited, source, settings.prompt, scorer=scorer, regions=regions).to_dict()

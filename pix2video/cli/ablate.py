@@ -104,8 +104,8 @@ def ablate(
     Writes a table (rows = variants, columns = CLIP-Text, CLIP-Image, PixelMSE, masked
     PixelMSE, seconds per frame) and a contact sheet (rows = variants, columns = frames).
     """
-    from .. import video
-    from ..ablation import run_ablation, save_ablation, select_variants
+    from .. import media as video
+    from ..evaluation.ablation import run_ablation, save_ablation, select_variants
 
     chosen = select_variants([v.strip() for v in variants.split(",")] if variants else None)
     out_dir = Path(output).expanduser()
@@ -116,15 +116,15 @@ def ablate(
         width, height = video.fit_size(*clip.source_size, video.parse_size(size))
         frames = video.resize_frames(clip.frames, (width, height))
         device_, dtype_ = resolve_device(device, dtype)
-        from ..metrics import ClipScorer
-        from ..pipeline import load_pipeline
+        from ..evaluation.metrics import ClipScorer
+        from ..pipelines.checkpoints import load_pipeline
 
         if not debug:
             silence_libraries()
         pipe = load_pipeline(model, device_, dtype_)
         scorer = ClipScorer(clip_model, device=str(device_))
         if source_prompt is None:
-            from ..caption import caption_frame
+            from ..pipelines.caption import caption_frame
 
             source_prompt = caption_frame(clip.frames[0], captioner, str(device_))
             if not source_prompt:
@@ -147,7 +147,7 @@ def ablate(
             )
         paths = save_ablation(rows, out_dir, frames, columns=columns, save_frames=save_frames)
     if not quiet:
-        from ..ablation import ablation_table
+        from ..evaluation.ablation import ablation_table
 
         click.echo(ablation_table(rows))
         click.echo(f"Wrote {paths['markdown']}, {paths['json']} and {paths['contact_sheet']}.")

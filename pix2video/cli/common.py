@@ -447,7 +447,7 @@ def selection_options(f: Callable) -> Callable:
 
 
 def mask_options(f: Callable) -> Callable:
-    """--mask, --mask-prompt and how masks are made: local edits (`pix2video.masks`)."""
+    """--mask, --mask-prompt and how masks are made: local edits (`pix2video.pipelines.masks`)."""
     return _compose(
         click.option(
             "--mask",
@@ -562,6 +562,6 @@ def report_file_option(flag: str, dest: str, what: str) -> Callable:
 
 
 def read_frames(path: str, start, end, stride: int, max_frames: int | None):
-    from .. import video
+    from .. import media as video
 
     return video.read_clip(Path(path).expanduser(), start, end, stride, max_frames)

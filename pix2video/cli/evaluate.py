@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..job import resolve_device
-from ..masks import read_regions
+from ..pipelines.masks import read_regions
 from .common import (
     _set_debug,
     clip_model_option,
@@ -74,7 +74,7 @@ def evaluate_command(
     """
     import transformers  # noqa: F401 - imported first so that its loading bars can be silenced
 
-    from ..metrics import evaluate
+    from ..evaluation.metrics import evaluate
 
     with quiet_libraries(debug):
         edited_clip = read_frames(edited, None, None, 1, None)

@@ -9,14 +9,14 @@ code does):
 3. DDIM sampling of every frame from its x_T with the *edit* prompt and classifier-free
    guidance (both branches in one batched UNet call), where
    - the decoder self-attention of frame i reads keys/values from the anchor's and the
-     previous frame's features at the same step (`attention.py`), and
+     previous frame's features at the same step (`core/attention.py`), and
    - during the first half of the steps the latent is pulled towards the previous frame's
-     predicted clean latent (`guidance.py`);
+     predicted clean latent (`core/guidance.py`);
 4. VAE decoding.
 
 This module holds only what is SD2-depth's own: the depth channel concatenated to the
-latent. The loop over (frame, step) is `editing.py` (shared by every backbone), the rest of
-the method is `backbone.Pix2VideoBase`; `controlnet.py` is the SD 1.5 + ControlNet backbone.
+latent. The loop over (frame, step) is `core/editing.py` (shared by every backbone), the rest of
+the method is `backbone.Pix2VideoBase`; `sd15_controlnet.py` is the SD 1.5 + ControlNet backbone.
 The names that used to live here (`EditCheckpoint`, `source_trajectory`, ...) are
 re-exported.
 """
@@ -29,6 +29,14 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from ..core.editing import (
+    EditCheckpoint,
+    ProgressCallback,
+    anchor_order,
+    processing_order,
+    source_trajectory,
+)
+from ..errors import InputError
 from .backbone import (
     FrameLike,
     Pix2VideoBase,
@@ -37,15 +45,6 @@ from .backbone import (
     reference_scheduler,
 )
 from .depth import estimate_depth, normalize_depth
-from .editing import (
-    EditCheckpoint,
-    ProgressCallback,
-    anchor_order,
-    processing_order,
-    source_trajectory,
-)
-from .errors import InputError
-from .models import DEFAULT_MODEL
 
 _processing_order = processing_order  # the old private name
 
@@ -57,7 +56,6 @@ __all__ = [
     "ProgressCallback",
     "anchor_order",
     "default_inversion_batch",
-    "load_pipeline",
     "reference_scheduler",
     "source_trajectory",
 ]
@@ -147,24 +145,3 @@ class Pix2VideoPipeline(Pix2VideoBase):
         )
         text = text.to(self.unet.dtype).expand(batch, -1, -1)
         return self.unet(model_input, t, encoder_hidden_states=text).sample.float()
-
-
-def load_pipeline(
-    model: str = DEFAULT_MODEL,
-    device: str | torch.device = "cpu",
-    torch_dtype: torch.dtype | None = None,
-    controlnets: Sequence[str] = (),
-    loras: Sequence[tuple[str, float]] = (),
-    depth_model: str | None = None,
-    model_config: str | None = None,
-) -> Pix2VideoBase:
-    """Load a checkpoint offline-first with the pipeline it calls for (`checkpoints.py`).
-
-    A depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) gives a
-    `Pix2VideoPipeline` (`depth_model` replaces its depth estimator); an SD 1.5 one (hub
-    id, folder or single file) with `controlnets` a `Pix2VideoControlNetPipeline`. `loras`
-    are (path or id, scale) pairs fused into the weights.
-    """
-    from .checkpoints import load_backbone
-
-    return load_backbone(model, device, torch_dtype, controlnets, loras, depth_model, model_config)

@@ -11,10 +11,9 @@ import functools
 
 import numpy as np
 
-from .errors import InputError
-from .models import load_pretrained
+from ..errors import InputError
+from ..models import DEFAULT_CAPTIONER, load_pretrained
 
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 MAX_NEW_TOKENS = 30
 
 

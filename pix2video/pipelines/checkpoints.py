@@ -17,11 +17,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import ModelNotAvailableError
-from .models import _offline, load_pretrained, resolve_model_path
+from ..errors import ModelNotAvailableError
+from ..models import DEFAULT_MODEL, _offline, load_pretrained, resolve_model_path
+
+if TYPE_CHECKING:
+    from .backbone import Pix2VideoBase
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SD15_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -129,7 +133,7 @@ def load_backbone(
 
 
 def _load_sd2_depth(model: str, depth_model: str | None, kwargs: dict):
-    from .pipeline import Pix2VideoPipeline
+    from .sd2_depth import Pix2VideoPipeline
 
     components = {}
     if depth_model is not None:
@@ -159,7 +163,7 @@ def _load_controlnet_pipeline(
 ):
     from diffusers import ControlNetModel
 
-    from .controlnet import Pix2VideoControlNetPipeline
+    from .sd15_controlnet import Pix2VideoControlNetPipeline
 
     nets = [
         load_pretrained(ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
@@ -192,7 +196,7 @@ def _load_controlnet_pipeline(
 
 def _load_single_file(model: str, nets: list, model_config: str | None, kwargs: dict):
     """`from_single_file` offline-first: configs from `model_config` or the local hub cache."""
-    from .controlnet import Pix2VideoControlNetPipeline
+    from .sd15_controlnet import Pix2VideoControlNetPipeline
 
     path = str(Path(model).expanduser())
     config = model_config
@@ -268,3 +272,22 @@ def _load_hub_lora(pipe, name: str, adapter: str) -> None:
         f"({type(error).__name__}); download it once with `huggingface-cli download {name}`, "
         "or pass a file or folder."
     ) from error
+
+
+def load_pipeline(
+    model: str = DEFAULT_MODEL,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype | None = None,
+    controlnets: Sequence[str] = (),
+    loras: Sequence[tuple[str, float]] = (),
+    depth_model: str | None = None,
+    model_config: str | None = None,
+) -> Pix2VideoBase:
+    """Load a checkpoint offline-first with the pipeline it calls for (`load_backbone`).
+
+    A depth-conditioned SD2 checkpoint (hub id, folder or `tiny`) gives a
+    `Pix2VideoPipeline` (`depth_model` replaces its depth estimator); an SD 1.5 one (hub
+    id, folder or single file) with `controlnets` a `Pix2VideoControlNetPipeline`. `loras`
+    are (path or id, scale) pairs fused into the weights.
+    """
+    return load_backbone(model, device, torch_dtype, controlnets, loras, depth_model, model_config)

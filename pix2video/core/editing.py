@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .attention import FeatureStore, cross_frame_attention, reference_plan
-from .errors import InputError
 from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
 from .inversion import ddim_invert, ddim_sample_step
 

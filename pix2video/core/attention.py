@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from .settings import ATTEND_MODES  # noqa: F401 - re-exported: the modes live in settings
+from ..settings import ATTEND_MODES  # noqa: F401 - re-exported: the modes live in settings
 
 
 def reference_plan(num_frames: int, attend: str, seed: int = 0) -> list[tuple[int, ...]]:

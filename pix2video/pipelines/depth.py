@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from ..errors import InputError
 
 BACKGROUND = -1.0
 BACKGROUND_MARGIN = 10.0

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+from ..models import load_pretrained
 from .depth import estimate_depth
-from .errors import InputError
 from .masks import MaskFiles
-from .models import load_pretrained
 
 
 def canny_image(frame: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -84,7 +84,7 @@ class ControlFiles(MaskFiles):
 
     def frame(self, position: int, size: tuple[int, int]) -> np.ndarray:
         """The control frame of the selection's frame `position`, resized to `size` (w, h)."""
-        from .video import resize_frames
+        from ..media import resize_frames
 
         image = np.asarray(self.raw(position))
         if image.ndim == 2:

@@ -52,9 +52,9 @@ import cv2
 import numpy as np
 import torch
 
-from .atomic import write_output
-from .errors import InputError
-from .models import DEFAULT_CLIP_MODEL, load_pretrained
+from ..atomic import write_output
+from ..errors import InputError
+from ..models import DEFAULT_CLIP_MODEL, load_pretrained
 
 # `DEFAULT_CLIP_MODEL` (defined in `models`, so the CLI can show it without importing torch):
 # the CLIP used for CLIP-Text / CLIP-Image unless another is named.
@@ -281,7 +281,7 @@ def region_scores(
             f"Expected {len(edited)} masks of {w}x{h} (one per edited frame); got "
             f"{len(regions)} of shapes {sorted({np.shape(r) for r in regions})}."
         )
-    from .video import resize_frames
+    from ..media import resize_frames
 
     # resized as the edit resized them, so an untouched pixel compares equal
     src = resize_frames([_to_uint8(s) for s in source], (w, h))

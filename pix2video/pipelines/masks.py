@@ -26,8 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError, VideoError
-from .models import load_pretrained
+from ..errors import InputError, VideoError
+from ..models import load_pretrained
 
 MASK_LEVEL = 128
 """A mask pixel (grey level 0-255, resized to the frame) at or above this is 'edit'."""
@@ -115,7 +115,7 @@ class MaskFiles:
 
     def __init__(self, path: str | os.PathLike, frames: str = "the selection") -> None:
         """`frames` names what the masks must match, for messages ("the edited clip")."""
-        from . import video
+        from .. import media as video
 
         self.frames = frames
         self.path = Path(path).expanduser()

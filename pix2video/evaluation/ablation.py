@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import write_output
-from .errors import InputError
+from ..atomic import write_output
+from ..errors import InputError
+from ..pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline, ProgressCallback
 from .metrics import DEFAULT_CLIP_MODEL, ClipScorer, EvalReport, evaluate
-from .pipeline import Pix2VideoOutput, Pix2VideoPipeline, ProgressCallback
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "per-frame (SDEdit-like)": {"attend": "none", "latent_guidance_weight": 0.0},

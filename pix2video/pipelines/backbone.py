@@ -29,8 +29,8 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image
 
-from .attention import FeatureStore, cross_frame_attention, reference_plan
-from .editing import (
+from ..core.attention import FeatureStore, cross_frame_attention, reference_plan
+from ..core.editing import (
     DDIMSchedule,
     EditCheckpoint,
     ProgressCallback,
@@ -38,16 +38,10 @@ from .editing import (
     invert_frames,
     processing_order,
 )
-from .errors import EditCancelled, InputError, ModelNotAvailableError
-from .guidance import latent_guidance_schedule
+from ..core.guidance import latent_guidance_schedule
+from ..errors import EditCancelled, InputError, ModelNotAvailableError
+from ..settings import ANCHORS, ATTEND_MODES, MAX_GUIDANCE_SCALE, SCHEDULES, parse_frame_batch
 from .masks import composite, latent_mask
-from .settings import (
-    ANCHORS,
-    ATTEND_MODES,
-    MAX_GUIDANCE_SCALE,
-    SCHEDULES,
-    parse_frame_batch,
-)
 
 FrameLike = np.ndarray | Image.Image
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import TMP_MARK, atomic_path
-from .models import resolve_model_path
+from ..atomic import TMP_MARK, atomic_path
+from ..models import resolve_model_path
 
 CACHE_VERSION = "v1"
 KINDS = ("caption", "depth", "inversion", "trajectory", "mask", "checkpoint", "final")
@@ -201,7 +201,7 @@ class Cache:
     # ------------------------------------------------------------------ edit checkpoints
     def load_checkpoint(self, key: str, num_frames: int, num_steps: int):
         """The latest `EditCheckpoint` of the edit ``key``, or None (missing or inconsistent)."""
-        from .pipeline import EditCheckpoint
+        from ..pipelines.sd2_depth import EditCheckpoint
 
         value = self.load("checkpoint", key)
         try:

@@ -1,0 +1,91 @@
+"""What an edit reports: progress stages, the result of a whole edit and of a preview."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+ProgressCallback = Callable[[str, int, int], None]
+MessageCallback = Callable[[str], None]
+
+STAGES: dict[str, str] = {
+    "masks": "frames",
+    "depth": "frames",
+    "inversion": "frames",
+    "editing": "frame-steps",
+    "writing": "frames",
+}
+"""Progress stages in order, with the unit their counts are in."""
+
+CANCELLED = "The edit was cancelled; finished work is cached: run it again to resume."
+CANCELLED_NO_CACHE = "The edit was cancelled; nothing was kept (the cache is off)."
+
+
+@dataclass
+class EditResult:
+    """What an edit did: where the output went, what it cost, what came from the cache."""
+
+    output: str
+    frames: int
+    frame_indices: list[int]
+    size: tuple[int, int]  # (width, height) the model ran at
+    output_size: tuple[int, int]  # (width, height) of the written frames
+    fps: float
+    has_audio: bool
+    source_prompt: str
+    captioned: bool
+    device: str
+    dtype: str
+    steps: int
+    depth_cached: int = 0
+    depth_computed: int = 0
+    inversion_cached: int = 0
+    inversion_computed: int = 0
+    editing: str = "computed"  # "computed", "resumed" (from a checkpoint) or "cached"
+    resumed_from_step: int | None = None  # last finished step of the checkpoint resumed from
+    checkpoints_saved: int = 0
+    checkpoint_seconds: float = 0.0
+    unet_evaluations_inversion: int = 0
+    unet_evaluations_editing: int = 0
+    feature_store_peak_bytes: int = 0
+    frame_batch: int = 1  # frames per editing UNet call (--frame-batch, "auto" resolved)
+    peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
+    masked: bool = False  # a local edit
+    mask_coverage: float = 1.0  # mean share of each frame's pixels the edit may change
+    cache_enabled: bool = True
+    latents_dir: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, and "total"
+
+    @property
+    def unet_evaluations(self) -> int:
+        return self.unet_evaluations_inversion + self.unet_evaluations_editing
+
+    def describe_mask(self) -> str:
+        """A local edit's line in the summaries (CLI, web page)."""
+        return (
+            f"Local edit: {100 * self.mask_coverage:.0f}% of the frame area edited on average; "
+            "every other pixel is the source's."
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["unet_evaluations"] = self.unet_evaluations
+        return data
+
+
+@dataclass
+class AnchorPreview:
+    """The anchor frame edited alone: what the full edit's anchor frame will be."""
+
+    source: np.ndarray  # the anchor frame at the processing size
+    edited: np.ndarray
+    frame_index: int  # in the input (source frame number, or position in an image folder)
+    source_prompt: str
+    captioned: bool
+    unet_evaluations: int
+    seconds: float

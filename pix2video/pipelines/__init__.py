@@ -1,0 +1,11 @@
+"""One diffusers pipeline per backbone, on the shared loop of `core`.
+
+`backbone` is what every backbone shares (`Pix2VideoBase`); `sd2_depth` is SD2-depth
+(the depth channel), `sd15_controlnet` SD 1.5 + ControlNets. `checkpoints` tells which one a
+checkpoint needs and loads it (`load_pipeline`), with LoRAs and single files. Beside them,
+the models and images that condition them: `depth` (depth maps), `control` (control images
+and the depth estimator), `masks` (local edits: mask maths and text-to-mask), `caption`
+(the source prompt from BLIP).
+
+Layer: imports `core`, `media` and the package root; never the job or a front end.
+"""
