@@ -53,6 +53,7 @@ class EditResult:
     unet_evaluations_inversion: int = 0
     unet_evaluations_editing: int = 0
     feature_store_peak_bytes: int = 0
+    frame_batch: int = 1  # frames per editing UNet call (--frame-batch, "auto" resolved)
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     masked: bool = False  # a local edit
     mask_coverage: float = 1.0  # mean share of each frame's pixels the edit may change
