@@ -103,6 +103,7 @@ class EditSettings:
     offload_features: bool = False
     vae_tiling: bool = False
     inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
+    frame_batch: int | str = "auto"  # frames per editing UNet call, or "auto" (parse_frame_batch)
     compile: bool = False  # torch.compile the UNet (pays off on a GPU for long clips)
     checkpoint_interval: float = 60.0  # seconds between editing checkpoints (at a step's end)
     save_latents: str | os.PathLike | None = None
@@ -185,6 +186,7 @@ class EditSettings:
             _integer("max-frames", self.max_frames, 1)
         if self.inversion_batch is not None:
             _integer("inversion-batch", self.inversion_batch, 1)
+        parse_frame_batch(self.frame_batch)
         _number("checkpoint-interval", self.checkpoint_interval, 0.0)
         if self.latent_guidance_steps is not None:
             _integer("latent-guidance-steps", self.latent_guidance_steps, 0)
@@ -271,6 +273,23 @@ def processing_size(size: str | int, sdxl: bool = False) -> int | tuple[int, int
     if size == AUTO_SIZE:
         return LONG_SIDES["sdxl" if sdxl else "sd"]
     return parse_size(size)
+
+
+def parse_frame_batch(value: Any) -> int | str:
+    """`--frame-batch`: "auto" or a whole number >= 1 (config files and CSV cells give text).
+
+    Frames that share one editing UNet call (step-by-step order; the result equals one at a
+    time up to float rounding). "auto": on a GPU as many as fit its free memory, on a CPU
+    what measured fastest (`pipelines.backbone.auto_frame_batch`).
+    """
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if text == "auto":
+        return "auto"
+    if isinstance(text, str) and text.isdigit():
+        text = int(text)
+    if isinstance(text, bool) or not isinstance(text, int) or text < 1:
+        raise InputError(f"--frame-batch must be 'auto' or a whole number >= 1; got {value!r}.")
+    return text
 
 
 def parse_lora(text: str) -> tuple[str, float]:

@@ -203,6 +203,7 @@ def test_endpoints_are_named_like_the_edit_options(client):
         "latent_guidance_weight",
         "latent_guidance_steps",
         "seed",
+        "frame_batch",
         "side_by_side",
     ]
     assert [p["parameter_name"] for p in api["/preview"]["parameters"]] == names[:-1]

@@ -184,6 +184,14 @@ def format_summary(result: EditResult) -> list[str]:
     "differ from one at a time only by rounding).",
 )
 @click.option(
+    "--frame-batch",
+    default=DEFAULTS["frame_batch"],
+    metavar="N|auto",
+    help="Frames per UNet call while editing, step by step (each frame's attention reads the "
+    "frame before it in the same call; results differ from one at a time only by rounding). "
+    "auto: on a GPU as many as fit its free memory, on a CPU 1 (measured fastest).",
+)
+@click.option(
     "--compile",
     is_flag=True,
     help="torch.compile the UNet: slow first step, faster after (worth it on a GPU for long "

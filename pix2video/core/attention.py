@@ -6,11 +6,18 @@ self-attention layer (`attn1`) of the UNet decoder takes its queries from frame 
 its keys/values from the layer inputs that the *anchor* frame and the *previous* frame
 produced at the same step s (and the same classifier-free-guidance branch).
 
-`FeatureStore` holds those layer inputs, keyed by (frame position, step), and frees each
-entry as soon as its last reader has used it. `CrossFrameAttnProcessor` is a diffusers
-attention processor installed with `unet.set_attn_processor` on the decoder layers only.
-`reference_plan` says which earlier frames each frame attends to (the anchor/previous
-choice and the paper's ablations).
+Several consecutive frames can share one UNet call at the same step (frame-batched
+editing, a *chunk*): frame i's input to layer l depends only on frame i-1's input to the
+same layer at the same step, which the batched forward pass has already computed when layer
+l runs. So within a chunk a row reads its references from the rows of the same call, and
+only references in earlier chunks come from the store; the result equals one frame at a
+time up to float reassociation.
+
+`FeatureStore` holds the layer inputs that a later chunk reads, keyed by (frame position,
+step), and frees each entry as soon as its last reader has used it. `CrossFrameAttnProcessor`
+is a diffusers attention processor installed with `unet.set_attn_processor` on the decoder
+layers only. `reference_plan` says which earlier frames each frame attends to (the
+anchor/previous choice and the paper's ablations).
 """
 
 from __future__ import annotations
@@ -67,14 +74,17 @@ def decoder_self_attention_layers(unet: torch.nn.Module) -> list[str]:
 
 
 class FeatureStore:
-    """Self-attention inputs of frames that later frames attend to, freed after their last read.
+    """Self-attention inputs that later chunks attend to, freed after their last read.
 
-    An entry (position, step) holds, per injected layer, that frame's `attn1` input at that
-    step with both CFG branches stacked on the batch axis. It is kept only if some later
-    frame attends to that position, and dropped once every such frame has read it at that
-    step. With anchor+previous processed frame by frame this is the anchor's features plus
-    one rolling buffer (frame i-1's step-s entry is replaced by frame i's); processed step
-    by step, it is two frames' features of a single step.
+    Positions are processed in chunks of `chunk_size` consecutive positions per UNet call
+    (0..N-1, N..2N-1, ...; 1 = one frame at a time). An entry (position, step) holds, per
+    injected layer, that frame's `attn1` input at that step with both CFG branches stacked
+    on the batch axis. It is kept only if a frame in a *later chunk* attends to that
+    position (a reader in the same chunk reads the row of the same call), and dropped once
+    every such frame has read it at that step. With anchor+previous, step by step, this is
+    per step the anchor's features and the boundary row between two chunks, whatever the
+    chunk size; frame by frame (chunks of one), the anchor's features plus one rolling
+    buffer. With anchor+random it is every earlier frame a later chunk drew, until read.
 
     `dtype`/`device` store the features in another precision or on another device (e.g.
     float16 on the CPU while the UNet runs on a GPU) to trade exactness or speed for memory.
@@ -85,64 +95,107 @@ class FeatureStore:
         plan: list[tuple[int, ...]],
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        chunk_size: int = 1,
     ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.plan = plan
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
-        self._readers = [0] * len(plan)
-        for refs in plan:
+        self.chunk_size = chunk_size
+        self._readers = [0] * len(plan)  # readers in later chunks
+        for position, refs in enumerate(plan):
             for ref in refs:
-                self._readers[ref] += 1
+                if not self._same_chunk(ref, position):
+                    self._readers[ref] += 1
         self._pending: dict[tuple[int, int], int] = {}
         self._bank: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-        self.position: int | None = None
+        self.positions: range | None = None
         self.step: int | None = None
         self.nbytes = 0
         self.peak_nbytes = 0
 
+    def _same_chunk(self, a: int, b: int) -> bool:
+        return a // self.chunk_size == b // self.chunk_size
+
+    def chunk(self, position: int) -> range:
+        """The positions that share a UNet call with `position`."""
+        start = position - position % self.chunk_size
+        return range(start, min(start + self.chunk_size, len(self.plan)))
+
     @contextmanager
-    def frame_step(self, position: int, step: int) -> Iterator[None]:
-        """Scope one UNet evaluation of frame `position` at denoising step `step`."""
-        for ref in self.plan[position]:
-            if (ref, step) not in self._bank:
-                raise RuntimeError(
-                    f"frame {position} needs frame {ref}'s step-{step} features first"
-                )
-        self.position, self.step = position, step
-        if self._readers[position]:
-            self._bank[(position, step)] = {}
-            self._pending[(position, step)] = self._readers[position]
+    def chunk_step(self, positions: range, step: int) -> Iterator[None]:
+        """Scope one UNet evaluation of the chunk `positions` at denoising step `step`."""
+        if positions != self.chunk(positions.start):
+            raise ValueError(f"positions {positions} are not a chunk of {self.chunk_size}")
+        for position in positions:
+            for ref in self.plan[position]:
+                if ref not in positions and (ref, step) not in self._bank:
+                    raise RuntimeError(
+                        f"frame {position} needs frame {ref}'s step-{step} features first"
+                    )
+        self.positions, self.step = positions, step
+        for position in positions:
+            if self._readers[position]:
+                self._bank[(position, step)] = {}
+                self._pending[(position, step)] = self._readers[position]
         try:
             yield
         finally:
-            self.position = self.step = None
-        for ref in self.plan[position]:
-            self._pending[(ref, step)] -= 1
-            if self._pending[(ref, step)] == 0:
-                self._drop((ref, step))
+            self.positions = self.step = None
+        for position in positions:
+            for ref in self.plan[position]:
+                if ref not in positions:
+                    self._pending[(ref, step)] -= 1
+                    if self._pending[(ref, step)] == 0:
+                        self._drop((ref, step))
+
+    def frame_step(self, position: int, step: int):
+        """Scope one UNet evaluation of frame `position` alone (chunks of one) at `step`."""
+        return self.chunk_step(range(position, position + 1), step)
+
+    def references_of(self, position: int) -> tuple[int, ...]:
+        return self.plan[position]
 
     @property
     def references(self) -> tuple[int, ...]:
-        return self.plan[self.position] if self.position is not None else ()
+        """The references of the current frame (a chunk of one)."""
+        if self.positions is None:
+            return ()
+        if len(self.positions) != 1:
+            raise RuntimeError("references of a chunk are per position: use references_of")
+        return self.plan[self.positions.start]
 
     def put(self, layer: str, hidden_states: torch.Tensor) -> None:
-        """Keep `hidden_states` of the current frame and step, if a later frame will read it."""
-        entry = self._bank.get((self.position, self.step))
-        if entry is None:
+        """Keep the rows of `hidden_states` that a later chunk will read.
+
+        Rows are branch-major: (branch, position in the chunk), as `split_rows` splits them.
+        """
+        if self.positions is None:
             return
-        stored = hidden_states.detach()
-        if self.dtype is not None or self.device is not None:
-            stored = stored.to(
-                device=self.device or stored.device, dtype=self.dtype or stored.dtype
-            )
-        entry[layer] = stored
-        self.nbytes += stored.numel() * stored.element_size()
+        rows = split_rows(hidden_states, len(self.positions))
+        for j, position in enumerate(self.positions):
+            entry = self._bank.get((position, self.step))
+            if entry is None:
+                continue
+            stored = rows[:, j].detach()
+            if len(self.positions) > 1:  # a view would keep the whole chunk's rows alive
+                stored = stored.clone()
+            if self.dtype is not None or self.device is not None:
+                stored = stored.to(
+                    device=self.device or stored.device, dtype=self.dtype or stored.dtype
+                )
+            entry[layer] = stored
+            self.nbytes += stored.numel() * stored.element_size()
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
 
+    def features(self, ref: int, layer: str, like: torch.Tensor) -> torch.Tensor:
+        """Frame `ref`'s stored input to `layer` at the current step, as `like`'s dtype/device."""
+        return self._bank[(ref, self.step)][layer].to(device=like.device, dtype=like.dtype)
+
     def context(self, layer: str, like: torch.Tensor) -> torch.Tensor:
-        """Keys/values source of the current frame: its references' features, token-concatenated."""
-        parts = [self._bank[(ref, self.step)][layer] for ref in self.references]
-        parts = [p.to(device=like.device, dtype=like.dtype) for p in parts]
+        """Keys/values source of the current frame (a chunk of one): its references' features."""
+        parts = [self.features(ref, layer, like) for ref in self.references]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _drop(self, key: tuple[int, int]) -> None:
@@ -151,12 +204,22 @@ class FeatureStore:
         self.nbytes -= sum(t.numel() * t.element_size() for t in entry.values())
 
 
-class CrossFrameAttnProcessor:
-    """`attn1` processor: queries from the current frame, keys/values from the store's frames.
+def split_rows(hidden_states: torch.Tensor, frames: int) -> torch.Tensor:
+    """(branches, frames, tokens, channels) view of a chunk's (branches * frames, ...) batch.
 
-    The current frame's own input is stored for later frames but is not part of its own
-    keys/values (as in the reference). A frame with no references (the anchor) gets
-    ordinary self-attention. Batch rows are CFG branches and stay apart.
+    A guided call stacks [uncond of each frame, cond of each frame]; unguided, one branch.
+    """
+    return hidden_states.unflatten(0, (hidden_states.shape[0] // frames, frames))
+
+
+class CrossFrameAttnProcessor:
+    """`attn1` processor: queries from each frame, keys/values from its references' inputs.
+
+    A frame's own input is stored for later chunks but is not part of its own keys/values
+    (as in the reference). A frame with no references (the anchor) gets ordinary
+    self-attention. In a chunk, a reference in the same chunk is read from the row of this
+    very call, an earlier one from the store. Rows whose keys/values have the same length
+    share one attention call. CFG branches stay apart.
     """
 
     def __init__(self, store: FeatureStore, layer: str) -> None:
@@ -172,12 +235,40 @@ class CrossFrameAttnProcessor:
         temb: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        self.store.put(self.layer, hidden_states)
-        if self.store.references:
-            context = self.store.context(self.layer, like=hidden_states)
-        else:
-            context = hidden_states
-        return attend(attn, hidden_states, context)
+        store = self.store
+        store.put(self.layer, hidden_states)
+        positions = store.positions or range(1)  # outside a chunk: plain self-attention
+        rows = split_rows(hidden_states, len(positions))
+
+        def source(j: int, position: int) -> torch.Tensor:
+            """Keys/values source of row j: its references' inputs, token-concatenated."""
+            refs = store.references_of(position) if store.positions is not None else ()
+            parts = [
+                rows[:, ref - positions.start]
+                if ref in positions
+                else store.features(ref, self.layer, like=hidden_states)
+                for ref in refs
+            ] or [rows[:, j]]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+        sources = [source(j, p) for j, p in enumerate(positions)]
+        if len(positions) == 1:
+            return attend(attn, hidden_states, sources[0])
+        groups: dict[int, list[int]] = {}  # keys/values length -> rows
+        for j, context in enumerate(sources):
+            groups.setdefault(context.shape[1], []).append(j)
+        out = None
+        for group in groups.values():
+            whole = len(group) == len(positions)
+            query = hidden_states if whole else rows[:, group].flatten(0, 1)
+            context = torch.stack([sources[j] for j in group], dim=1).flatten(0, 1)
+            result = attend(attn, query, context)
+            if whole:
+                return result
+            if out is None:
+                out = result.new_empty(rows.shape[:2] + result.shape[1:])
+            out[:, group] = split_rows(result, len(group))
+        return out.flatten(0, 1)
 
 
 def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,12 @@ the frames can be advanced step by step ("step-major") instead of frame by frame
 result is the same and the feature store then holds a single step's features. Frame-major
 order is used when a later step's prediction is the guidance target (`step:K`).
 
+Step by step, consecutive frames can also share one UNet call (`frame_batch`, a chunk of
+N frames, 2N latents with guidance): inside the call each decoder self-attention row reads
+the row above it (`attention.py`), and after it frame i's guided update uses frame i-1's
+predicted x0 from the same call. The result equals one frame at a time up to float
+reassociation; the chunks of a step run in order, the anchor's first.
+
 Nothing here knows a backbone: the UNet is only needed to install the injection
 processors on its decoder self-attention layers, which every diffusers
 `UNet2DConditionModel` has under the same names.
@@ -23,6 +29,7 @@ processors on its decoder self-attention layers, which every diffusers
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -38,8 +45,9 @@ from .inversion import ddim_invert, ddim_sample_step
 ProgressCallback = Callable[[str, int, int], None]
 """progress(stage, done, total), stage "inversion" (frames) or "editing" (frame-steps)."""
 
-FramePredictor = Callable[[torch.Tensor, int, int], torch.Tensor]
-"""eps = predict(x, frame, t): guided noise of frame `frame`'s (1, 4, h, w) latent `x` at t."""
+FramePredictor = Callable[[torch.Tensor, list[int], int], torch.Tensor]
+"""eps = predict(x, frames, t): guided noise of the (n, 4, h, w) latents `x` of the clip's
+frames `frames` (one row each, in processing order) at t, in one model call."""
 
 BatchPredictor = Callable[[torch.Tensor, slice, int], torch.Tensor]
 """eps = predict(x, frames, t): unguided noise of the frames `frames` (a slice of the clip)."""
@@ -153,11 +161,12 @@ def edit_frames(
     on_step_end: Callable[[EditCheckpoint], None] | None = None,
     masks: torch.Tensor | None = None,
     source_latents: SourceLatents | torch.Tensor | None = None,
+    frame_batch: int = 1,
 ) -> tuple[torch.Tensor, FeatureStore]:
     """Denoise frames (given in clip order) from their inverted noise, anchor first.
 
-    `predict(x, frame, t)` is called with the frame's index in the clip, so a backbone
-    looks up that frame's conditioning itself. The frames are processed in *anchor
+    `predict(x, frames, t)` is called with the frames' indices in the clip, so a backbone
+    looks up their conditioning itself. The frames are processed in *anchor
     order*: position 0 is the anchor frame (the clip's first frame, or its last with
     `anchor="last"`), position i attends to earlier positions. `order` is the processing
     order (`auto`, `step`, `frame`: see `processing_order`). In step-major order every
@@ -167,8 +176,12 @@ def edit_frames(
     A local edit passes `masks` (N, 1, h, w) bool at latent resolution (True = edit) and
     `source_latents` (`SourceLatents`, or the (N, steps, 4, h, w) tensor of
     `invert_frames(trajectory=True)`): after every step, the latent outside the mask is the
-    frame's own source latent at the same noise level (blended latent diffusion). Returns the final latents (N, 4, h, w) in clip order
-    and the feature store (for its byte counts).
+    frame's own source latent at the same noise level (blended latent diffusion), read
+    for a call's chunk of frames at once. Returns the final latents (N, 4, h, w) in clip
+    order and the feature store (for its byte counts).
+    `frame_batch` frames share each UNet call in step-major order (`chunked_calls`); the
+    result equals one at a time up to float reassociation. Frame-major order runs one
+    frame per call whatever it says (frame i needs frame i-1's later steps first).
     """
     num_frames, num_steps = inverted_latents.shape[0], len(schedule.timesteps)
     device = inverted_latents.device
@@ -193,9 +206,19 @@ def edit_frames(
         raise InputError("Resuming needs step-by-step processing (schedule 'step').")
     if not step_major:
         on_step_end = None  # frame by frame, no step boundary is a consistent state
+        if frame_batch > 1:
+            warnings.warn(
+                f"frame_batch {frame_batch} is not used: a guidance target at a later step "
+                "edits the frames one at a time.",
+                stacklevel=2,
+            )
+        frame_batch = 1
+    frame_batch = max(1, min(frame_batch, num_frames))
 
     plan = reference_plan(num_frames, attend, seed)
-    store = FeatureStore(plan, dtype=feature_store_dtype, device=feature_store_device)
+    store = FeatureStore(
+        plan, dtype=feature_store_dtype, device=feature_store_device, chunk_size=frame_batch
+    )
     latents = [x[None] for x in inverted_latents]
     x0_targets: dict[tuple[int, int], torch.Tensor] = {}
     if resume is not None:
@@ -206,31 +229,63 @@ def edit_frames(
     injection = cross_frame_attention(unet, store) if attend != "none" else nullcontext()
     alphas, final_alpha = schedule.alphas_cumprod, schedule.final_alpha_cumprod
     with injection:
-        for position, step in steps:
+        for positions, step in chunked_calls(steps, frame_batch):
             t = schedule.timesteps[step]
-            with store.frame_step(position, step):
-                eps = predict(latents[position], clip_index[position], t)
-            latent, x0 = ddim_sample_step(
-                latents[position], eps, t, schedule.step_ratio, alphas, final_alpha
+            x = (
+                latents[positions.start]
+                if len(positions) == 1
+                else torch.cat([latents[p] for p in positions])
             )
-            if position > 0 and step in target_of:
-                key = (position - 1, target_of[step])
-                latent = guided_latent_update(latent, x0, x0_targets[key], latent_guidance_weight)
-                if last_use[key[1]] == step:
-                    del x0_targets[key]
-            if masks is not None:  # outside the mask, the source at this noise level
-                source = source_latents([clip_index[position]], step).to(latent.device)
-                latent = torch.where(masks[position][None].to(latent.device), latent, source)
-            if position + 1 < num_frames and step in last_use:
-                x0_targets[(position, step)] = x0
-            latents[position] = latent
-            done += 1
+            with store.chunk_step(positions, step):
+                eps = predict(x, [clip_index[p] for p in positions], t)
+            stepped, predicted = ddim_sample_step(
+                x, eps, t, schedule.step_ratio, alphas, final_alpha
+            )
+            if masks is not None:  # the chunk's source latents at this step's noise level
+                sources = source_latents([clip_index[p] for p in positions], step)
+            for row, position in enumerate(positions):  # in order: i reads i-1's x0 of this call
+                latent, x0 = stepped[row : row + 1], predicted[row : row + 1]
+                if position > 0 and step in target_of:
+                    key = (position - 1, target_of[step])
+                    latent = guided_latent_update(
+                        latent, x0, x0_targets[key], latent_guidance_weight
+                    )
+                    if last_use[key[1]] == step:
+                        del x0_targets[key]
+                if masks is not None:  # outside the mask, the source at this noise level
+                    source = sources[row : row + 1].to(latent.device)
+                    latent = torch.where(masks[position][None].to(latent.device), latent, source)
+                if position + 1 < num_frames and step in last_use:
+                    x0_targets[(position, step)] = x0
+                latents[position] = latent
+            done += len(positions)
             if progress:
                 progress("editing", done, num_frames * num_steps)
-            if on_step_end is not None and position == num_frames - 1:
+            if on_step_end is not None and positions[-1] == num_frames - 1:
                 # no host copy here (the cache copies what it saves): no GPU sync per step
                 on_step_end(EditCheckpoint(step, torch.cat(latents), dict(x0_targets)))
     return torch.cat(latents)[np.argsort(clip_index)], store
+
+
+def chunked_calls(order: list[tuple[int, int]], chunk_size: int) -> list[tuple[range, int]]:
+    """(positions, step) of each model call: `order`'s pairs grouped into chunks.
+
+    Consecutive pairs share a call when they are consecutive positions at the same step in
+    the same chunk of `chunk_size` (positions 0..N-1, N..2N-1, ...), so frame-major order
+    stays one frame per call.
+    """
+    calls: list[tuple[range, int]] = []
+    for position, step in order:
+        if (
+            calls
+            and calls[-1][1] == step
+            and calls[-1][0].stop == position
+            and position % chunk_size
+        ):
+            calls[-1] = (range(calls[-1][0].start, position + 1), step)
+        else:
+            calls.append((range(position, position + 1), step))
+    return calls
 
 
 def source_trajectory(levels: Sequence[torch.Tensor]) -> torch.Tensor:

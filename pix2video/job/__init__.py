@@ -13,8 +13,9 @@ any length takes the same memory for its frames (`EditResult.peak_frames_held`).
 stage is cached on disk (`cache`), keyed by content hashes (`keys`): a killed or cancelled
 job resumes where it stopped, and a new prompt for the same clip reuses depth and inversion.
 `preview_anchor` runs the same stages for the anchor frame alone; the anchor attends to no
-other frame, so its preview is exactly the anchor frame of the full edit (and the full edit
-then reuses its inversion).
+other frame, so its preview is exactly the anchor frame of the full edit (up to float
+rounding when `--frame-batch` puts it in a call with other frames), and the full edit
+then reuses its inversion.
 
 Progress is reported as ``progress(stage, done, total)`` with the stages of `STAGES`;
 cancellation is cooperative: set the `threading.Event` given as ``cancel`` and the job

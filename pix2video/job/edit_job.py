@@ -255,7 +255,7 @@ def preview_anchor(
     info: MessageCallback | None = None,
     library_logs: bool = False,
 ) -> AnchorPreview:
-    """Invert and edit only the anchor frame (pixel-identical to the full edit's anchor frame)."""
+    """Invert and edit only the anchor frame (the full edit's anchor frame; see the package doc)."""
     return EditJob(settings, progress, cancel, pipelines, warn, info, library_logs).preview()
 
 

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..settings import parse_frame_batch
 from .conditioning import Conditioning, ConditioningRows
 from .context import JobContext
 from .frame_store import BytesTracker, FrameArrays
@@ -226,6 +227,12 @@ def edit_latents(
     s = ctx.settings
     num_frames = inverted.shape[0]
     step_major, resume = _resume_point(ctx, key, num_frames, shape)
+    frame_batch = parse_frame_batch(s.frame_batch) if step_major else 1
+    if not step_major and parse_frame_batch(s.frame_batch) not in ("auto", 1):
+        ctx.warn(
+            f"--frame-batch {s.frame_batch} is not used: a guidance target at a later step "
+            f"({s.latent_guidance_target}) edits the frames one at a time."
+        )
     if resume is not None and result is not None:
         result.editing = "resumed"
         result.resumed_from_step = resume.step
@@ -259,10 +266,12 @@ def edit_latents(
             if masks is not None
             else None,
             source_latents=trajectories,
+            frame_batch=frame_batch,
         )
     if result is not None:
         result.unet_evaluations_editing = pipe.unet_evaluations - evaluations
         result.feature_store_peak_bytes = store.peak_nbytes
+        result.frame_batch = store.chunk_size
     final = final.float().cpu()
     if ctx.save("final", key, final):
         ctx.cache.remove("checkpoint", key)

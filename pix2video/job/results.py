@@ -53,6 +53,7 @@ class EditResult:
     unet_evaluations_inversion: int = 0
     unet_evaluations_editing: int = 0
     feature_store_peak_bytes: int = 0
+    frame_batch: int = 1  # frames per editing UNet call (--frame-batch, "auto" resolved)
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     peak_bytes_held: int = 0  # per-frame conditioning and trajectory bytes alive at once
     masked: bool = False  # a local edit

@@ -29,7 +29,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image
 
-from ..core.attention import FeatureStore
+from ..core.attention import FeatureStore, cross_frame_attention, reference_plan
 from ..core.editing import (
     DDIMSchedule,
     EditCheckpoint,
@@ -42,12 +42,16 @@ from ..core.editing import (
 )
 from ..core.guidance import latent_guidance_schedule
 from ..errors import EditCancelled, InputError, ModelNotAvailableError
-from ..settings import ANCHORS, ATTEND_MODES, MAX_GUIDANCE_SCALE, SCHEDULES
+from ..settings import ANCHORS, ATTEND_MODES, MAX_GUIDANCE_SCALE, SCHEDULES, parse_frame_batch
 from .masks import composite, latent_mask
 
 FrameLike = np.ndarray | Image.Image
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 """What a checkpoint may predict: the noise, or v (converted to the noise estimate)."""
+CPU_FRAME_BATCH = 1
+"""`frame_batch="auto"` on a CPU: what benchmarks/frame_batch.py measured fastest there."""
+GPU_MEMORY_MARGIN = 0.1
+"""Share of the GPU's memory `frame_batch="auto"` leaves free (allocator slack, decoding)."""
 
 
 @dataclass
@@ -183,18 +187,18 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Noise prediction with classifier-free guidance; `text` rows = [uncond, cond] or [cond].
 
         Both branches go through the model in one batched call; the attention processors
-        keep the batch rows (branches) apart. Without guidance (`text` = [cond]) `latent`
-        may hold several frames (batched inversion), each a row of the batch with its own
-        conditioning row. A v-predicting checkpoint's output is turned into the noise
+        keep the batch rows (branches) apart. `latent` may hold several frames (batched
+        inversion, frame-batched editing), each with its own conditioning row; with
+        guidance the batch is [uncond of every frame, cond of every frame]
+        (`model_rows`). A v-predicting checkpoint's output is turned into the noise
         estimate here, so inversion and editing both see noise.
         """
         if self.cancel_event is not None and self.cancel_event.is_set():
             raise EditCancelled("The edit was cancelled.")
-        rows, frames = text.shape[0], latent.shape[0]
-        if frames > 1 and rows > 1:
-            raise ValueError("Only unguided predictions (one text row) take several frames.")
-        batch = max(rows, frames)
-        out = self.model_output(latent, conditioning, t, text, batch)
+        rows = text.shape[0]
+        model_latent, model_conditioning, model_text = model_rows(latent, conditioning, text)
+        batch = max(model_latent.shape[0], model_text.shape[0])
+        out = self.model_output(model_latent, model_conditioning, t, model_text, batch)
         self.unet_evaluations += batch
         if rows > 1:
             out_uncond, out_cond = out.chunk(2)
@@ -266,13 +270,16 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
         masks: torch.Tensor | None = None,
         source_latents: torch.Tensor | SourceLatents | None = None,
+        frame_batch: int | str = 1,
     ) -> tuple[torch.Tensor, FeatureStore]:
         """Denoise frames (clip order) from their inverted noise: `editing.edit_frames`.
 
         `depth` is the frames' conditioning (`prepare_conditioning`), in clip order, or a
         `FrameConditioning` giving it a few frames at a time (a job reads it from disk); the
-        other arguments are those of `editing.edit_frames` (`schedule` is its `order`).
-        Returns the final latents (N, 4, h, w) in clip order and the feature store.
+        other arguments are those of `editing.edit_frames` (`schedule` is its `order`);
+        `frame_batch` may be "auto" (`auto_frame_batch`). Returns the final latents
+        (N, 4, h, w) in clip order and the feature store (its `chunk_size` is the frame
+        batch used).
         """
         text = (
             prompt_embedding
@@ -282,8 +289,12 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         rows = depth if callable(depth) else (lambda frames: depth[frames])
 
-        def predict(x: torch.Tensor, frame: int, t: int) -> torch.Tensor:
-            return self.predict_noise(x, rows([frame]).to(self.device), t, text, guidance_scale)
+        def predict(x: torch.Tensor, frames: list[int], t: int) -> torch.Tensor:
+            return self.predict_noise(x, rows(frames).to(self.device), t, text, guidance_scale)
+
+        frame_batch = parse_frame_batch(frame_batch)
+        if frame_batch == "auto":
+            frame_batch = self.auto_frame_batch(inverted_latents, rows, text, attend)
 
         return edit_frames(
             predict,
@@ -304,7 +315,48 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             on_step_end=on_step_end,
             masks=masks,
             source_latents=source_latents,
+            frame_batch=frame_batch,
         )
+
+    def auto_frame_batch(
+        self,
+        inverted_latents: torch.Tensor,
+        conditioning: FrameConditioning,
+        text: torch.Tensor,
+        attend: str = "anchor+previous",
+    ) -> int:
+        """Frames per editing UNet call for `frame_batch="auto"`, capped by the clip.
+
+        On a CPU, what `benchmarks/frame_batch.py` measured fastest (`CPU_FRAME_BATCH`).
+        On a GPU, the most frames that fit the free memory with a margin: one editing call
+        of 2 and one of 4 frames (with the cross-frame attention, at the clip's size and
+        text rows) measure the memory a frame adds; neither is counted as an evaluation.
+        """
+        num_frames = inverted_latents.shape[0]
+        if self.device.type != "cuda" or num_frames == 1:
+            return min(CPU_FRAME_BATCH, num_frames)
+        device = self.device
+        t = self.scheduler.config.num_train_timesteps - 1
+        peaks = []
+        for n in (2, 4):
+            index = [min(i, num_frames - 1) for i in range(n)]
+            store = FeatureStore(reference_plan(n, attend), chunk_size=n)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            latent, rows, texts = model_rows(
+                inverted_latents[index].to(device), conditioning(index).to(device), text
+            )
+            with cross_frame_attention(self.unet, store), store.chunk_step(range(n), 0):
+                self.model_output(latent, rows, t, texts, max(len(latent), len(texts)))
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - before)
+            del store, latent, rows, texts
+        per_frame = max((peaks[1] - peaks[0]) / 2, 1)
+        fixed = max(peaks[0] - 2 * per_frame, 0)
+        free, total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return frames_that_fit(free - fixed, per_frame, total, num_frames)
 
     # ------------------------------------------------------------------ the whole method
     @torch.inference_mode()
@@ -334,6 +386,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
         masks: Sequence[np.ndarray] | None = None,
         control_images: Sequence | None = None,
+        frame_batch: int | str = 1,
     ) -> Pix2VideoOutput:
         """Edit `frames` so they show `prompt`, consistently across the clip.
 
@@ -375,6 +428,9 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 are the source's exactly. `masks.mask_alpha` grows and softens a mask.
             control_images: ControlNet pipelines: per frame, one RGB control image per
                 ControlNet (`control.py` makes canny and depth images).
+            frame_batch: frames per editing model call in step-by-step order (1 = one at
+                a time; "auto": `auto_frame_batch`); the result equals one at a time up
+                to float rounding.
         """
         self.check_inputs(
             frames,
@@ -395,6 +451,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             schedule=schedule,
             inversion_batch_size=inversion_batch_size,
             masks=masks,
+            frame_batch=frame_batch,
         )
         edit_embedding = self.encode_prompt(prompt)  # prompts first: a bad one fails fast
         negative_embedding = self.encode_negative_prompt(negative_prompt)
@@ -450,6 +507,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             on_step_end=on_step_end,
             masks=latent_masks,
             source_latents=source_latents,
+            frame_batch=frame_batch,
         )
         timings["editing"] = time.perf_counter() - tic
 
@@ -491,6 +549,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         schedule: str = "auto",
         inversion_batch_size: int = 1,
         masks: Sequence[np.ndarray] | None = None,
+        frame_batch: int | str = 1,
     ) -> None:
         """Validate every argument of `__call__` before any model work; one `InputError` each."""
         if len(frames) == 0:
@@ -535,6 +594,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 )
         if not isinstance(inversion_batch_size, int) or inversion_batch_size < 1:
             raise InputError(f"inversion_batch_size must be >= 1; got {inversion_batch_size!r}.")
+        parse_frame_batch(frame_batch)
         if not isinstance(seed, int):
             raise InputError(f"seed must be a whole number; got {seed!r}.")
         if latent_guidance_steps is not None and (
@@ -572,6 +632,35 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                     f"Expected {n} masks of {height}x{width} (one per frame, height x width); got "
                     f"{len(masks)} of shapes {sorted(shapes)}."
                 )
+
+
+def model_rows(
+    latent: torch.Tensor, conditioning: torch.Tensor, text: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latents, conditioning, text) batch rows of one model call over n frames.
+
+    One frame, or one text row: as given (a backbone expands them to the batch). n frames
+    with guidance ([uncond, cond] text rows): branch-major, [uncond of frames 0..n-1, cond
+    of frames 0..n-1], so the output splits into the two branches with `chunk(2)` and the
+    attention processors find frame j of each branch at rows j and n + j (`split_rows`).
+    """
+    rows, frames = text.shape[0], latent.shape[0]
+    if frames == 1 or rows == 1:
+        return latent, conditioning, text
+    repeat = (rows, *[1] * (conditioning.ndim - 1))
+    return (
+        latent.repeat(rows, 1, 1, 1),
+        conditioning.repeat(repeat),
+        text.repeat_interleave(frames, dim=0),
+    )
+
+
+def frames_that_fit(
+    free_bytes: float, per_frame_bytes: float, total_bytes: float, frames: int
+) -> int:
+    """How many frames one editing call may take: `free_bytes` less a margin, per frame, capped by the clip."""
+    budget = free_bytes - GPU_MEMORY_MARGIN * total_bytes
+    return max(1, min(frames, int(budget // per_frame_bytes)))
 
 
 def default_inversion_batch(device: str | torch.device) -> int:

@@ -75,6 +75,7 @@ FORM_FIELDS = (
     "latent_guidance_weight",
     "latent_guidance_steps",
     "seed",
+    "frame_batch",
     "side_by_side",
 )
 """The inputs of ``/edit`` in order (``/preview`` takes all but ``side_by_side``)."""
@@ -443,6 +444,13 @@ class EditorApp:
                 elem_id="latent-guidance-steps",
             )
             seed = gr.Number(value=DEFAULTS["seed"], label="Seed", precision=0, elem_id="seed")
+        with gr.Row():
+            frame_batch = gr.Textbox(
+                value=str(DEFAULTS["frame_batch"]),
+                label="Frames per UNet call",
+                info="editing, step by step; auto: as many as the GPU holds (1 on a CPU)",
+                elem_id="frame-batch",
+            )
         fields = {
             "steps": steps,
             "size": size,
@@ -456,6 +464,7 @@ class EditorApp:
             "latent_guidance_weight": latent_guidance_weight,
             "latent_guidance_steps": latent_guidance_steps,
             "seed": seed,
+            "frame_batch": frame_batch,
         }
         assert tuple(fields) == FORM_FIELDS[4:-1]  # noqa: S101 - the API's parameter order
         return fields
@@ -479,6 +488,7 @@ class EditorApp:
         latent_guidance_weight: float = DEFAULTS["latent_guidance_weight"],
         latent_guidance_steps: str = "",
         seed: int = DEFAULTS["seed"],
+        frame_batch: str = str(DEFAULTS["frame_batch"]),
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio passes its tracker
     ) -> tuple[np.ndarray | None, str, np.ndarray | None]:
@@ -527,6 +537,7 @@ class EditorApp:
         latent_guidance_weight: float = DEFAULTS["latent_guidance_weight"],
         latent_guidance_steps: str = "",
         seed: int = DEFAULTS["seed"],
+        frame_batch: str = str(DEFAULTS["frame_batch"]),
         side_by_side: bool = DEFAULTS["side_by_side"],
         request: gr.Request = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - how Gradio passes its tracker
@@ -678,6 +689,8 @@ class EditorApp:
                 values[name] = whole(values[name])
         if "size" in values:
             values["size"] = text_or_none(values["size"]) or DEFAULTS["size"]
+        if "frame_batch" in values:
+            values["frame_batch"] = whole(text_or_none(values["frame_batch"]) or "auto")
         return EditSettings(
             input=form["video"],
             output=output,
