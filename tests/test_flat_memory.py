@@ -218,3 +218,30 @@ def test_in_memory_trajectories_serve_a_step_of_several_frames():
     paths = torch.arange(2 * 3 * 4 * 1 * 1, dtype=torch.float32).reshape(2, 3, 4, 1, 1)
     rows = trajectory_rows(paths)([1, 0], 2)
     assert torch.equal(rows, torch.stack([paths[1, 2], paths[0, 2]]))
+
+
+@pytest.mark.bitwise
+def test_frame_batched_masked_edit_reads_each_chunks_source_latents_from_disk(tmp_path, pipelines):
+    """Chunks of 3 frames per UNet call: outside the mask every latent is still its own
+    frame's source (read for the whole chunk at once), bitwise as one frame at a time."""
+    from pix2video.pipelines.masks import latent_mask
+
+    clip = generated_clip(tmp_path / "clip.mp4", 4)
+    finals = {}
+    for batch in (1, 3):
+        s = masked_settings(
+            tmp_path, clip, f"out{batch}", frame_batch=batch, no_cache=True,
+            save_latents=tmp_path / f"latents{batch}", mask_dilate=0, mask_feather=0,
+        )  # fmt: skip
+        result = edit_clip(s, pipelines=pipelines)
+        assert result.frame_batch == batch
+        files = sorted((tmp_path / f"latents{batch}" / "final").glob("*.npy"))
+        finals[batch] = np.concatenate([np.load(f) for f in files])
+    size = (finals[1].shape[3] * 8, finals[1].shape[2] * 8)
+    alpha = mask_alpha(
+        binarize(np.asarray(Image.open(s.mask)), size), s.mask_dilate, s.mask_feather
+    )
+    outside = ~latent_mask(alpha, 8)
+    assert outside.any() and (~outside).any()
+    assert np.array_equal(finals[1][:, :, outside], finals[3][:, :, outside])
+    assert np.abs(finals[1] - finals[3]).max() < 1e-2  # inside: float reassociation only
