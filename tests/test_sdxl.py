@@ -472,3 +472,20 @@ def test_errors_are_one_sentence(tmp_path, tiny_sdxl, tiny_sd15, case, message):
     assert len(lines) == 1 and lines[0].startswith("Error: "), output
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
+
+
+def test_frame_batched_sdxl_equals_one_at_a_time(tiny_sdxl, controlnets):
+    """Several frames per UNet call: the pooled text row and size ids ride along each frame."""
+    pipe = Pix2VideoSDXLControlNetPipeline.from_pretrained(
+        tiny_sdxl.model, controlnet=controlnets[0]
+    ).to(dtype=torch.float64)  # float64: batching changes float32 rounding, not the maths
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(3)
+    x_t = torch.randn(5, 4, 8, 8, generator=g, dtype=torch.float64)
+    control = torch.rand(5, 3, 64, 64, generator=g, dtype=torch.float64)
+    text = pipe.encode_prompt(PROMPT), pipe.encode_negative_prompt("")
+    one = pipe.edit(x_t, control, *text, num_inference_steps=STEPS)[0]
+    before = pipe.unet_evaluations
+    batched = pipe.edit(x_t, control, *text, num_inference_steps=STEPS, frame_batch=2)[0]
+    assert pipe.unet_evaluations - before == 2 * 5 * STEPS  # images: 5 frames, 2 branches
+    assert (batched - one).abs().max().item() <= 1e-10
