@@ -152,8 +152,31 @@ class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
         dtype = self.unet.dtype
         x = latent.to(dtype).expand(batch, -1, -1, -1)
         text = text.to(dtype).expand(batch, -1, -1)
+        down, mid = self.controlnet_residuals(x, control, t, text, batch)
+        return self.unet(
+            x,
+            t,
+            encoder_hidden_states=text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample.float()
+
+    def controlnet_residuals(
+        self,
+        x: torch.Tensor,
+        control: torch.Tensor,
+        t: int,
+        text: torch.Tensor,
+        batch: int,
+        **extra,
+    ) -> tuple:
+        """(down, mid) residuals of the ControlNets (summed when several) for the latents `x`.
+
+        `control` is one frame's control images stacked on channels (3 per ControlNet);
+        `extra` are a backbone's added inputs (SDXL's pooled text and size ids).
+        """
         images = list(
-            control.to(device=x.device, dtype=dtype).expand(batch, -1, -1, -1).split(3, 1)
+            control.to(device=x.device, dtype=x.dtype).expand(batch, -1, -1, -1).split(3, 1)
         )
         if isinstance(self.controlnet, MultiControlNetModel):
             cond, scale = images, self.controlnet_scales
@@ -166,12 +189,7 @@ class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
             controlnet_cond=cond,
             conditioning_scale=scale,
             return_dict=False,
+            **extra,
         )
         self.controlnet_evaluations += batch * self.num_controlnets
-        return self.unet(
-            x,
-            t,
-            encoder_hidden_states=text,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample.float()
+        return down, mid

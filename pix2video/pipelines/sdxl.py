@@ -171,23 +171,7 @@ class Pix2VideoSDXLControlNetPipeline(
             "text_embeds": pooled.expand(batch, -1),
             "time_ids": self.add_time_ids(height, width).to(x.device, dtype).expand(batch, -1),
         }
-        images = list(
-            control.to(device=x.device, dtype=dtype).expand(batch, -1, -1, -1).split(3, 1)
-        )
-        if isinstance(self.controlnet, MultiControlNetModel):
-            cond, scale = images, self.controlnet_scales
-        else:
-            cond, scale = images[0], self.controlnet_scales[0]
-        down, mid = self.controlnet(
-            x,
-            t,
-            encoder_hidden_states=embeds,
-            controlnet_cond=cond,
-            conditioning_scale=scale,
-            added_cond_kwargs=added,
-            return_dict=False,
-        )
-        self.controlnet_evaluations += batch * self.num_controlnets
+        down, mid = self.controlnet_residuals(x, control, t, embeds, batch, added_cond_kwargs=added)
         return self.unet(
             x,
             t,
