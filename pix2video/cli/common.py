@@ -558,7 +558,7 @@ def return_large_buffers_to_os() -> None:
     display's refresher) glibc spread the main thread's frame-sized buffers over several
     arenas; a 200-frame edit then peaked at 859 MiB instead of 530 MiB (600 frames: 1263 MiB
     instead of 595 MiB), tiny model at 256 px. A fixed 16 MiB mmap threshold used to go with
-    it; `benchmarks/allocator.py` showed it tripled the page faults and doubled the system
+    it; `benchmarks/allocator.py` showed it cost 2.3x the page faults and twice the system
     time (every large activation a fresh, zeroed mapping; both compute threads faulting under
     one lock) while the long-clip peak stayed flat without it, so glibc's dynamic threshold
     is left alone. Any of glibc's own ``MALLOC_*`` variables (or ``GLIBC_TUNABLES``) in the
