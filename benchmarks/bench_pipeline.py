@@ -71,10 +71,10 @@ def run_one(args) -> dict:
     import torch
     from PIL import Image
 
-    from pix2video.cli.common import return_large_buffers_to_os
+    from pix2video.cli.common import use_one_malloc_arena
     from pix2video.pipelines.checkpoints import load_pipeline
 
-    return_large_buffers_to_os()  # as the `pix2video` command does
+    use_one_malloc_arena()  # as the `pix2video` command does
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     controlnet = args.model in ("full-controlnet", "full-sdxl")

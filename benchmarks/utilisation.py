@@ -75,11 +75,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="Also write the numbers here.")
     args = parser.parse_args()
 
-    from pix2video.cli.common import return_large_buffers_to_os
+    from pix2video.cli.common import use_one_malloc_arena
     from pix2video.job import PipelineCache, edit_clip
     from pix2video.settings import EditSettings
 
-    return_large_buffers_to_os()
+    use_one_malloc_arena()
     torch.set_num_threads(args.threads)
     peak = matmul_flops_per_second(args.device)
 

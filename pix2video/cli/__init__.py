@@ -21,7 +21,7 @@ import click
 
 from .. import __version__
 from . import ablate, batch, doctor, download, edit, evaluate, ui
-from .common import Pix2VideoGroup, return_large_buffers_to_os
+from .common import Pix2VideoGroup, use_one_malloc_arena
 
 
 @click.group(
@@ -34,7 +34,7 @@ def main() -> None:
 
     Example: pix2video edit clip.mp4 -p "a swarovski crystal swan" -o edited.mp4
     """
-    return_large_buffers_to_os()
+    use_one_malloc_arena()
 
 
 main.add_command(edit.edit)

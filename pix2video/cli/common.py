@@ -103,7 +103,7 @@ class Reporter:
             TimeRemainingColumn(),
             console=Console(stderr=True),
             # redrawn from `update`, not by rich's refresh thread: a second thread made glibc
-            # keep frame buffers of long clips (see `return_large_buffers_to_os`)
+            # keep frame buffers of long clips (see `use_one_malloc_arena`)
             auto_refresh=False,
         )
         self._progress = progress
@@ -551,7 +551,7 @@ def size_option(f: Callable) -> Callable:
 MALLOC_ARENAS = 1
 
 
-def return_large_buffers_to_os() -> None:
+def use_one_malloc_arena() -> None:
     """Keep glibc from spreading a long clip's frame buffers over arenas it never gives back.
 
     One malloc arena: with a second thread running (a server's workers, formerly the progress
