@@ -25,12 +25,16 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from ..settings import ATTEND_MODES  # noqa: F401 - re-exported: the modes live in settings
+
+if TYPE_CHECKING:
+    from .frame_chain import ChainExchange
 
 
 def reference_plan(num_frames: int, attend: str, seed: int = 0) -> list[tuple[int, ...]]:
@@ -96,6 +100,8 @@ class FeatureStore:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         chunk_size: int = 1,
+        span: range | None = None,
+        exchange: ChainExchange | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -103,10 +109,14 @@ class FeatureStore:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
         self.chunk_size = chunk_size
-        self._readers = [0] * len(plan)  # readers in later chunks
-        for position, refs in enumerate(plan):
-            for ref in refs:
-                if not self._same_chunk(ref, position):
+        # A worker of a split chain (`frame_chain`) processes only `span`; the features of
+        # earlier workers' frames arrive through `exchange`, its own go to later workers.
+        self.span = span if span is not None else range(len(plan))
+        self.exchange = exchange
+        self._readers = [0] * len(plan)  # readers in later chunks of this span
+        for position in self.span:
+            for ref in plan[position]:
+                if ref not in self.span or not self._same_chunk(ref, position):
                     self._readers[ref] += 1
         self._pending: dict[tuple[int, int], int] = {}
         self._bank: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -116,12 +126,13 @@ class FeatureStore:
         self.peak_nbytes = 0
 
     def _same_chunk(self, a: int, b: int) -> bool:
-        return a // self.chunk_size == b // self.chunk_size
+        origin = self.span.start
+        return (a - origin) // self.chunk_size == (b - origin) // self.chunk_size
 
     def chunk(self, position: int) -> range:
         """The positions that share a UNet call with `position`."""
-        start = position - position % self.chunk_size
-        return range(start, min(start + self.chunk_size, len(self.plan)))
+        start = position - (position - self.span.start) % self.chunk_size
+        return range(start, min(start + self.chunk_size, self.span.stop))
 
     @contextmanager
     def chunk_step(self, positions: range, step: int) -> Iterator[None]:
@@ -130,6 +141,9 @@ class FeatureStore:
             raise ValueError(f"positions {positions} are not a chunk of {self.chunk_size}")
         for position in positions:
             for ref in self.plan[position]:
+                if ref not in self.span and (ref, step) not in self._bank:
+                    self._bank[(ref, step)] = {}  # filled as the layers receive it
+                    self._pending[(ref, step)] = self._readers[ref]
                 if ref not in positions and (ref, step) not in self._bank:
                     raise RuntimeError(
                         f"frame {position} needs frame {ref}'s step-{step} features first"
@@ -175,6 +189,10 @@ class FeatureStore:
             return
         rows = split_rows(hidden_states, len(self.positions))
         for j, position in enumerate(self.positions):
+            if self.exchange is not None and self.exchange.has_readers(position):
+                self.exchange.send_features(
+                    position, layer, rows[:, j].to(self.dtype or rows.dtype)
+                )
             entry = self._bank.get((position, self.step))
             if entry is None:
                 continue
@@ -190,8 +208,21 @@ class FeatureStore:
         self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
 
     def features(self, ref: int, layer: str, like: torch.Tensor) -> torch.Tensor:
-        """Frame `ref`'s stored input to `layer` at the current step, as `like`'s dtype/device."""
-        return self._bank[(ref, self.step)][layer].to(device=like.device, dtype=like.dtype)
+        """Frame `ref`'s stored input to `layer` at the current step, as `like`'s dtype/device.
+
+        `like` is the current call's input to `layer`; another worker's frame is received
+        the first time a row reads it at this step, and kept for the step's later chunks.
+        """
+        entry = self._bank[(ref, self.step)]
+        if layer not in entry:  # another worker's frame
+            row_shape = split_rows(like, len(self.positions)).shape[:1] + like.shape[1:]
+            received = self.exchange.receive(ref, row_shape, self.dtype or like.dtype, like.device)
+            if self.device is not None:
+                received = received.to(self.device)
+            entry[layer] = received
+            self.nbytes += received.numel() * received.element_size()
+            self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
+        return entry[layer].to(device=like.device, dtype=like.dtype)
 
     def context(self, layer: str, like: torch.Tensor) -> torch.Tensor:
         """Keys/values source of the current frame (a chunk of one): its references' features."""

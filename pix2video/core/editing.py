@@ -38,7 +38,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .attention import FeatureStore, cross_frame_attention, reference_plan
+from .attention import (
+    FeatureStore,
+    cross_frame_attention,
+    decoder_self_attention_layers,
+    reference_plan,
+)
+from .frame_chain import ChainExchange, ChainPlace
 from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
 from .inversion import ddim_invert, ddim_sample_step
 
@@ -162,6 +168,7 @@ def edit_frames(
     masks: torch.Tensor | None = None,
     source_latents: SourceLatents | torch.Tensor | None = None,
     frame_batch: int = 1,
+    chain: ChainPlace | None = None,
 ) -> tuple[torch.Tensor, FeatureStore]:
     """Denoise frames (given in clip order) from their inverted noise, anchor first.
 
@@ -182,15 +189,23 @@ def edit_frames(
     `frame_batch` frames share each UNet call in step-major order (`chunked_calls`); the
     result equals one at a time up to float reassociation. Frame-major order runs one
     frame per call whatever it says (frame i needs frame i-1's later steps first).
+
+    `chain` makes this one worker of a clip split across workers (`frame_chain`): it edits
+    the positions `chain.span` only, exchanging features and x0s with the other workers;
+    then `inverted_latents`, `masks`, `resume`'s latents, the checkpoints and the result
+    hold the span's rows, in processing order. `predict`, `source_latents` still get clip
+    indices.
     """
-    num_frames, num_steps = inverted_latents.shape[0], len(schedule.timesteps)
+    num_steps = len(schedule.timesteps)
+    num_frames = chain.split.num_frames if chain is not None else inverted_latents.shape[0]
     device = inverted_latents.device
     clip_index = anchor_order(num_frames, anchor)
-    inverted_latents = inverted_latents[clip_index]
+    span = chain.span if chain is not None else range(num_frames)
+    if chain is None:  # rows in processing order
+        inverted_latents = inverted_latents[clip_index]
+        masks = masks[clip_index] if masks is not None else None
     if (masks is None) != (source_latents is None):
         raise ValueError("A local edit needs both masks and source latents.")
-    if masks is not None:
-        masks = masks[clip_index]
     if torch.is_tensor(source_latents):
         source_latents = trajectory_rows(source_latents)
 
@@ -204,6 +219,8 @@ def edit_frames(
     step_major = num_frames == 1 or steps[1][1] == steps[0][1]
     if resume is not None and not step_major:
         raise InputError("Resuming needs step-by-step processing (schedule 'step').")
+    if chain is not None and not step_major:
+        raise InputError(UNSPLITTABLE)
     if not step_major:
         on_step_end = None  # frame by frame, no step boundary is a consistent state
         if frame_batch > 1:
@@ -213,24 +230,37 @@ def edit_frames(
                 stacklevel=2,
             )
         frame_batch = 1
-    frame_batch = max(1, min(frame_batch, num_frames))
+    frame_batch = max(1, min(frame_batch, len(span)))
 
     plan = reference_plan(num_frames, attend, seed)
+    exchange = None
+    if chain is not None:
+        frame_batch = chain.agree_on_chunk_size(frame_batch, device)
+        layers = decoder_self_attention_layers(unet) if attend != "none" else []
+        exchange = ChainExchange(chain, plan, layers, frame_batch, set(last_use))
     store = FeatureStore(
-        plan, dtype=feature_store_dtype, device=feature_store_device, chunk_size=frame_batch
+        plan,
+        dtype=feature_store_dtype,
+        device=feature_store_device,
+        chunk_size=frame_batch,
+        span=span,
+        exchange=exchange,
     )
-    latents = [x[None] for x in inverted_latents]
+    latents = {p: x[None] for p, x in zip(span, inverted_latents, strict=True)}
     x0_targets: dict[tuple[int, int], torch.Tensor] = {}
+    steps = [(p, s) for p, s in steps if p in span]
     if resume is not None:
-        latents = [x[None].to(device) for x in resume.latents]
+        latents = {p: x[None].to(device) for p, x in zip(span, resume.latents, strict=True)}
         x0_targets = {k: v.to(device) for k, v in resume.x0_targets.items()}
         steps = [(p, s) for p, s in steps if s > resume.step]
-    done = num_frames * num_steps - len(steps)
+    done = len(span) * num_steps - len(steps)
     injection = cross_frame_attention(unet, store) if attend != "none" else nullcontext()
     alphas, final_alpha = schedule.alphas_cumprod, schedule.final_alpha_cumprod
     with injection:
-        for positions, step in chunked_calls(steps, frame_batch):
+        for positions, step in chunked_calls(steps, frame_batch, span.start):
             t = schedule.timesteps[step]
+            if exchange is not None and positions.start == span.start:
+                exchange.begin_step(step)
             x = (
                 latents[positions.start]
                 if len(positions) == 1
@@ -247,6 +277,8 @@ def edit_frames(
                 latent, x0 = stepped[row : row + 1], predicted[row : row + 1]
                 if position > 0 and step in target_of:
                     key = (position - 1, target_of[step])
+                    if key not in x0_targets:  # the previous worker's last frame
+                        x0_targets[key] = exchange.receive(key[0], x0.shape, x0.dtype, x0.device)
                     latent = guided_latent_update(
                         latent, x0, x0_targets[key], latent_guidance_weight
                     )
@@ -254,25 +286,44 @@ def edit_frames(
                         del x0_targets[key]
                 if masks is not None:  # outside the mask, the source at this noise level
                     source = sources[row : row + 1].to(latent.device)
-                    latent = torch.where(masks[position][None].to(latent.device), latent, source)
-                if position + 1 < num_frames and step in last_use:
+                    latent = torch.where(
+                        masks[position - span.start][None].to(latent.device), latent, source
+                    )
+                if position + 1 < span.stop and step in last_use:
                     x0_targets[(position, step)] = x0
+                elif exchange is not None and step in last_use:
+                    exchange.send_x0(position, x0)
                 latents[position] = latent
             done += len(positions)
             if progress:
-                progress("editing", done, num_frames * num_steps)
-            if on_step_end is not None and positions[-1] == num_frames - 1:
-                # no host copy here (the cache copies what it saves): no GPU sync per step
-                on_step_end(EditCheckpoint(step, torch.cat(latents), dict(x0_targets)))
-    return torch.cat(latents)[np.argsort(clip_index)], store
+                progress("editing", done, len(span) * num_steps)
+            if positions[-1] == span.stop - 1:
+                if exchange is not None:
+                    exchange.end_step()
+                if on_step_end is not None:
+                    # no host copy here (the cache copies what it saves): no GPU sync per step
+                    rows = torch.cat([latents[p] for p in span])
+                    on_step_end(EditCheckpoint(step, rows, dict(x0_targets)))
+    if exchange is not None:
+        exchange.close()
+    final = torch.cat([latents[p] for p in span])
+    return (final if chain is not None else final[np.argsort(clip_index)]), store
 
 
-def chunked_calls(order: list[tuple[int, int]], chunk_size: int) -> list[tuple[range, int]]:
+UNSPLITTABLE = (
+    "Several workers edit the frames step by step, which a guidance target at a later step "
+    "(--latent-guidance-target step:K) rules out; use one worker or 'same-step'."
+)
+
+
+def chunked_calls(
+    order: list[tuple[int, int]], chunk_size: int, origin: int = 0
+) -> list[tuple[range, int]]:
     """(positions, step) of each model call: `order`'s pairs grouped into chunks.
 
     Consecutive pairs share a call when they are consecutive positions at the same step in
-    the same chunk of `chunk_size` (positions 0..N-1, N..2N-1, ...), so frame-major order
-    stays one frame per call.
+    the same chunk of `chunk_size` (positions origin..origin+N-1, origin+N..., where a
+    worker's run starts), so frame-major order stays one frame per call.
     """
     calls: list[tuple[range, int]] = []
     for position, step in order:
@@ -280,7 +331,7 @@ def chunked_calls(order: list[tuple[int, int]], chunk_size: int) -> list[tuple[r
             calls
             and calls[-1][1] == step
             and calls[-1][0].stop == position
-            and position % chunk_size
+            and (position - origin) % chunk_size
         ):
             calls[-1] = (range(calls[-1][0].start, position + 1), step)
         else:

@@ -36,10 +36,12 @@ from ..core.editing import (
     FrameConditioning,
     ProgressCallback,
     SourceLatents,
+    anchor_order,
     edit_frames,
     invert_frames,
     processing_order,
 )
+from ..core.frame_chain import ChainPlace
 from ..core.guidance import latent_guidance_schedule
 from ..errors import EditCancelled, InputError, ModelNotAvailableError
 from ..settings import ANCHORS, ATTEND_MODES, MAX_GUIDANCE_SCALE, SCHEDULES, parse_frame_batch
@@ -271,6 +273,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         masks: torch.Tensor | None = None,
         source_latents: torch.Tensor | SourceLatents | None = None,
         frame_batch: int | str = 1,
+        chain: ChainPlace | None = None,
     ) -> tuple[torch.Tensor, FeatureStore]:
         """Denoise frames (clip order) from their inverted noise: `editing.edit_frames`.
 
@@ -294,7 +297,11 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         frame_batch = parse_frame_batch(frame_batch)
         if frame_batch == "auto":
-            frame_batch = self.auto_frame_batch(inverted_latents, rows, text, attend)
+            row_rows = rows  # conditioning by row of `inverted_latents`
+            if chain is not None:  # rows are the span's positions, `rows` takes clip indices
+                clip = anchor_order(chain.split.num_frames, anchor)
+                row_rows = lambda index: rows([clip[chain.span[i]] for i in index])  # noqa: E731
+            frame_batch = self.auto_frame_batch(inverted_latents, row_rows, text, attend)
 
         return edit_frames(
             predict,
@@ -316,6 +323,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             masks=masks,
             source_latents=source_latents,
             frame_batch=frame_batch,
+            chain=chain,
         )
 
     def auto_frame_batch(

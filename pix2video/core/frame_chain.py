@@ -1,0 +1,262 @@
+"""One clip's frame chain split across workers, exactly: who holds which frames, what crosses.
+
+Frame i at step s reads, in every decoder self-attention layer, the inputs that its
+reference frames (the anchor, frame i-1, ...) gave the same layer at the same step, and
+its guided latent update reads frame i-1's predicted x0 of the same step. Nothing else
+couples the frames. So W workers can each hold a contiguous run of frame positions
+(`ChainSplit`) and edit the whole clip with no approximation: at every step a worker
+receives, per decoder self-attention layer, the rows of the earlier workers' frames its
+own frames attend to (the previous position, the anchor: one or two frames) and, on a
+guided step, one latent-sized x0 of the position before its run. It sends its own rows
+to the later workers that read them as soon as the layer has computed them, so worker w's
+layer l waits only for worker w-1's layer l: the workers run as a pipeline offset by
+about one layer (one chunk of frames, with several chunks per worker), not one after
+another.
+
+`ChainExchange` does that over a `torch.distributed` process group (gloo on CPUs, NCCL
+on GPUs) with point-to-point messages. Every message's shape and order is known to both
+sides from the reference plan, so nothing but the tensors crosses: each sender queues a
+receiver's messages in the order that receiver reads them (`_reading_order`), which NCCL
+needs (it has no tags) and which keeps the receiver from ever waiting for a message it
+does not need yet. The anchor's rows fan out from the first worker instead of being
+recomputed by every worker: one more row per layer on the wire instead of one more frame
+of UNet work per worker per step (README: "Scaling").
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class ChainSplit:
+    """Contiguous runs of frame positions (processing order), one per worker."""
+
+    num_frames: int
+    starts: tuple[int, ...]  # worker r holds starts[r] .. starts[r+1]-1
+
+    @classmethod
+    def even(cls, num_frames: int, workers: int) -> ChainSplit:
+        """`workers` runs (at most one per frame) whose lengths differ by at most one."""
+        workers = max(1, min(workers, num_frames))
+        base, extra = divmod(num_frames, workers)
+        starts, start = [], 0
+        for rank in range(workers):
+            starts.append(start)
+            start += base + (rank < extra)
+        return cls(num_frames, tuple(starts))
+
+    @property
+    def workers(self) -> int:
+        return len(self.starts)
+
+    def span(self, rank: int) -> range:
+        stop = self.starts[rank + 1] if rank + 1 < self.workers else self.num_frames
+        return range(self.starts[rank], stop)
+
+    def owner(self, position: int) -> int:
+        return bisect.bisect_right(self.starts, position) - 1
+
+
+def chunks_of(span: range, chunk_size: int) -> list[range]:
+    """The chunks (frames sharing a UNet call) a worker's run is cut into, from its start."""
+    return [
+        range(start, min(start + chunk_size, span.stop))
+        for start in range(span.start, span.stop, chunk_size)
+    ]
+
+
+@dataclass
+class ChainPlace:
+    """Where one worker stands in a split chain: what `editing.edit_frames` is given.
+
+    `group` is the `torch.distributed` process group of the workers (None: the default
+    one), whose rank r holds `split.span(r)`.
+    """
+
+    split: ChainSplit
+    rank: int
+    group: object | None = None
+
+    @property
+    def span(self) -> range:
+        return self.split.span(self.rank)
+
+    def agree_on_chunk_size(self, chunk_size: int, device: torch.device) -> int:
+        """The smallest of the workers' frame batches: every worker must cut its run the same
+        way, since a sender orders its messages by the receiver's chunks."""
+        import torch.distributed as dist
+
+        value = torch.tensor([chunk_size], dtype=torch.int64, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.group)
+        return int(value.item())
+
+
+@dataclass
+class ExchangeCounts:
+    """What crossed between this worker and the others (benchmarks, tests, stats)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    steps: int = 0
+    per_step_bytes_sent: list[int] = field(default_factory=list)
+
+
+class ChainExchange:
+    """One worker's sends and receives of features and x0s, step by step.
+
+    `plan` is the reference plan (`attention.reference_plan`), `layers` the injected layers
+    in the order the UNet calls them, `chunk_size` the frames per UNet call every worker
+    uses, `x0_steps` the steps whose predicted x0 a later step's guided update reads
+    (`guidance.latent_guidance_schedule`'s targets; empty without guidance).
+    """
+
+    def __init__(
+        self,
+        place: ChainPlace,
+        plan: list[tuple[int, ...]],
+        layers: list[str],
+        chunk_size: int,
+        x0_steps: set[int],
+    ) -> None:
+        self.place, self.plan, self.chunk_size = place, plan, chunk_size
+        self.split, self.rank, self.span = place.split, place.rank, place.span
+        self.layer_index = {name: i for i, name in enumerate(layers)}
+        self.x0_steps = x0_steps
+        self.counts = ExchangeCounts()
+        # the later workers reading each of my positions' features
+        self.readers: dict[int, list[int]] = {}
+        for position, refs in enumerate(plan):
+            reader = self.split.owner(position)
+            for ref in refs:
+                if ref in self.span and reader != self.rank:
+                    ranks = self.readers.setdefault(ref, [])
+                    if reader not in ranks:
+                        ranks.append(reader)
+        last = self.split.workers - 1
+        self.next_rank = self.rank + 1 if self.rank < last else None
+        self._orders = {
+            dst: _reading_order(self.split, dst, plan, len(layers), chunk_size, self.span)
+            for dst in sorted({r for ranks in self.readers.values() for r in ranks}
+                              | ({self.next_rank} if self.next_rank is not None else set()))
+        }  # fmt: skip
+        self._queues: dict[int, deque] = {}
+        self._ready: dict[int, dict[tuple, torch.Tensor]] = {}
+        self._in_flight: deque[tuple[int, list]] = deque()  # (step, [(work, tensor)])
+        self.step: int | None = None
+
+    # ------------------------------------------------------------------ steps
+    def begin_step(self, step: int) -> None:
+        """Queue this step's messages to each later worker, in the order it reads them.
+
+        Waits for the sends of two steps ago (a worker runs at most two steps ahead of the
+        slowest reader of its messages, which bounds the tensors held for sending).
+        """
+        while self._in_flight and self._in_flight[0][0] <= step - 2:
+            for work, _tensor in self._in_flight.popleft()[1]:
+                work.wait()
+        self.step = step
+        self._in_flight.append((step, []))
+        self.counts.per_step_bytes_sent.append(0)
+        self.counts.steps += 1
+        for dst, (features, x0_after) in self._orders.items():
+            items: list[tuple] = [("features", ref, layer) for ref, layer in features]
+            if dst == self.next_rank and step in self.x0_steps:
+                items.insert(x0_after, ("x0", self.span.stop - 1))
+            self._queues[dst] = deque(items)
+            self._ready[dst] = {}
+
+    def end_step(self) -> None:
+        for dst, queue in self._queues.items():
+            if queue:
+                raise RuntimeError(
+                    f"worker {self.rank} still owes worker {dst} {len(queue)} message(s) at the "
+                    f"end of step {self.step}: the chain's plan and its run disagree"
+                )
+
+    def close(self) -> None:
+        """Wait until every message sent has been received."""
+        while self._in_flight:
+            for work, _tensor in self._in_flight.popleft()[1]:
+                work.wait()
+
+    # ------------------------------------------------------------------ sending
+    def has_readers(self, position: int) -> bool:
+        return position in self.readers
+
+    def send_features(self, position: int, layer: str, rows: torch.Tensor) -> None:
+        """Offer `position`'s input to `layer` (branches, tokens, channels) to its readers."""
+        item = ("features", position, self.layer_index[layer])
+        for dst in self.readers[position]:
+            self._offer(dst, item, rows)
+
+    def send_x0(self, position: int, x0: torch.Tensor) -> None:
+        """Offer the last position's predicted x0 to the next worker, if a guided step reads it."""
+        if self.next_rank is not None and position == self.span.stop - 1:
+            if self.step in self.x0_steps:
+                self._offer(self.next_rank, ("x0", position), x0)
+
+    def _offer(self, dst: int, item: tuple, tensor: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        self._ready[dst][item] = tensor.detach().contiguous().clone()
+        queue, ready = self._queues[dst], self._ready[dst]
+        while queue and queue[0] in ready:
+            payload = ready.pop(queue.popleft())
+            work = dist.isend(payload, dst, group=self.place.group)
+            self._in_flight[-1][1].append((work, payload))
+            size = payload.numel() * payload.element_size()
+            self.counts.bytes_sent += size
+            self.counts.per_step_bytes_sent[-1] += size
+            self.counts.messages_sent += 1
+
+    # ------------------------------------------------------------------ receiving
+    def is_remote(self, position: int) -> bool:
+        return position not in self.span
+
+    def receive(self, position: int, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
+        """The next message from `position`'s worker, which is `position`'s (features or x0)."""
+        import torch.distributed as dist
+
+        buffer = torch.empty(shape, dtype=dtype, device=device)
+        dist.recv(buffer, self.split.owner(position), group=self.place.group)
+        self.counts.bytes_received += buffer.numel() * buffer.element_size()
+        self.counts.messages_received += 1
+        return buffer
+
+
+def _reading_order(
+    split: ChainSplit,
+    reader: int,
+    plan: list[tuple[int, ...]],
+    num_layers: int,
+    chunk_size: int,
+    sender_span: range,
+) -> tuple[list[tuple[int, int]], int]:
+    """The (position, layer) features worker `reader` reads from `sender_span` in one step,
+    in reading order, and how many of them come before the x0 (read after its first chunk).
+
+    A worker reads a remote frame's input to a layer the first time one of its rows needs
+    it at that step: chunk by chunk, layer by layer, row by row, reference by reference
+    (`attention.CrossFrameAttnProcessor`); its feature store keeps it for later chunks.
+    """
+    order: list[tuple[int, int]] = []
+    x0_after = 0
+    span = split.span(reader)
+    seen: set[tuple[int, int]] = set()  # received once a step, kept until its last reader
+    for number, chunk in enumerate(chunks_of(span, chunk_size)):
+        for layer in range(num_layers):
+            for position in chunk:
+                for ref in plan[position]:
+                    if ref in sender_span and (ref, layer) not in seen:
+                        seen.add((ref, layer))
+                        order.append((ref, layer))
+        if number == 0:
+            x0_after = len(order)
+    return order, x0_after
