@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,13 @@ BACKBONE_FIELDS: tuple[str, ...] = (
     "lora",
 )
 """Options that say which model runs and what conditions it (a server fixes them for all jobs)."""
-SEQUENCE_FIELDS: tuple[str, ...] = ("controlnet", "control", "control_scale", "lora")
+SEQUENCE_FIELDS: tuple[str, ...] = ("controlnet", "control", "control_scale", "lora", "devices")
 """Options given once per item (repeatable on the command line; lists in config files)."""
+WORKER_BACKENDS: tuple[str, ...] = ("local", "ray")
+"""Where the workers of one clip run: processes on this machine, or Ray actors."""
+WORKER_FIELDS: tuple[str, ...] = ("workers", "devices", "backend", "ray_address", "cpus_per_worker")
+"""Options that split one clip across workers (`job.workers`); they never change the result."""
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -105,6 +111,11 @@ class EditSettings:
     inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
     frame_batch: int | str = "auto"  # frames per editing UNet call, or "auto" (parse_frame_batch)
     compile: bool = False  # torch.compile the UNet (pays off on a GPU for long clips)
+    workers: int = 1  # processes (or Ray actors) that share the clip's frame chain
+    devices: tuple[str, ...] = ()  # one local worker per device, e.g. ("cuda:0", "cuda:1")
+    backend: str = "local"  # WORKER_BACKENDS
+    ray_address: str | None = None  # a Ray cluster to join (backend "ray"); None: start one
+    cpus_per_worker: float | None = None  # CPUs a worker reserves (and torch threads it uses)
     checkpoint_interval: float = 60.0  # seconds between editing checkpoints (at a step's end)
     save_latents: str | os.PathLike | None = None
     side_by_side: bool = False
@@ -120,6 +131,8 @@ class EditSettings:
                 value = ()
             elif isinstance(value, (str, int, float)):
                 value = (value,)
+            if name == "devices":  # "cuda:0,cuda:1" as well as a list
+                value = [d.strip() for item in value for d in str(item).split(",") if d.strip()]
             setattr(self, name, tuple(value))
 
     @classmethod
@@ -220,7 +233,53 @@ class EditSettings:
         if not str(self.model).strip():
             raise InputError("The model name is empty: use a hub id, a folder or 'tiny'.")
         self._validate_backbone()
+        self._validate_workers()
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers share the clip's frame chain (1: this process edits it alone)."""
+        return len(self.devices) if self.devices else self.workers
+
+    @property
+    def split_across_workers(self) -> bool:
+        return self.worker_count > 1 or self.backend == "ray"
+
+    def _validate_workers(self) -> None:
+        """--workers, --devices, --backend, --ray-address, --cpus-per-worker."""
+        from .core.guidance import UNSPLITTABLE, latent_guidance_schedule, needs_frame_major
+
+        _choice("backend", self.backend, WORKER_BACKENDS)
+        _integer("workers", self.workers, 1)
+        for device in self.devices:
+            if not DEVICE_PATTERN.match(device):
+                raise InputError(f"--devices takes cpu or cuda:N, comma-separated; got {device!r}.")
+        if self.devices and self.workers not in (1, len(self.devices)):
+            raise InputError(
+                f"--workers {self.workers} and {len(self.devices)} --devices disagree: give "
+                "one of them (one worker per device)."
+            )
+        if len({d.split(":")[0] for d in self.devices}) > 1:
+            raise InputError("--devices must all be CPUs or all GPUs.")
+        if self.backend == "ray" and self.devices:
+            raise InputError("Ray places its workers itself: give --workers N, not --devices.")
+        if self.backend != "ray":
+            for name in ("ray_address", "cpus_per_worker"):
+                if getattr(self, name) is not None:
+                    option = name.replace("_", "-")
+                    raise InputError(f"--{option} needs --backend ray.")
+        if self.ray_address is not None and not str(self.ray_address).strip():
+            raise InputError("The --ray-address is empty: use HOST:PORT or auto.")
+        if self.cpus_per_worker is not None:
+            _number("cpus-per-worker", self.cpus_per_worker, 0.01)
+        schedule = latent_guidance_schedule(
+            self.steps,
+            self.latent_guidance_weight,
+            self.latent_guidance_steps,
+            self.latent_guidance_target,
+        )
+        if self.split_across_workers and needs_frame_major(schedule):
+            raise InputError(UNSPLITTABLE)
 
     def _validate_backbone(self) -> None:
         """ControlNets with their controls and scales, LoRAs, depth model, canny thresholds."""

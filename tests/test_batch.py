@@ -28,11 +28,11 @@ from pix2video import cli
 from pix2video.atomic import TMP_MARK
 from pix2video.batch import Evaluation, LocalBackend, read_batch, run_batch
 from pix2video.batch.jobs import DEFAULT_SUFFIX
-from pix2video.batch.ray_backend import RAY_MISSING
 from pix2video.batch.runner import job_key
 from pix2video.errors import InputError
 from pix2video.job import PipelineCache
 from pix2video.media import read_clip, write_video
+from pix2video.ray_cluster import RAY_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"

@@ -14,25 +14,15 @@ shared filesystem), and pix2video must be installed on every node.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Pix2VideoError, describe_failure
+from ..ray_cluster import connect, import_ray
 from .runner import Evaluation, JobRunner, PendingJob
 
-RAY_MISSING = "The ray backend needs Ray: pip install 'pix2video[ray]'."
 DEFAULT_CPUS_PER_WORKER = 4
 """CPUs of a CPU-only worker (fewer on nodes that have fewer)."""
-
-
-def import_ray():
-    """The `ray` module, or one sentence telling how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise Pix2VideoError(RAY_MISSING) from None
-    return ray
 
 
 class RayBackend:
@@ -104,25 +94,7 @@ class RayBackend:
 
     def _connect(self, ray, debug: bool) -> bool:
         """Join `address`, or start a local instance; True when this call started Ray."""
-        if ray.is_initialized():
-            return False  # a program (or test) that connected itself keeps its connection
-        import logging
-
-        try:
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                log_to_driver=debug,
-                logging_level=logging.INFO if debug else logging.ERROR,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"at {self.address}" if self.address else "locally"
-            first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-            hint = ""
-            if self.address and not os.environ.get("RAY_AUTH_MODE"):
-                hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token"
-            raise Pix2VideoError(f"Cannot start or reach Ray {where} ({first}){hint}.") from exc
-        return True
+        return connect(self.address, debug)
 
     def _worker_shape(self, ray, jobs: int) -> tuple[int, dict[str, float]]:
         """How many workers fit the cluster, and what each one reserves."""

@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from ..job import EditResult, edit_clip
-from ..settings import ANCHORS, ATTEND_MODES, FEATURE_STORE_DTYPES, MAX_STEPS, EditSettings
+from ..settings import (
+    ANCHORS,
+    ATTEND_MODES,
+    FEATURE_STORE_DTYPES,
+    MAX_STEPS,
+    WORKER_BACKENDS,
+    EditSettings,
+)
 from .common import (
     _STATE,
     INTERRUPTED_NO_CACHE,
@@ -59,6 +66,13 @@ def format_summary(result: EditResult) -> list[str]:
         lines.append("Cache: off (--no-cache).")
     ow, oh = result.output_size
     audio = ", with audio" if result.has_audio else ""
+    if result.workers > 1:
+        restarts = result.worker_restarts
+        lines.append(
+            f"Workers: {result.workers}, {result.bytes_exchanged / 2**20:.1f} MiB exchanged"
+            + (f", restarted {restarts} time{'s' if restarts != 1 else ''}" if restarts else "")
+            + "."
+        )
     lines.append(f"Wrote {result.output} ({n} frames, {ow}x{oh}, {result.fps:g} fps{audio}).")
     if result.latents_dir:
         lines.append(f"Saved latents to {result.latents_dir}/inverted and /final.")
@@ -192,6 +206,39 @@ def format_summary(result: EditResult) -> list[str]:
     "auto: on a GPU as many as fit its free memory, on a CPU 1 (measured fastest).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=DEFAULTS["workers"],
+    help="Split the clip's frames across this many worker processes (or Ray actors), each "
+    "editing a run of consecutive frames; the result is the same as one process's.",
+)
+@click.option(
+    "--devices",
+    default=None,
+    metavar="DEV,DEV,...",
+    help="One local worker per device, e.g. cuda:0,cuda:1,cuda:2,cuda:3 (instead of --workers).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(WORKER_BACKENDS),
+    default=DEFAULTS["backend"],
+    help="Where the workers run: processes on this machine, or Ray actors (one per GPU, or "
+    "per --cpus-per-worker CPUs) on a local Ray or --ray-address.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    show_default="start a local Ray",
+    help="A running Ray cluster to join (HOST:PORT, or auto), with --backend ray.",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=float,
+    default=None,
+    show_default="the CPUs divided among the workers; 1 beside a GPU",
+    help="CPUs each Ray worker reserves (and torch threads it uses), with --backend ray.",
+)
+@click.option(
     "--compile",
     is_flag=True,
     help="torch.compile the UNet: slow first step, faster after (worth it on a GPU for long "
@@ -242,7 +289,7 @@ def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
 
     Example: pix2video edit clip.mp4 -p "a swarovski crystal swan" -o edited.mp4
     """
-    settings = EditSettings(**kwargs)
+    settings = EditSettings(**kwargs)  # --devices "a,b" is split by EditSettings
     if settings.no_cache:
         _STATE.interrupted_message = INTERRUPTED_NO_CACHE
     reporter = Reporter(quiet=quiet, debug=debug)

@@ -45,7 +45,12 @@ from .attention import (
     reference_plan,
 )
 from .frame_chain import ChainExchange, ChainPlace
-from .guidance import guided_latent_update, latent_guidance_schedule, needs_frame_major
+from .guidance import (
+    UNSPLITTABLE,
+    guided_latent_update,
+    latent_guidance_schedule,
+    needs_frame_major,
+)
 from .inversion import ddim_invert, ddim_sample_step
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -308,12 +313,6 @@ def edit_frames(
         exchange.close()
     final = torch.cat([latents[p] for p in span])
     return (final if chain is not None else final[np.argsort(clip_index)]), store
-
-
-UNSPLITTABLE = (
-    "Several workers edit the frames step by step, which a guidance target at a later step "
-    "(--latent-guidance-target step:K) rules out; use one worker or 'same-step'."
-)
 
 
 def chunked_calls(

@@ -72,3 +72,10 @@ def needs_frame_major(schedule: dict[int, int]) -> bool:
     after another (no step-by-step order, hence no step checkpoints).
     """
     return any(target > step for step, target in schedule.items())
+
+
+UNSPLITTABLE = (
+    "Several workers edit the frames step by step, which a guidance target at a later step "
+    "(--latent-guidance-target step:K) rules out; use one worker or 'same-step'."
+)
+"""Why one clip cannot be split across workers (`frame_chain`) with such a target."""

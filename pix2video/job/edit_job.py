@@ -178,23 +178,29 @@ class EditJob:
     def _run(self) -> EditResult:
         ctx = self.ctx
         p = self.prepare()
-        result = self._result(p)
+        result = self.result_of(p)
         n, shape = p.source.num_frames, latent_shape(p.source)
         final = ctx.load("final", p.keys.edit, (n, *shape))
         inverted = None
-        if final is None or p.paths.latents_dir is not None:
-            depth, inverted, trajectories = depth_and_inversion(
-                ctx, p.pipe, p.source, p.conditioning, p.keys, p.prompts, list(range(n)),
-                p.inversion_batch, result,
-            )  # fmt: skip
         tic = time.perf_counter()
-        if final is None:
-            final = edit_latents(
-                ctx, p.pipe, depth, inverted, p.keys.edit, p.prompts, p.masks, shape, result,
-                trajectories,
-            )  # fmt: skip
+        if final is None and self.settings.split_across_workers:
+            from .workers import edit_on_workers  # depth, inversion and editing, split
+
+            final, inverted = edit_on_workers(ctx, p, result)
         else:
-            result.editing = "cached"
+            if final is None or p.paths.latents_dir is not None:
+                depth, inverted, trajectories = depth_and_inversion(
+                    ctx, p.pipe, p.source, p.conditioning, p.keys, p.prompts, list(range(n)),
+                    p.inversion_batch, result,
+                )  # fmt: skip
+                tic = time.perf_counter()
+            if final is None:
+                final = edit_latents(
+                    ctx, p.pipe, depth, inverted, p.keys.edit, p.prompts, p.masks, shape,
+                    result, trajectories,
+                )  # fmt: skip
+            else:
+                result.editing = "cached"
         ctx.seconds["editing"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
@@ -209,7 +215,7 @@ class EditJob:
             atomic_write_text(json.dumps(result.to_json(), indent=2) + "\n", p.paths.stats_path)
         return result
 
-    def _result(self, p: PreparedEdit) -> EditResult:
+    def result_of(self, p: PreparedEdit) -> EditResult:
         """The result as it stands before the per-frame work (filled in as it goes)."""
         s, source, reader = self.settings, p.source, p.source.reader
         return EditResult(

@@ -226,7 +226,7 @@ def edit_latents(
 
     s = ctx.settings
     num_frames = inverted.shape[0]
-    step_major, resume = _resume_point(ctx, key, num_frames, shape)
+    step_major, resume = resume_point(ctx, key, num_frames, shape)
     frame_batch = parse_frame_batch(s.frame_batch) if step_major else 1
     if not step_major and parse_frame_batch(s.frame_batch) not in ("auto", 1):
         ctx.warn(
@@ -240,7 +240,7 @@ def edit_latents(
     ctx.progress("editing", 0 if resume is None else (resume.step + 1) * num_frames, total)
     on_step_end = None
     if step_major and ctx.cache.enabled:
-        on_step_end = _checkpointer(ctx, key, result)
+        on_step_end = checkpointer(ctx, key, result)
     evaluations = pipe.unet_evaluations
     torch.manual_seed(s.seed)
     with ctx.cancellable(pipe):
@@ -249,16 +249,7 @@ def edit_latents(
             depth,
             prompts.edit,
             prompts.negative,
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance_scale,
-            attend=s.attend,
-            anchor=s.anchor,
-            latent_guidance_weight=s.latent_guidance_weight,
-            latent_guidance_steps=s.latent_guidance_steps,
-            latent_guidance_target=s.latent_guidance_target,
-            seed=s.seed,
-            feature_store_dtype=_feature_store_dtype(s.feature_store_dtype, pipe),
-            feature_store_device="cpu" if s.offload_features else None,
+            **edit_options(s, pipe),
             progress=ctx.progress,
             resume=resume,
             on_step_end=on_step_end,
@@ -278,7 +269,23 @@ def edit_latents(
     return final
 
 
-def _resume_point(ctx: JobContext, key: str, num_frames: int, shape: tuple[int, ...]):
+def edit_options(s, pipe) -> dict:
+    """The keyword arguments of `pipe.edit` that come from the settings alone."""
+    return {
+        "num_inference_steps": s.steps,
+        "guidance_scale": s.guidance_scale,
+        "attend": s.attend,
+        "anchor": s.anchor,
+        "latent_guidance_weight": s.latent_guidance_weight,
+        "latent_guidance_steps": s.latent_guidance_steps,
+        "latent_guidance_target": s.latent_guidance_target,
+        "seed": s.seed,
+        "feature_store_dtype": _feature_store_dtype(s.feature_store_dtype, pipe),
+        "feature_store_device": "cpu" if s.offload_features else None,
+    }
+
+
+def resume_point(ctx: JobContext, key: str, num_frames: int, shape: tuple[int, ...]):
     """(step_major, checkpoint or None): step-major edits save and resume from checkpoints."""
     from ..core.guidance import latent_guidance_schedule, needs_frame_major
 
@@ -295,7 +302,7 @@ def _resume_point(ctx: JobContext, key: str, num_frames: int, shape: tuple[int, 
     return step_major, resume
 
 
-def _checkpointer(ctx: JobContext, key: str, result: EditResult | None):
+def checkpointer(ctx: JobContext, key: str, result: EditResult | None):
     """The edit's `on_step_end`: at most one checkpoint per `checkpoint_interval`."""
     s = ctx.settings
     last_saved = time.monotonic()

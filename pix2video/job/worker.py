@@ -1,0 +1,161 @@
+"""One worker of a clip split across workers: its frames' depth and inversion, then its run
+of the frame chain (`core.frame_chain`), in a process of its own.
+
+The driver (`workers`) starts one per device (a local process or a Ray actor) with a
+`WorkerTask`. The worker opens the clip and loads the model like any job, computes depth
+(or control images) and inversion for its own frames only (cached per frame, as always),
+joins the workers' `torch.distributed` process group and edits its positions, exchanging
+features and x0s with its neighbours. Everything it tells the driver goes through `outbox`
+(anything with `put`: a multiprocessing queue, a Ray queue), as tuples:
+
+    ("progress", rank, stage, done, total)   its own frames' progress
+    ("warn", rank, text)
+    ("checkpoint", rank, step, latents, x0_targets)   its rows after each finished step
+    ("done", rank, latents, inverted or None, stats)   its final rows (processing order)
+
+(latents as float32 numpy arrays).
+    ("error", rank, sentence)                 something a user can act on, or the unexpected
+
+A worker that ends without "done" or "error" was lost (killed, out of memory, node gone);
+the driver restarts the edit from the last checkpoint on the workers that remain.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ..errors import Pix2VideoError, describe_failure
+from ..settings import EditSettings
+
+GROUP_TIMEOUT = timedelta(minutes=30)
+"""How long a worker waits for the others (joining, a message): past a long first step."""
+
+
+@dataclass
+class WorkerTask:
+    """What one worker is asked to do; picklable (it crosses to a spawned process or actor)."""
+
+    settings: EditSettings  # a one-process job's: this worker's device, the source prompt known
+    rank: int
+    starts: tuple[int, ...]  # `ChainSplit.starts`
+    num_frames: int
+    init_method: str  # the process group's rendezvous, tcp://HOST:PORT
+    dist_backend: str  # "gloo" or "nccl"
+    resume: Any = None  # `EditCheckpoint` cut to this worker's rows, or None
+    threads: int | None = None  # torch threads (CPU workers)
+    send_inverted: bool = False  # return x_T too (--save-latents)
+
+
+def run_worker(task: WorkerTask, outbox) -> None:
+    """The worker's whole life; never raises (the driver hears of everything)."""
+    import torch
+    import torch.distributed as dist
+
+    try:
+        if task.threads:
+            torch.set_num_threads(task.threads)
+        dist.init_process_group(
+            task.dist_backend,
+            init_method=task.init_method,
+            rank=task.rank,
+            world_size=len(task.starts),
+            timeout=GROUP_TIMEOUT,
+        )
+        final, inverted, stats = _edit_part(task, outbox)
+        outbox.put(("done", task.rank, final, inverted, stats))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal; the driver stops
+        pass
+    except Exception as exc:  # noqa: BLE001 - every failure is one sentence for the driver
+        outbox.put(("error", task.rank, describe_failure(exc, f"in worker {task.rank}")))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _edit_part(task: WorkerTask, outbox):
+    """(final rows, x_T rows or None, stats) of the worker's run, in processing order."""
+    import torch
+
+    from ..core.editing import anchor_order
+    from ..core.frame_chain import ChainPlace, ChainSplit
+    from ..settings import parse_frame_batch
+    from .edit_job import EditJob
+    from .latents import depth_and_inversion, edit_options
+
+    rank = task.rank
+    job = EditJob(
+        task.settings,
+        progress=lambda stage, done, total: outbox.put(("progress", rank, stage, done, total)),
+        warn=lambda text: outbox.put(("warn", rank, text)),
+    )
+    ctx, s = job.ctx, job.settings
+    try:
+        p = job.prepare()
+        n = p.source.num_frames
+        if n != task.num_frames:
+            raise Pix2VideoError(
+                f"{s.input} has {n} frames for worker {rank} but {task.num_frames} for the "
+                "driver; is it being written to, or not the same file on every node?"
+            )
+        place = ChainPlace(ChainSplit(n, task.starts), rank)
+        order = anchor_order(n, s.anchor)
+        mine = [order[position] for position in place.span]  # clip indices of the run
+        result = job.result_of(p)
+        depth, inverted, trajectories = depth_and_inversion(
+            ctx, p.pipe, p.source, p.conditioning, p.keys, p.prompts, mine,
+            p.inversion_batch, result,
+        )  # fmt: skip
+        row = {clip: r for r, clip in enumerate(mine)}  # the readers take rows of `mine`
+
+        def conditioning(frames: list[int]):
+            return depth([row[i] for i in frames])
+
+        def source_latents(frames: list[int], step: int):
+            return trajectories([row[i] for i in frames], step)
+
+        def on_step_end(checkpoint) -> None:
+            x0 = {k: _array(v) for k, v in checkpoint.x0_targets.items()}
+            outbox.put(("checkpoint", rank, checkpoint.step, _array(checkpoint.latents), x0))
+
+        torch.manual_seed(s.seed)
+        evaluations = p.pipe.unet_evaluations
+        final, store = p.pipe.edit(
+            inverted.to(p.pipe.device),
+            conditioning,
+            p.prompts.edit,
+            p.prompts.negative,
+            **edit_options(s, p.pipe),
+            progress=ctx.progress,
+            resume=task.resume,
+            on_step_end=on_step_end,
+            masks=p.masks.latent_masks(mine) if p.masks is not None else None,
+            source_latents=source_latents if trajectories is not None else None,
+            frame_batch=parse_frame_batch(s.frame_batch),
+            chain=place,
+        )
+        counts = store.exchange.counts
+        stats = {
+            "depth_cached": result.depth_cached,
+            "depth_computed": result.depth_computed,
+            "inversion_cached": result.inversion_cached,
+            "inversion_computed": result.inversion_computed,
+            "unet_evaluations_inversion": result.unet_evaluations_inversion,
+            "unet_evaluations_editing": p.pipe.unet_evaluations - evaluations,
+            "feature_store_peak_bytes": store.peak_nbytes,
+            "frame_batch": store.chunk_size,
+            "bytes_sent": counts.bytes_sent,
+            "per_step_bytes_sent": counts.per_step_bytes_sent,
+            "pid": os.getpid(),
+        }
+        return _array(final), _array(inverted) if task.send_inverted else None, stats
+    finally:
+        ctx.scratch.close()
+
+
+def _array(tensor):
+    """A float32 numpy copy: it crosses to the driver by value (a torch tensor would cross as
+    a shared-memory handle, which dies with this process)."""
+    return tensor.detach().float().cpu().numpy()
