@@ -5,10 +5,13 @@ workers in `job.workers`). Ray is imported only when one of them runs.
 from __future__ import annotations
 
 import os
+import socket
 
 from .errors import Pix2VideoError
 
 RAY_MISSING = "The ray backend needs Ray: pip install 'pix2video[ray]'."
+PROBE_SECONDS = 3.0
+"""How long an address may take to accept a connection (Ray itself retries for minutes)."""
 
 
 def import_ray():
@@ -29,6 +32,7 @@ def connect(address: str | None, debug: bool = False) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
+    probe(address)
     import logging
 
     try:
@@ -46,3 +50,25 @@ def connect(address: str | None, debug: bool = False) -> bool:
             hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token"
         raise Pix2VideoError(f"Cannot start or reach Ray {where} ({first}){hint}.") from exc
     return True
+
+
+def probe(address: str | None) -> None:
+    """One sentence, in seconds, if nothing listens at a cluster's HOST:PORT (or ray://HOST:PORT).
+
+    None, auto and local (a new or this machine's running Ray) are not probed.
+    """
+    if address in (None, "auto", "local"):
+        return
+    where = address.removeprefix("ray://")
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        raise Pix2VideoError(f"The Ray address {address!r} is not HOST:PORT (or auto).")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise Pix2VideoError(
+            f"Cannot reach Ray at {address} ({reason.lower().rstrip('.')}); is the cluster "
+            "running (ray start --head) and the address its head's?"
+        ) from None

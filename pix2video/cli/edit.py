@@ -66,7 +66,7 @@ def format_summary(result: EditResult) -> list[str]:
         lines.append("Cache: off (--no-cache).")
     ow, oh = result.output_size
     audio = ", with audio" if result.has_audio else ""
-    if result.workers > 1:
+    if result.workers > 1 or result.worker_restarts:
         restarts = result.worker_restarts
         lines.append(
             f"Workers: {result.workers}, {result.bytes_exchanged / 2**20:.1f} MiB exchanged"

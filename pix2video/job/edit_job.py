@@ -176,14 +176,18 @@ class EditJob:
         )
 
     def _run(self) -> EditResult:
-        ctx = self.ctx
+        ctx, s = self.ctx, self.settings
+        if s.split_across_workers:
+            from .workers import check_workers
+
+            check_workers(s)  # in seconds, before any model is loaded
         p = self.prepare()
         result = self.result_of(p)
         n, shape = p.source.num_frames, latent_shape(p.source)
         final = ctx.load("final", p.keys.edit, (n, *shape))
         inverted = None
         tic = time.perf_counter()
-        if final is None and self.settings.split_across_workers:
+        if final is None and s.split_across_workers:
             from .workers import edit_on_workers  # depth, inversion and editing, split
 
             final, inverted = edit_on_workers(ctx, p, result)

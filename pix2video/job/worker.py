@@ -15,6 +15,7 @@ features and x0s with its neighbours. Everything it tells the driver goes throug
 
 (latents as float32 numpy arrays).
     ("error", rank, sentence)                 something a user can act on, or the unexpected
+    ("peer-failed", rank, sentence)           the exchange broke: another worker was lost
 
 A worker that ends without "done" or "error" was lost (killed, out of memory, node gone);
 the driver restarts the edit from the last checkpoint on the workers that remain.
@@ -69,10 +70,21 @@ def run_worker(task: WorkerTask, outbox) -> None:
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal; the driver stops
         pass
     except Exception as exc:  # noqa: BLE001 - every failure is one sentence for the driver
-        outbox.put(("error", task.rank, describe_failure(exc, f"in worker {task.rank}")))
+        kind = "peer-failed" if _peer_failure(exc) else "error"
+        outbox.put((kind, task.rank, describe_failure(exc, f"in worker {task.rank}")))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """An error of the exchange itself (a peer gone), not of this worker's own work."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        mark in text for mark in ("gloo/transport", "Connection reset", "Connection closed", "NCCL")
+    )
 
 
 def _edit_part(task: WorkerTask, outbox):

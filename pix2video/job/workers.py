@@ -127,6 +127,7 @@ class Attempt:
         self._pending: dict[int, dict[int, tuple]] = {}  # step -> rank -> (latents, x0s)
         self._progress: dict[str, dict[int, int]] = {}
         self._done: dict[int, tuple] = {}
+        self._peer_failures: dict[int, str] = {}  # ranks whose exchange broke: a peer died
 
     def run(self) -> tuple[list, list, list[dict]]:
         """Every worker's (final rows, x_T rows, stats), in rank order."""
@@ -155,16 +156,25 @@ class Attempt:
                 if message is not None:
                     self._handle(message)
                     continue
-                for rank in self.pool.ended():
-                    if rank not in self._done:
-                        self._drain()
-                        if rank not in self._done:
-                            raise WorkerLost(rank, "was lost")
+                self._check_ended()
         finally:
             if len(self._done) < split.workers:
                 self.pool.stop()
         parts = [self._done[rank] for rank in range(split.workers)]
         return [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
+
+    def _check_ended(self) -> None:
+        """Raise `WorkerLost` for a worker that ended without a word (after reading its last)."""
+        ended = self.pool.ended()
+        if not any(r not in self._done and r not in self._peer_failures for r in ended):
+            return
+        self._drain()
+        for rank in ended:
+            if rank not in self._done and rank not in self._peer_failures:
+                raise WorkerLost(rank, "was lost")
+        if self._peer_failures and len(ended) == self.split.workers:
+            # every worker saw the exchange break, none was lost: a network failure
+            raise Pix2VideoError(next(iter(self._peer_failures.values())))
 
     def _drain(self) -> None:
         """Read what is still queued (a worker's last words arrive before its end is seen)."""
@@ -187,6 +197,8 @@ class Attempt:
             self._done[rank] = tuple(rest)
         elif kind == "error":
             raise Pix2VideoError(rest[0])
+        elif kind == "peer-failed":
+            self._peer_failures[rank] = rest[0]
 
     def _checkpoint(self, rank: int, step: int, latents, x0_targets) -> None:
         """Keep a worker's rows of `step`; once every worker's are in, that is a checkpoint."""
@@ -223,6 +235,27 @@ class Attempt:
         )
 
 
+def check_workers(settings) -> None:
+    """What can fail before any model is loaded: a Ray address nobody answers at, a GPU that
+    is not there."""
+    if settings.backend == "ray":
+        from ..ray_cluster import probe
+
+        probe(settings.ray_address)
+        return
+    gpus = [name for name in settings.devices if name.startswith("cuda")]
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count()
+        for name in gpus:
+            if (int(name.split(":")[1]) if ":" in name else 0) >= count:
+                raise Pix2VideoError(
+                    f"--devices names {name}, but this machine has {count} CUDA GPU"
+                    f"{'s' if count != 1 else ''}."
+                )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -245,6 +278,11 @@ class LocalWorkers:
             self.devices = [device] * settings.workers
         self._processes: list = []
         self._outbox = None
+        # CPU workers share the cores; the ones left after a loss keep their share (and so
+        # their float rounding: a restarted edit equals an uninterrupted one bit for bit)
+        self.threads = None
+        if self.devices[0] == "cpu":
+            self.threads = max(1, (os.cpu_count() or 1) // len(self.devices))
 
     @property
     def size(self) -> int:
@@ -252,10 +290,7 @@ class LocalWorkers:
 
     def start(self, count: int) -> tuple[list[str], str, int | None]:
         """(device per worker, rendezvous address, torch threads per CPU worker)."""
-        threads = None
-        if self.devices[0] == "cpu":
-            threads = max(1, (os.cpu_count() or 1) // count)
-        return self.devices[:count], f"tcp://127.0.0.1:{free_port()}", threads
+        return self.devices[:count], f"tcp://127.0.0.1:{free_port()}", self.threads
 
     def run(self, tasks: list[WorkerTask]) -> None:
         import multiprocessing
