@@ -5,6 +5,8 @@ Each stage is a function of its own module that takes what the previous ones ret
 `loading` and `prompts` (the model and the encoded prompts), `masks` (a local edit's),
 `keys` (cache keys), `latents` (inversion and editing), `output` (decoding and writing).
 `JobContext` carries what every stage may use (settings, callbacks, cache, clocks).
+`preparation` runs everything before the per-frame stages; split across workers, depth,
+inversion and editing run in `workers` instead.
 """
 
 from __future__ import annotations
@@ -12,43 +14,20 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
 
 from ..atomic import atomic_write_text
 from ..settings import EditSettings
-from .checks import JobPaths, resolve_device
-from .conditioning import Conditioning, control_kinds, make_conditioning
+from .checks import resolve_device
 from .context import JobContext
-from .keys import StageKeys, make_keys
 from .latents import depth_and_inversion, edit_latents, latent_shape
-from .loading import PipelineCache, check_pipeline_inputs, load_pipe
-from .masks import LocalEditMasks, prepare_masks
+from .loading import PipelineCache
 from .output import save_latents, write_output
+from .preparation import PreparedEdit, initial_result, prepare_edit
 from .prompts import (
-    Prompts,
     caption_anchor,
-    check_captioner,
-    encode_edit_prompts,
-    source_prompt,
 )
 from .results import AnchorPreview, EditResult, MessageCallback, ProgressCallback
-from .source import SourceClip, read_source
-
-
-@dataclass
-class PreparedEdit:
-    """What the preparation hands the per-frame stages."""
-
-    paths: JobPaths
-    source: SourceClip
-    conditioning: Conditioning
-    pipe: object  # pipelines.backbone.Pix2VideoBase
-    prompts: Prompts
-    masks: LocalEditMasks | None
-    keys: StageKeys
-    inversion_batch: int
-    device: str
-    dtype: str
+from .source import read_source
 
 
 class EditJob:
@@ -78,58 +57,8 @@ class EditJob:
         self._started = time.perf_counter()
 
     def prepare(self, anchor_only: bool = False) -> PreparedEdit:
-        """Everything before the per-frame work: checks, input, model, prompts, masks, keys.
-
-        The cheap checks come first, so bad input fails before torch is imported.
-        """
-        ctx, s = self.ctx, self.settings
-        paths = JobPaths.check(s)
-        mask_files = None
-        if s.mask is not None:
-            from ..pipelines.masks import MaskFiles
-
-            mask_files = MaskFiles(s.mask)
-        kinds = control_kinds(s)
-        source = read_source(ctx, anchor_only=anchor_only)
-        if mask_files is not None:
-            mask_files.check_count(source.num_frames)  # a folder's count fails here, early
-        for kind in kinds:
-            kind.check_count(source.num_frames)
-        conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
-        device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
-        if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
-            check_captioner(source.anchor_source_frame, s.captioner, ctx.cache, s.model)
-        from ..pipelines.backbone import default_inversion_batch
-
-        inversion_batch = s.inversion_batch or default_inversion_batch(device)
-        ctx.check_cancelled()
-
-        tic = time.perf_counter()
-        pipe = load_pipe(s, self.pipelines, device, dtype, self.library_logs)
-        check_pipeline_inputs(pipe, s, source.anchor_frame)
-        edit_embeddings = encode_edit_prompts(pipe, ctx)
-        ctx.seconds["loading"] = time.perf_counter() - tic
-        prompts = source_prompt(pipe, ctx, source, device, edit_embeddings)
-
-        positions = [source.anchor_position] if anchor_only else None
-        masks = prepare_masks(
-            ctx, source, mask_files, pipe.vae_scale_factor, device, positions, paths.masks_dir
-        )
-        dtype_name = str(dtype).removeprefix("torch.")
-        compute = {"device": device.type, "dtype": dtype_name, "vae_tiling": s.vae_tiling}
-        keys = make_keys(
-            s,
-            source,
-            prompts.source_prompt,
-            compute,
-            conditioning.sources(device),
-            masks,
-            all_frames=not anchor_only,
-        )
-        return PreparedEdit(
-            paths, source, conditioning, pipe, prompts, masks, keys, inversion_batch,
-            str(device), dtype_name,
-        )  # fmt: skip
+        """Everything before the per-frame work (`preparation.prepare_edit`)."""
+        return prepare_edit(self.ctx, self.pipelines, self.library_logs, anchor_only)
 
     def preview(self) -> AnchorPreview:
         """Depth, inversion and editing of the anchor frame alone, decoded."""
@@ -220,27 +149,7 @@ class EditJob:
         return result
 
     def result_of(self, p: PreparedEdit) -> EditResult:
-        """The result as it stands before the per-frame work (filled in as it goes)."""
-        s, source, reader = self.settings, p.source, p.source.reader
-        return EditResult(
-            output=str(p.paths.output),
-            frames=source.num_frames,
-            frame_indices=list(reader.indices),
-            size=(source.width, source.height),
-            output_size=(source.width, source.height),
-            fps=reader.fps,
-            has_audio=False,
-            source_prompt=p.prompts.source_prompt,
-            captioned=p.prompts.captioned,
-            device=p.device,
-            dtype=p.dtype,
-            steps=s.steps,
-            cache_enabled=self.ctx.cache.enabled,
-            latents_dir=str(p.paths.latents_dir) if p.paths.latents_dir else None,
-            seconds=self.ctx.seconds,
-            masked=s.masked,
-            mask_coverage=p.masks.coverage if p.masks is not None else 1.0,
-        )
+        return initial_result(self.ctx, p)
 
 
 def edit_clip(

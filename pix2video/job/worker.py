@@ -24,12 +24,16 @@ the driver restarts the edit from the last checkpoint on the workers that remain
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from ..errors import Pix2VideoError, describe_failure
 from ..settings import EditSettings
+from .context import JobContext
+from .loading import PipelineCache
+from .preparation import initial_result, prepare_edit
 
 GROUP_TIMEOUT = timedelta(minutes=30)
 """How long a worker waits for the others (joining, a message): past a long first step."""
@@ -94,18 +98,19 @@ def _edit_part(task: WorkerTask, outbox):
     from ..core.editing import anchor_order
     from ..core.frame_chain import ChainPlace, ChainSplit
     from ..settings import parse_frame_batch
-    from .edit_job import EditJob
     from .latents import depth_and_inversion, edit_options
 
     rank = task.rank
-    job = EditJob(
-        task.settings,
-        progress=lambda stage, done, total: outbox.put(("progress", rank, stage, done, total)),
-        warn=lambda text: outbox.put(("warn", rank, text)),
+    s = task.settings.validate()
+    ctx = JobContext(
+        s,
+        lambda stage, done, total: outbox.put(("progress", rank, stage, done, total)),
+        threading.Event(),  # the driver stops a worker by ending its process
+        lambda text: outbox.put(("warn", rank, text)),
+        lambda text: None,
     )
-    ctx, s = job.ctx, job.settings
     try:
-        p = job.prepare()
+        p = prepare_edit(ctx, PipelineCache())
         n = p.source.num_frames
         if n != task.num_frames:
             raise Pix2VideoError(
@@ -115,7 +120,7 @@ def _edit_part(task: WorkerTask, outbox):
         place = ChainPlace(ChainSplit(n, task.starts), rank)
         order = anchor_order(n, s.anchor)
         mine = [order[position] for position in place.span]  # clip indices of the run
-        result = job.result_of(p)
+        result = initial_result(ctx, p)
         depth, inverted, trajectories = depth_and_inversion(
             ctx, p.pipe, p.source, p.conditioning, p.keys, p.prompts, mine,
             p.inversion_batch, result,

@@ -33,7 +33,7 @@ from .worker import WorkerTask, run_worker
 if TYPE_CHECKING:
     import torch
 
-    from .edit_job import PreparedEdit
+    from .preparation import PreparedEdit
 
 POLL_SECONDS = 0.2
 STOP_SECONDS = 10.0  # a worker that ignores SIGTERM this long is killed

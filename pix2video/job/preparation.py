@@ -1,0 +1,119 @@
+"""The preparation of an edit: everything before the per-frame stages.
+
+Checks the paths, reads the clip (one pass), makes its conditioning, loads the model, encodes
+the prompts (captioning the anchor frame if needed), prepares a local edit's masks and the
+cache keys, and hands all of it on as a `PreparedEdit`. The job (`edit_job`) runs it once; so
+does each worker of a clip split across workers (`worker`), for its own model and frames.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .checks import JobPaths, resolve_device
+from .conditioning import Conditioning, control_kinds, make_conditioning
+from .context import JobContext
+from .keys import StageKeys, make_keys
+from .loading import PipelineCache, check_pipeline_inputs, load_pipe
+from .masks import LocalEditMasks, prepare_masks
+from .prompts import Prompts, check_captioner, encode_edit_prompts, source_prompt
+from .results import EditResult
+from .source import SourceClip, read_source
+
+
+@dataclass
+class PreparedEdit:
+    """What the preparation hands the per-frame stages."""
+
+    paths: JobPaths
+    source: SourceClip
+    conditioning: Conditioning
+    pipe: object  # pipelines.backbone.Pix2VideoBase
+    prompts: Prompts
+    masks: LocalEditMasks | None
+    keys: StageKeys
+    inversion_batch: int
+    device: str
+    dtype: str
+
+
+def prepare_edit(
+    ctx: JobContext, pipelines: PipelineCache, library_logs: bool = False, anchor_only: bool = False
+) -> PreparedEdit:
+    """Everything before the per-frame work: checks, input, model, prompts, masks, keys.
+
+    The cheap checks come first, so bad input fails before torch is imported.
+    """
+    s = ctx.settings
+    paths = JobPaths.check(s)
+    mask_files = None
+    if s.mask is not None:
+        from ..pipelines.masks import MaskFiles
+
+        mask_files = MaskFiles(s.mask)
+    kinds = control_kinds(s)
+    source = read_source(ctx, anchor_only=anchor_only)
+    if mask_files is not None:
+        mask_files.check_count(source.num_frames)  # a folder's count fails here, early
+    for kind in kinds:
+        kind.check_count(source.num_frames)
+    conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
+    device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+    if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
+        check_captioner(source.anchor_source_frame, s.captioner, ctx.cache, s.model)
+    from ..pipelines.backbone import default_inversion_batch
+
+    inversion_batch = s.inversion_batch or default_inversion_batch(device)
+    ctx.check_cancelled()
+
+    tic = time.perf_counter()
+    pipe = load_pipe(s, pipelines, device, dtype, library_logs)
+    check_pipeline_inputs(pipe, s, source.anchor_frame)
+    edit_embeddings = encode_edit_prompts(pipe, ctx)
+    ctx.seconds["loading"] = time.perf_counter() - tic
+    prompts = source_prompt(pipe, ctx, source, device, edit_embeddings)
+
+    positions = [source.anchor_position] if anchor_only else None
+    masks = prepare_masks(
+        ctx, source, mask_files, pipe.vae_scale_factor, device, positions, paths.masks_dir
+    )
+    dtype_name = str(dtype).removeprefix("torch.")
+    compute = {"device": device.type, "dtype": dtype_name, "vae_tiling": s.vae_tiling}
+    keys = make_keys(
+        s,
+        source,
+        prompts.source_prompt,
+        compute,
+        conditioning.sources(device),
+        masks,
+        all_frames=not anchor_only,
+    )
+    return PreparedEdit(
+        paths, source, conditioning, pipe, prompts, masks, keys, inversion_batch,
+        str(device), dtype_name,
+    )  # fmt: skip
+
+
+def initial_result(ctx: JobContext, p: PreparedEdit) -> EditResult:
+    """The result as it stands before the per-frame work (filled in as it goes)."""
+    s, source, reader = ctx.settings, p.source, p.source.reader
+    return EditResult(
+        output=str(p.paths.output),
+        frames=source.num_frames,
+        frame_indices=list(reader.indices),
+        size=(source.width, source.height),
+        output_size=(source.width, source.height),
+        fps=reader.fps,
+        has_audio=False,
+        source_prompt=p.prompts.source_prompt,
+        captioned=p.prompts.captioned,
+        device=p.device,
+        dtype=p.dtype,
+        steps=s.steps,
+        cache_enabled=ctx.cache.enabled,
+        latents_dir=str(p.paths.latents_dir) if p.paths.latents_dir else None,
+        seconds=ctx.seconds,
+        masked=s.masked,
+        mask_coverage=p.masks.coverage if p.masks is not None else 1.0,
+    )
