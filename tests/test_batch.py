@@ -394,6 +394,8 @@ BAD_FILES = [
     ("jobs.yaml", "defaults: {input: a.mp4}\njobs: [{input: a.mp4, prompt: x}]\n", "line 1 (defaults): 'input' cannot be a default"),
     ("jobs.txt", "input,prompt\n", "must be .csv, .jsonl or .yaml"),
     ("jobs.csv", "input,prompt\n", "has no jobs"),
+    ("jobs.csv", "input,prompt,workers\na.mp4,x,2\n", "line 2: a job cannot set 'workers': the batch spreads"),
+    ("jobs.yaml", "- {input: a.mp4, prompt: x, ray-address: auto}\n", "a job cannot set 'ray-address'"),
 ]  # fmt: skip
 
 

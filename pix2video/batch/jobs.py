@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..settings import SEQUENCE_FIELDS, EditSettings, parse_lora
+from ..settings import SEQUENCE_FIELDS, WORKER_FIELDS, EditSettings, parse_lora
 
 JOB_COLUMNS: tuple[str, ...] = ("input", "prompt", "source_prompt", "output", "method")
 """The columns that are not plain edit options (``method`` is not an edit option at all)."""
@@ -248,6 +248,14 @@ def _job(
     for required in ("input", "prompt"):
         if values.get(required) in (None, ""):
             raise InputError(f"{where}: the job has no '{required}'.")
+    split = sorted(
+        k for k in values if str(k).strip().lstrip("-").replace("-", "_") in WORKER_FIELDS
+    )
+    if split:
+        raise InputError(
+            f"{where}: a job cannot set '{split[0]}': the batch spreads its jobs over the "
+            "workers; split one long clip with 'pix2video edit --workers N' instead."
+        )
     method = values.pop("method", "")
     given_output = values.pop("output", None)
     if given_output is not None and str(given_output).strip():

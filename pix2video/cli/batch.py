@@ -17,14 +17,16 @@ from ..batch import Evaluation, LocalBackend, RayBackend, read_batch, run_batch
 from ..batch.jobs import is_output_option
 from ..batch.report import RESULTS_NAME, SUMMARY_NAME
 from ..batch.runner import BatchEvents
-from ..settings import EditSettings
+from ..settings import WORKER_FIELDS, EditSettings
 from .common import _STATE, Reporter, clip_model_option, quiet_libraries, run_options
 from .edit import edit as edit_command
 
 _DEFAULTABLE = frozenset(
     name
     for name in EditSettings.field_names()
-    if name not in ("input", "prompt") and not is_output_option(name)  # per job only
+    if name not in ("input", "prompt")
+    and not is_output_option(name)  # per job only
+    and name not in WORKER_FIELDS  # the batch's own --workers spread jobs, not one clip
 )
 
 

@@ -216,6 +216,7 @@ def format_summary(result: EditResult) -> list[str]:
     "--devices",
     default=None,
     metavar="DEV,DEV,...",
+    show_default="--workers processes on --device",
     help="One local worker per device, e.g. cuda:0,cuda:1,cuda:2,cuda:3 (instead of --workers).",
 )
 @click.option(
