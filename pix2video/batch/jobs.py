@@ -248,9 +248,7 @@ def _job(
     for required in ("input", "prompt"):
         if values.get(required) in (None, ""):
             raise InputError(f"{where}: the job has no '{required}'.")
-    split = sorted(
-        k for k in values if str(k).strip().lstrip("-").replace("-", "_") in WORKER_FIELDS
-    )
+    split = sorted(str(k).replace("_", "-") for k in values if k in WORKER_FIELDS)
     if split:
         raise InputError(
             f"{where}: a job cannot set '{split[0]}': the batch spreads its jobs over the "
