@@ -54,7 +54,7 @@ def _edit(pipe, clip, config: dict, chain: ChainPlace | None = None, resume=None
     x_t, depth, masks, sources, prompt, negative = clip
     kwargs = {k: v for k, v in config.items() if k not in ("masked", "resume")}
     order = anchor_order(FRAMES, kwargs.get("anchor", "first"))
-    rows = [order[p] for p in chain.span] if chain is not None else list(range(FRAMES))
+    rows = [order[p] for p in chain.positions] if chain is not None else list(range(FRAMES))
     if config.get("masked"):
         kwargs.update(masks=masks[rows], source_latents=sources)
     checkpoints: list[EditCheckpoint] = []
@@ -65,6 +65,12 @@ def _edit(pipe, clip, config: dict, chain: ChainPlace | None = None, resume=None
     return final, checkpoints, store
 
 
+SPLITS = {  # one run per worker, and runs of 2 (or 1) frames dealt in turn
+    "even": lambda world: ChainSplit.even(FRAMES, world),
+    "dealt": lambda world: ChainSplit.dealt(FRAMES, world, 2 if world == 2 else 1),
+}
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
@@ -72,23 +78,17 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     )
     pipe = load_pipeline("tiny", torch_dtype=torch.float64)
     clip = _clip(pipe)
-    split = ChainSplit.even(FRAMES, world)
-    place = ChainPlace(split, rank)
     results = {}
-    for name, config in CONFIGS.items():
-        resume = None
-        if "resume" in config:  # one process's checkpoint, cut to this worker's rows
-            _, checkpoints, _ = _edit(pipe, clip, config)
-            whole = checkpoints[config["resume"]]
-            span = place.span
-            resume = EditCheckpoint(
-                whole.step,
-                whole.latents[span.start : span.stop],
-                {k: v for k, v in whole.x0_targets.items() if span.start - 1 <= k[0] < span.stop},
-            )
-        final, _, store = _edit(pipe, clip, config, place, resume)
-        counts = store.exchange.counts
-        results[name] = (final, counts.bytes_sent, counts.messages_sent)
+    for kind, make in SPLITS.items():
+        place = ChainPlace(make(world), rank)
+        for name, config in CONFIGS.items():
+            resume = None
+            if "resume" in config:  # one process's checkpoint, cut to this worker's rows
+                _, checkpoints, _ = _edit(pipe, clip, config)
+                resume = checkpoints[config["resume"]].cut(place.positions)
+            final, _, store = _edit(pipe, clip, config, place, resume)
+            counts = store.exchange.counts
+            results[kind, name] = (final, counts.bytes_sent, counts.messages_sent)
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -117,24 +117,34 @@ def split_run(request, tmp_path_factory):
     return world, parts
 
 
+@pytest.mark.parametrize("kind", list(SPLITS))
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_split_chain_equals_one_process(single, split_run, name, report_measurement):
+def test_split_chain_equals_one_process(single, split_run, kind, name, report_measurement):
     world, parts = split_run
     anchor = CONFIGS[name].get("anchor", "first")
-    rows = torch.cat([part[name][0] for part in parts])  # processing order
+    gathered = torch.cat([part[kind, name][0] for part in parts])
+    rows = gathered[np.argsort(SPLITS[kind](world).gathered_order())]  # processing order
     joined = rows[np.argsort(anchor_order(FRAMES, anchor))]
     gap = (joined - single[name]).abs().max().item()
-    report_measurement(f"{world} workers, {name}: max |chain - one process|", f"{gap:.2e}")
+    report_measurement(f"{world} workers, {kind} split, {name}: max |chain - one", f"{gap:.2e}")
     assert joined.shape == single[name].shape
     assert gap <= TOLERANCE
-    assert sum(part[name][1] for part in parts) > 0  # the workers did talk (features or x0)
+    assert sum(part[kind, name][1] for part in parts) > 0  # the workers talked (features, x0)
 
 
-def test_split_is_contiguous_and_even():
+def test_splits_even_and_dealt():
     split = ChainSplit.even(7, 3)
-    assert [list(split.span(r)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [split.positions(r) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
     assert [split.owner(p) for p in range(7)] == [0, 0, 0, 1, 1, 2, 2]
     assert ChainSplit.even(2, 5).workers == 2  # never an empty worker
+    dealt = ChainSplit.dealt(10, 2, 3)  # runs 0-2, 3-5, 6-8, 9 dealt to 0, 1, 0, 1
+    assert dealt.runs(0) == [range(0, 3), range(6, 9)] and dealt.runs(1) == [
+        range(3, 6),
+        range(9, 10),
+    ]
+    assert [dealt.owner(p) for p in range(10)] == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1]
+    assert dealt.gathered_order() == [0, 1, 2, 6, 7, 8, 3, 4, 5, 9]
+    assert ChainSplit.dealt(6, 2, 3) == ChainSplit.even(6, 2)  # one run each: as even
     assert chunks_of(range(3, 8), 2) == [range(3, 5), range(5, 7), range(7, 8)]
 
 
@@ -145,8 +155,7 @@ def test_messages_per_step_are_the_anchor_and_the_previous_row():
 
     split = ChainSplit.even(9, 3)  # 0-2, 3-5, 6-8
     plan = reference_plan(9, "anchor+previous")
-    from_first, x0_after = _reading_order(split, 2, plan, 2, 1, split.span(0))
-    assert from_first == [(0, 0), (0, 1)]  # the anchor, each layer once
-    assert x0_after == 2
-    from_second, _ = _reading_order(split, 2, plan, 2, 1, split.span(1))
-    assert from_second == [(5, 0), (5, 1)]
+    from_first = _reading_order(split, 2, plan, 2, 1, set(split.positions(0)))
+    assert from_first == [("features", 0, 0), ("features", 0, 1)]  # the anchor, each layer once
+    from_second = _reading_order(split, 2, plan, 2, 1, set(split.positions(1)))
+    assert from_second == [("features", 5, 0), ("features", 5, 1), ("x0", 5)]

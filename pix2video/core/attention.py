@@ -100,7 +100,7 @@ class FeatureStore:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         chunk_size: int = 1,
-        span: range | None = None,
+        chunks: list[range] | None = None,
         exchange: ChainExchange | None = None,
     ) -> None:
         if chunk_size < 1:
@@ -109,14 +109,20 @@ class FeatureStore:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
         self.chunk_size = chunk_size
-        # A worker of a split chain (`frame_chain`) processes only `span`; the features of
-        # earlier workers' frames arrive through `exchange`, its own go to later workers.
-        self.span = span if span is not None else range(len(plan))
+        # The UNet calls' positions: consecutive chunks of `chunk_size` over the clip, or a
+        # worker's own chunks in a split chain (`frame_chain`), whose other frames' features
+        # arrive through `exchange` (and its own leave through it).
+        if chunks is None:
+            chunks = [
+                range(start, min(start + chunk_size, len(plan)))
+                for start in range(0, len(plan), chunk_size)
+            ]
+        self._chunk_of = {position: chunk for chunk in chunks for position in chunk}
         self.exchange = exchange
-        self._readers = [0] * len(plan)  # readers in later chunks of this span
-        for position in self.span:
+        self._readers = [0] * len(plan)  # readers in later chunks (here: this worker's)
+        for position in self._chunk_of:
             for ref in plan[position]:
-                if ref not in self.span or not self._same_chunk(ref, position):
+                if not self._same_chunk(ref, position):
                     self._readers[ref] += 1
         self._pending: dict[tuple[int, int], int] = {}
         self._bank: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -126,13 +132,14 @@ class FeatureStore:
         self.peak_nbytes = 0
 
     def _same_chunk(self, a: int, b: int) -> bool:
-        origin = self.span.start
-        return (a - origin) // self.chunk_size == (b - origin) // self.chunk_size
+        return a in self._chunk_of and self._chunk_of[a] == self._chunk_of.get(b)
+
+    def is_local(self, position: int) -> bool:
+        return position in self._chunk_of
 
     def chunk(self, position: int) -> range:
         """The positions that share a UNet call with `position`."""
-        start = position - (position - self.span.start) % self.chunk_size
-        return range(start, min(start + self.chunk_size, self.span.stop))
+        return self._chunk_of[position]
 
     @contextmanager
     def chunk_step(self, positions: range, step: int) -> Iterator[None]:
@@ -141,7 +148,7 @@ class FeatureStore:
             raise ValueError(f"positions {positions} are not a chunk of {self.chunk_size}")
         for position in positions:
             for ref in self.plan[position]:
-                if ref not in self.span and (ref, step) not in self._bank:
+                if not self.is_local(ref) and (ref, step) not in self._bank:
                     self._bank[(ref, step)] = {}  # filled as the layers receive it
                     self._pending[(ref, step)] = self._readers[ref]
                 if ref not in positions and (ref, step) not in self._bank:

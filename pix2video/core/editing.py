@@ -44,7 +44,7 @@ from .attention import (
     decoder_self_attention_layers,
     reference_plan,
 )
-from .frame_chain import ChainExchange, ChainPlace
+from .frame_chain import ChainExchange, ChainPlace, chunks_of
 from .guidance import (
     UNSPLITTABLE,
     guided_latent_update,
@@ -106,6 +106,12 @@ class EditCheckpoint:
     step: int
     latents: torch.Tensor  # (N, 4, h, w), processing order
     x0_targets: dict[tuple[int, int], torch.Tensor]  # predictions later guided steps still need
+
+    def cut(self, positions: list[int]) -> EditCheckpoint:
+        """The rows of one worker of a split chain (`frame_chain`), and the x0s it reads."""
+        wanted = set(positions)
+        x0s = {k: v for k, v in self.x0_targets.items() if k[0] in wanted or k[0] + 1 in wanted}
+        return EditCheckpoint(self.step, self.latents[positions], x0s)
 
 
 def invert_frames(
@@ -196,16 +202,18 @@ def edit_frames(
     frame per call whatever it says (frame i needs frame i-1's later steps first).
 
     `chain` makes this one worker of a clip split across workers (`frame_chain`): it edits
-    the positions `chain.span` only, exchanging features and x0s with the other workers;
-    then `inverted_latents`, `masks`, `resume`'s latents, the checkpoints and the result
-    hold the span's rows, in processing order. `predict`, `source_latents` still get clip
-    indices.
+    the positions `chain.positions` only (its runs), exchanging features and x0s with the
+    other workers; then `inverted_latents`, `masks`, `resume`'s latents, the checkpoints and
+    the result hold those positions' rows, in processing order. `predict` and
+    `source_latents` still get clip indices.
     """
     num_steps = len(schedule.timesteps)
     num_frames = chain.split.num_frames if chain is not None else inverted_latents.shape[0]
     device = inverted_latents.device
     clip_index = anchor_order(num_frames, anchor)
-    span = chain.span if chain is not None else range(num_frames)
+    mine = chain.positions if chain is not None else list(range(num_frames))
+    runs = chain.runs if chain is not None else [range(num_frames)]
+    row_of = {position: row for row, position in enumerate(mine)}
     if chain is None:  # rows in processing order
         inverted_latents = inverted_latents[clip_index]
         masks = masks[clip_index] if masks is not None else None
@@ -235,7 +243,7 @@ def edit_frames(
                 stacklevel=2,
             )
         frame_batch = 1
-    frame_batch = max(1, min(frame_batch, len(span)))
+    frame_batch = max(1, min(frame_batch, num_frames))
 
     plan = reference_plan(num_frames, attend, seed)
     exchange = None
@@ -243,28 +251,29 @@ def edit_frames(
         frame_batch = chain.agree_on_chunk_size(frame_batch, device)
         layers = decoder_self_attention_layers(unet) if attend != "none" else []
         exchange = ChainExchange(chain, plan, layers, frame_batch, set(last_use))
+    chunks = [chunk for run in runs for chunk in chunks_of(run, frame_batch)]
     store = FeatureStore(
         plan,
         dtype=feature_store_dtype,
         device=feature_store_device,
         chunk_size=frame_batch,
-        span=span,
+        chunks=chunks,
         exchange=exchange,
     )
-    latents = {p: x[None] for p, x in zip(span, inverted_latents, strict=True)}
+    latents = {p: x[None] for p, x in zip(mine, inverted_latents, strict=True)}
     x0_targets: dict[tuple[int, int], torch.Tensor] = {}
-    steps = [(p, s) for p, s in steps if p in span]
+    steps = [(p, s) for p, s in steps if p in row_of]
     if resume is not None:
-        latents = {p: x[None].to(device) for p, x in zip(span, resume.latents, strict=True)}
+        latents = {p: x[None].to(device) for p, x in zip(mine, resume.latents, strict=True)}
         x0_targets = {k: v.to(device) for k, v in resume.x0_targets.items()}
         steps = [(p, s) for p, s in steps if s > resume.step]
-    done = len(span) * num_steps - len(steps)
+    done = len(mine) * num_steps - len(steps)
     injection = cross_frame_attention(unet, store) if attend != "none" else nullcontext()
     alphas, final_alpha = schedule.alphas_cumprod, schedule.final_alpha_cumprod
     with injection:
-        for positions, step in chunked_calls(steps, frame_batch, span.start):
+        for positions, step in chunked_calls(steps, chunks=chunks):
             t = schedule.timesteps[step]
-            if exchange is not None and positions.start == span.start:
+            if exchange is not None and positions.start == mine[0]:
                 exchange.begin_step(step)
             x = (
                 latents[positions.start]
@@ -282,7 +291,7 @@ def edit_frames(
                 latent, x0 = stepped[row : row + 1], predicted[row : row + 1]
                 if position > 0 and step in target_of:
                     key = (position - 1, target_of[step])
-                    if key not in x0_targets:  # the previous worker's last frame
+                    if key not in x0_targets:  # another worker's run ends there
                         x0_targets[key] = exchange.receive(key[0], x0.shape, x0.dtype, x0.device)
                     latent = guided_latent_update(
                         latent, x0, x0_targets[key], latent_guidance_weight
@@ -292,45 +301,47 @@ def edit_frames(
                 if masks is not None:  # outside the mask, the source at this noise level
                     source = sources[row : row + 1].to(latent.device)
                     latent = torch.where(
-                        masks[position - span.start][None].to(latent.device), latent, source
+                        masks[row_of[position]][None].to(latent.device), latent, source
                     )
-                if position + 1 < span.stop and step in last_use:
+                if position + 1 in row_of and step in last_use:
                     x0_targets[(position, step)] = x0
                 elif exchange is not None and step in last_use:
                     exchange.send_x0(position, x0)
                 latents[position] = latent
             done += len(positions)
             if progress:
-                progress("editing", done, len(span) * num_steps)
-            if positions[-1] == span.stop - 1:
+                progress("editing", done, len(mine) * num_steps)
+            if positions[-1] == mine[-1]:
                 if exchange is not None:
                     exchange.end_step()
                 if on_step_end is not None:
                     # no host copy here (the cache copies what it saves): no GPU sync per step
-                    rows = torch.cat([latents[p] for p in span])
+                    rows = torch.cat([latents[p] for p in mine])
                     on_step_end(EditCheckpoint(step, rows, dict(x0_targets)))
     if exchange is not None:
         exchange.close()
-    final = torch.cat([latents[p] for p in span])
+    final = torch.cat([latents[p] for p in mine])
     return (final if chain is not None else final[np.argsort(clip_index)]), store
 
 
 def chunked_calls(
-    order: list[tuple[int, int]], chunk_size: int, origin: int = 0
+    order: list[tuple[int, int]], chunk_size: int = 1, chunks: list[range] | None = None
 ) -> list[tuple[range, int]]:
     """(positions, step) of each model call: `order`'s pairs grouped into chunks.
 
     Consecutive pairs share a call when they are consecutive positions at the same step in
-    the same chunk of `chunk_size` (positions origin..origin+N-1, origin+N..., where a
-    worker's run starts), so frame-major order stays one frame per call.
+    the same chunk: of `chunks` (a worker's, in a split chain), else of `chunk_size`
+    (positions 0..N-1, N..2N-1, ...). Frame-major order stays one frame per call.
     """
+    chunk_of = {p: chunk.start for chunk in chunks or () for p in chunk}
     calls: list[tuple[range, int]] = []
     for position, step in order:
+        start = chunk_of[position] if chunks is not None else position - position % chunk_size
         if (
             calls
             and calls[-1][1] == step
             and calls[-1][0].stop == position
-            and (position - origin) % chunk_size
+            and calls[-1][0].start >= start
         ):
             calls[-1] = (range(calls[-1][0].start, position + 1), step)
         else:

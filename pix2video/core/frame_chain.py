@@ -34,39 +34,60 @@ import torch
 
 @dataclass(frozen=True)
 class ChainSplit:
-    """Contiguous runs of frame positions (processing order), one per worker."""
+    """Runs of consecutive frame positions (processing order), dealt to the workers in turn.
+
+    Run r (positions starts[r] .. starts[r+1]-1) belongs to worker r % workers. With one run
+    per worker (`even`) the worker after w waits, every step, for w's whole run; with short
+    runs dealt in turn (`dealt`), each worker holds every W-th run and the next worker waits
+    only for one run's last frame, layer by layer: all workers stay busy (README "Scaling").
+    """
 
     num_frames: int
-    starts: tuple[int, ...]  # worker r holds starts[r] .. starts[r+1]-1
+    starts: tuple[int, ...]
+    workers: int
 
     @classmethod
     def even(cls, num_frames: int, workers: int) -> ChainSplit:
-        """`workers` runs (at most one per frame) whose lengths differ by at most one."""
+        """One run per worker (at most one worker per frame), lengths differing by at most one."""
         workers = max(1, min(workers, num_frames))
         base, extra = divmod(num_frames, workers)
         starts, start = [], 0
         for rank in range(workers):
             starts.append(start)
             start += base + (rank < extra)
-        return cls(num_frames, tuple(starts))
+        return cls(num_frames, tuple(starts), workers)
 
-    @property
-    def workers(self) -> int:
-        return len(self.starts)
+    @classmethod
+    def dealt(cls, num_frames: int, workers: int, run_length: int) -> ChainSplit:
+        """Runs of `run_length` frames dealt in turn; `even` when every worker has one at most."""
+        if num_frames <= workers * run_length:
+            return cls.even(num_frames, workers)
+        return cls(num_frames, tuple(range(0, num_frames, run_length)), workers)
 
-    def span(self, rank: int) -> range:
-        stop = self.starts[rank + 1] if rank + 1 < self.workers else self.num_frames
-        return range(self.starts[rank], stop)
+    def _run(self, index: int) -> range:
+        stop = self.starts[index + 1] if index + 1 < len(self.starts) else self.num_frames
+        return range(self.starts[index], stop)
+
+    def runs(self, rank: int) -> list[range]:
+        return [self._run(i) for i in range(rank, len(self.starts), self.workers)]
+
+    def positions(self, rank: int) -> list[int]:
+        return [position for run in self.runs(rank) for position in run]
 
     def owner(self, position: int) -> int:
-        return bisect.bisect_right(self.starts, position) - 1
+        return (bisect.bisect_right(self.starts, position) - 1) % self.workers
+
+    def gathered_order(self) -> list[int]:
+        """The positions of every worker's rows put one worker after another (rank order):
+        `rows[argsort(gathered_order())]` is the clip in processing order."""
+        return [position for rank in range(self.workers) for position in self.positions(rank)]
 
 
-def chunks_of(span: range, chunk_size: int) -> list[range]:
-    """The chunks (frames sharing a UNet call) a worker's run is cut into, from its start."""
+def chunks_of(run: range, chunk_size: int) -> list[range]:
+    """The chunks (frames sharing a UNet call) a run is cut into, from its start."""
     return [
-        range(start, min(start + chunk_size, span.stop))
-        for start in range(span.start, span.stop, chunk_size)
+        range(start, min(start + chunk_size, run.stop))
+        for start in range(run.start, run.stop, chunk_size)
     ]
 
 
@@ -75,7 +96,7 @@ class ChainPlace:
     """Where one worker stands in a split chain: what `editing.edit_frames` is given.
 
     `group` is the `torch.distributed` process group of the workers (None: the default
-    one), whose rank r holds `split.span(r)`.
+    one), whose rank r holds `split.runs(r)`.
     """
 
     split: ChainSplit
@@ -83,11 +104,15 @@ class ChainPlace:
     group: object | None = None
 
     @property
-    def span(self) -> range:
-        return self.split.span(self.rank)
+    def runs(self) -> list[range]:
+        return self.split.runs(self.rank)
+
+    @property
+    def positions(self) -> list[int]:
+        return self.split.positions(self.rank)
 
     def agree_on_chunk_size(self, chunk_size: int, device: torch.device) -> int:
-        """The smallest of the workers' frame batches: every worker must cut its run the same
+        """The smallest of the workers' frame batches: every worker must cut its runs the same
         way, since a sender orders its messages by the receiver's chunks."""
         import torch.distributed as dist
 
@@ -126,26 +151,27 @@ class ChainExchange:
         x0_steps: set[int],
     ) -> None:
         self.place, self.plan, self.chunk_size = place, plan, chunk_size
-        self.split, self.rank, self.span = place.split, place.rank, place.span
+        self.split, self.rank = place.split, place.rank
+        self.mine = set(place.positions)
         self.layer_index = {name: i for i, name in enumerate(layers)}
         self.x0_steps = x0_steps
         self.counts = ExchangeCounts()
-        # the later workers reading each of my positions' features
+        # the other workers reading each of my positions' features
         self.readers: dict[int, list[int]] = {}
         for position, refs in enumerate(plan):
             reader = self.split.owner(position)
             for ref in refs:
-                if ref in self.span and reader != self.rank:
+                if ref in self.mine and reader != self.rank:
                     ranks = self.readers.setdefault(ref, [])
                     if reader not in ranks:
                         ranks.append(reader)
-        last = self.split.workers - 1
-        self.next_rank = self.rank + 1 if self.rank < last else None
+        # the workers whose runs start right after one of mine (they read its last x0)
+        after = {self.split.owner(run.stop) for run in place.runs if run.stop < len(plan)}
+        destinations = ({r for ranks in self.readers.values() for r in ranks} | after) - {self.rank}
         self._orders = {
-            dst: _reading_order(self.split, dst, plan, len(layers), chunk_size, self.span)
-            for dst in sorted({r for ranks in self.readers.values() for r in ranks}
-                              | ({self.next_rank} if self.next_rank is not None else set()))
-        }  # fmt: skip
+            dst: _reading_order(self.split, dst, plan, len(layers), chunk_size, self.mine)
+            for dst in sorted(destinations)
+        }
         self._queues: dict[int, deque] = {}
         self._ready: dict[int, dict[tuple, torch.Tensor]] = {}
         self._in_flight: deque[tuple[int, list]] = deque()  # (step, [(work, tensor)])
@@ -165,11 +191,9 @@ class ChainExchange:
         self._in_flight.append((step, []))
         self.counts.per_step_bytes_sent.append(0)
         self.counts.steps += 1
-        for dst, (features, x0_after) in self._orders.items():
-            items: list[tuple] = [("features", ref, layer) for ref, layer in features]
-            if dst == self.next_rank and step in self.x0_steps:
-                items.insert(x0_after, ("x0", self.span.stop - 1))
-            self._queues[dst] = deque(items)
+        guided = step in self.x0_steps
+        for dst, items in self._orders.items():
+            self._queues[dst] = deque(i for i in items if guided or i[0] != "x0")
             self._ready[dst] = {}
 
     def end_step(self) -> None:
@@ -197,10 +221,12 @@ class ChainExchange:
             self._offer(dst, item, rows)
 
     def send_x0(self, position: int, x0: torch.Tensor) -> None:
-        """Offer the last position's predicted x0 to the next worker, if a guided step reads it."""
-        if self.next_rank is not None and position == self.span.stop - 1:
+        """Offer a run's last predicted x0 to the worker of the next run, if a guided step
+        reads it."""
+        following = position + 1
+        if following < len(self.plan) and following not in self.mine:
             if self.step in self.x0_steps:
-                self._offer(self.next_rank, ("x0", position), x0)
+                self._offer(self.split.owner(following), ("x0", position), x0)
 
     def _offer(self, dst: int, item: tuple, tensor: torch.Tensor) -> None:
         import torch.distributed as dist
@@ -218,7 +244,7 @@ class ChainExchange:
 
     # ------------------------------------------------------------------ receiving
     def is_remote(self, position: int) -> bool:
-        return position not in self.span
+        return position not in self.mine
 
     def receive(self, position: int, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
         """The next message from `position`'s worker, which is `position`'s (features or x0)."""
@@ -237,26 +263,27 @@ def _reading_order(
     plan: list[tuple[int, ...]],
     num_layers: int,
     chunk_size: int,
-    sender_span: range,
-) -> tuple[list[tuple[int, int]], int]:
-    """The (position, layer) features worker `reader` reads from `sender_span` in one step,
-    in reading order, and how many of them come before the x0 (read after its first chunk).
+    sender: set[int],
+) -> list[tuple]:
+    """What worker `reader` reads from the `sender` positions in one step, in reading order:
+    ("features", position, layer) and, on guided steps, ("x0", position).
 
     A worker reads a remote frame's input to a layer the first time one of its rows needs
     it at that step: chunk by chunk, layer by layer, row by row, reference by reference
     (`attention.CrossFrameAttnProcessor`); its feature store keeps it for later chunks.
+    After the UNet call of a chunk that starts a run, the guided update of its first row
+    reads the x0 of the position before it.
     """
-    order: list[tuple[int, int]] = []
-    x0_after = 0
-    span = split.span(reader)
+    order: list[tuple] = []
     seen: set[tuple[int, int]] = set()  # received once a step, kept until its last reader
-    for number, chunk in enumerate(chunks_of(span, chunk_size)):
-        for layer in range(num_layers):
-            for position in chunk:
-                for ref in plan[position]:
-                    if ref in sender_span and (ref, layer) not in seen:
-                        seen.add((ref, layer))
-                        order.append((ref, layer))
-        if number == 0:
-            x0_after = len(order)
-    return order, x0_after
+    for run in split.runs(reader):
+        for chunk in chunks_of(run, chunk_size):
+            for layer in range(num_layers):
+                for position in chunk:
+                    for ref in plan[position]:
+                        if ref in sender and (ref, layer) not in seen:
+                            seen.add((ref, layer))
+                            order.append(("features", ref, layer))
+            if chunk.start == run.start and run.start - 1 in sender:
+                order.append(("x0", run.start - 1))
+    return order

@@ -45,8 +45,7 @@ class WorkerTask:
 
     settings: EditSettings  # a one-process job's: this worker's device, the source prompt known
     rank: int
-    starts: tuple[int, ...]  # `ChainSplit.starts`
-    num_frames: int
+    split: Any  # `core.frame_chain.ChainSplit`: which positions each rank edits
     init_method: str  # the process group's rendezvous, tcp://HOST:PORT
     dist_backend: str  # "gloo" or "nccl"
     resume: Any = None  # `EditCheckpoint` cut to this worker's rows, or None
@@ -66,7 +65,7 @@ def run_worker(task: WorkerTask, outbox) -> None:
             task.dist_backend,
             init_method=task.init_method,
             rank=task.rank,
-            world_size=len(task.starts),
+            world_size=task.split.workers,
             timeout=GROUP_TIMEOUT,
         )
         final, inverted, stats = _edit_part(task, outbox)
@@ -96,7 +95,7 @@ def _edit_part(task: WorkerTask, outbox):
     import torch
 
     from ..core.editing import anchor_order
-    from ..core.frame_chain import ChainPlace, ChainSplit
+    from ..core.frame_chain import ChainPlace
     from ..settings import parse_frame_batch
     from .latents import depth_and_inversion, edit_options
 
@@ -112,14 +111,14 @@ def _edit_part(task: WorkerTask, outbox):
     try:
         p = prepare_edit(ctx, PipelineCache())
         n = p.source.num_frames
-        if n != task.num_frames:
+        if n != task.split.num_frames:
             raise Pix2VideoError(
-                f"{s.input} has {n} frames for worker {rank} but {task.num_frames} for the "
+                f"{s.input} has {n} frames for worker {rank} but {task.split.num_frames} for the "
                 "driver; is it being written to, or not the same file on every node?"
             )
-        place = ChainPlace(ChainSplit(n, task.starts), rank)
+        place = ChainPlace(task.split, rank)
         order = anchor_order(n, s.anchor)
-        mine = [order[position] for position in place.span]  # clip indices of the run
+        mine = [order[position] for position in place.positions]  # its frames' clip indices
         result = initial_result(ctx, p)
         depth, inverted, trajectories = depth_and_inversion(
             ctx, p.pipe, p.source, p.conditioning, p.keys, p.prompts, mine,

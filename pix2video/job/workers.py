@@ -96,9 +96,9 @@ def edit_on_workers(
                 )
     finally:
         pool.close()
-    order = np.argsort(anchor_order(n, s.anchor))
-    final = torch.from_numpy(np.concatenate(rows)[order])
-    result.workers = len(rows)
+    order = np.argsort(anchor_order(n, s.anchor))  # processing order -> clip order
+    final = torch.from_numpy(rows[order])
+    result.workers = len(stats)
     for name in ("depth_cached", "depth_computed", "inversion_cached", "inversion_computed",
                  "unet_evaluations_inversion", "unet_evaluations_editing"):  # fmt: skip
         setattr(result, name, sum(part[name] for part in stats))
@@ -107,9 +107,9 @@ def edit_on_workers(
     result.bytes_exchanged = sum(part["bytes_sent"] for part in stats)
     if ctx.save("final", p.keys.edit, final):
         ctx.cache.remove("checkpoint", p.keys.edit)
-    if inverted[0] is None:
+    if inverted is None:
         return final, None
-    return final, torch.from_numpy(np.concatenate(inverted)[order])
+    return final, torch.from_numpy(inverted[order])
 
 
 class Attempt:
@@ -122,26 +122,25 @@ class Attempt:
             ctx, pool, settings, resume, save,
         )  # fmt: skip
         self.n = num_frames
-        self.split = ChainSplit.even(num_frames, pool.size)
+        self.split = ChainSplit.dealt(num_frames, pool.size, run_length(settings, pool.device))
         self.last_checkpoint = None
         self._pending: dict[int, dict[int, tuple]] = {}  # step -> rank -> (latents, x0s)
         self._progress: dict[str, dict[int, int]] = {}
         self._done: dict[int, tuple] = {}
         self._peer_failures: dict[int, str] = {}  # ranks whose exchange broke: a peer died
 
-    def run(self) -> tuple[list, list, list[dict]]:
-        """Every worker's (final rows, x_T rows, stats), in rank order."""
+    def run(self) -> tuple:
+        """(final latents, x_T or None: numpy, processing order; every worker's stats)."""
         s, split = self.settings, self.split
         devices, address, threads = self.pool.start(split.workers)
         tasks = [
             WorkerTask(
                 settings=s.replace(device=devices[rank]),
                 rank=rank,
-                starts=split.starts,
-                num_frames=self.n,
+                split=split,
                 init_method=address,
                 dist_backend="nccl" if devices[rank].startswith("cuda") else "gloo",
-                resume=self._cut(self.resume, split.span(rank)),
+                resume=self.resume.cut(split.positions(rank)) if self.resume else None,
                 threads=threads,
                 send_inverted=self.ctx.settings.save_latents is not None,
             )
@@ -161,7 +160,19 @@ class Attempt:
             if len(self._done) < split.workers:
                 self.pool.stop()
         parts = [self._done[rank] for rank in range(split.workers)]
-        return [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
+        return (
+            self._join([p[0] for p in parts]),
+            self._join([p[1] for p in parts]),
+            [p[2] for p in parts],
+        )
+
+    def _join(self, rows: list):
+        """The workers' rows (each in its positions' order) as the clip, in processing order."""
+        import numpy as np
+
+        if rows[0] is None:
+            return None
+        return np.concatenate(rows)[np.argsort(self.split.gathered_order())]
 
     def _check_ended(self) -> None:
         """Raise `WorkerLost` for a worker that ended without a word (after reading its last)."""
@@ -202,7 +213,6 @@ class Attempt:
 
     def _checkpoint(self, rank: int, step: int, latents, x0_targets) -> None:
         """Keep a worker's rows of `step`; once every worker's are in, that is a checkpoint."""
-        import numpy as np
         import torch
 
         from ..core.editing import EditCheckpoint
@@ -214,25 +224,29 @@ class Attempt:
         x0s: dict = {}
         for part in parts.values():
             x0s.update({k: torch.from_numpy(v) for k, v in part[1].items()})
-        rows = torch.from_numpy(np.concatenate([parts[r][0] for r in range(self.split.workers)]))
+        rows = torch.from_numpy(self._join([parts[r][0] for r in range(self.split.workers)]))
         self.last_checkpoint = EditCheckpoint(step, rows, x0s)
         for old in [k for k in self._pending if k <= step]:
             del self._pending[old]
         if self.save is not None:
             self.save(self.last_checkpoint)
 
-    @staticmethod
-    def _cut(checkpoint, span: range):
-        """A checkpoint's rows of one worker's run, and the x0s it will read."""
-        if checkpoint is None:
-            return None
-        from ..core.editing import EditCheckpoint
 
-        return EditCheckpoint(
-            checkpoint.step,
-            checkpoint.latents[span.start : span.stop].clone(),
-            {k: v for k, v in checkpoint.x0_targets.items() if span.start - 1 <= k[0] < span.stop},
-        )
+GPU_RUN_LENGTH = 8
+"""Frames per run with --frame-batch auto on GPUs: one UNet call per run where 8 fit."""
+
+
+def run_length(settings, device: str) -> int:
+    """Frames per run dealt to a worker (`ChainSplit.dealt`): the frame batch, so that a run
+    is one UNet call and the next worker waits for one call only; `auto` is measured on each
+    worker, after the split, so here it is `GPU_RUN_LENGTH` on GPUs and auto's 1 on CPUs."""
+    from ..pipelines.backbone import CPU_FRAME_BATCH
+    from ..settings import parse_frame_batch
+
+    frame_batch = parse_frame_batch(settings.frame_batch)
+    if frame_batch != "auto":
+        return frame_batch
+    return GPU_RUN_LENGTH if device.startswith("cuda") else CPU_FRAME_BATCH
 
 
 def check_workers(settings) -> None:
@@ -287,6 +301,10 @@ class LocalWorkers:
     @property
     def size(self) -> int:
         return len(self.devices)
+
+    @property
+    def device(self) -> str:
+        return self.devices[0]
 
     def start(self, count: int) -> tuple[list[str], str, int | None]:
         """(device per worker, rendezvous address, torch threads per CPU worker)."""

@@ -298,9 +298,9 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         frame_batch = parse_frame_batch(frame_batch)
         if frame_batch == "auto":
             row_rows = rows  # conditioning by row of `inverted_latents`
-            if chain is not None:  # rows are the span's positions, `rows` takes clip indices
-                clip = anchor_order(chain.split.num_frames, anchor)
-                row_rows = lambda index: rows([clip[chain.span[i]] for i in index])  # noqa: E731
+            if chain is not None:  # rows are the worker's positions, `rows` takes clip indices
+                clip, mine = anchor_order(chain.split.num_frames, anchor), chain.positions
+                row_rows = lambda index: rows([clip[mine[i]] for i in index])  # noqa: E731
             frame_batch = self.auto_frame_batch(inverted_latents, row_rows, text, attend)
 
         return edit_frames(
