@@ -2,14 +2,15 @@
 
 Editing only: random x_T and depth stand in for a clip's (speed and traffic do not depend on
 their values). W = 1 is one process without a chain; W > 1 starts W processes joined by a
-`torch.distributed` group (gloo on CPUs, NCCL on GPUs), each editing its run of positions
-exactly as `pix2video edit --workers W` does. After a one-step warm-up every worker times
+`torch.distributed` group (gloo on CPUs, NCCL on GPUs), each editing its runs of positions
+as `pix2video edit --workers W` does (`--split dealt`: runs of `--frame-batch` frames dealt
+in turn, the default; `even`: one run per worker). After a one-step warm-up every worker times
 the same edit; the wall time is the slowest worker's, the bytes are every worker's sends.
 The final latents are compared with W = 1's.
 
 Then the scaling model of README "One clip on several GPUs": what crosses per step for
 full-size SD2-depth at 512x512 (computed from the UNet config; the same formula is checked
-against the bytes the tiny model's workers measured here), the pipeline bubble, and the
+against the bytes the tiny model's workers sent here), the pipeline bubble, and the
 expected efficiency at 2, 8 and 32 GPUs over NVLink and over 25 Gb/s Ethernet for a given
 time per frame-step (`--frame-ms`: measure it with `frame_batch.py` on the GPU; without a
 GPU the default is an assumption, printed as such).
@@ -32,14 +33,22 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+for quiet in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+    os.environ.setdefault(quiet, "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-LINKS = {"NVLink (~150 GB/s per direction, p2p)": 150e9, "25 Gb/s Ethernet": 25e9 / 8}
+LINKS = {  # bytes per second, seconds per message
+    "NVLink": (150e9, 10e-6),
+    "25 Gb/s Ethernet": (25e9 / 8, 50e-6),
+}
 
 
 def load(args):
     import torch
+    from diffusers.utils import logging
 
+    logging.disable_progress_bar()
     dtype = getattr(torch, args.dtype)
     if args.model == "tiny":
         from pix2video import load_pipeline
@@ -60,11 +69,11 @@ def clip(args, pipe):
     return x_t, depth, pipe.encode_prompt("a red sports car"), pipe.encode_prompt("")
 
 
-def worker(rank: int, world: int, port: int, args, out: str) -> None:
+def worker(rank: int, world: int, split: str, port: int, args, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from pix2video.core.frame_chain import ChainPlace, ChainSplit
+    from pix2video.core.frame_chain import ChainPlace
 
     device = torch.device(args.device if args.device == "cpu" else f"cuda:{rank}")
     if device.type == "cpu":
@@ -77,12 +86,11 @@ def worker(rank: int, world: int, port: int, args, out: str) -> None:
     )
     pipe = load(args).to(device)
     x_t, depth, prompt, negative = clip(args, pipe)
-    place = ChainPlace(ChainSplit.even(args.frames, world), rank)
-    span = place.span
+    place = ChainPlace(split_of(split, args, world), rank)
 
-    def edit(steps: int):
+    def edit(steps: int):  # anchor "first": processing order is clip order
         return pipe.edit(
-            x_t[span.start : span.stop].to(device), depth.to(device), prompt, negative,
+            x_t[place.positions].to(device), depth.to(device), prompt, negative,
             num_inference_steps=steps, frame_batch=args.frame_batch, chain=place,
         )  # fmt: skip
 
@@ -105,10 +113,18 @@ def worker(rank: int, world: int, port: int, args, out: str) -> None:
     dist.destroy_process_group()
 
 
-def one_process(args) -> tuple:
+def split_of(split: str, args, world: int):
+    from pix2video.core.frame_chain import ChainSplit
+
+    if split == "even":
+        return ChainSplit.even(args.frames, world)
+    return ChainSplit.dealt(args.frames, world, args.frame_batch)
+
+
+def one_process(args, threads: int) -> tuple:
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     device = torch.device(args.device)
     pipe = load(args).to(device)
     x_t, depth, prompt, negative = clip(args, pipe)
@@ -127,7 +143,7 @@ def one_process(args) -> tuple:
     return time.perf_counter() - tic, final.float().cpu()
 
 
-def split_run(args, world: int) -> dict:
+def split_run(args, world: int, split: str) -> dict:
     import torch
     import torch.multiprocessing as mp
 
@@ -136,22 +152,23 @@ def split_run(args, world: int) -> dict:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(
-            worker, args=(world, port, args, out), nprocs=world, start_method="spawn"
+            worker, args=(world, split, port, args, out), nprocs=world, start_method="spawn"
         )
         parts = [torch.load(Path(out) / f"{r}.pt") for r in range(world)]
     per_step = [sum(p["bytes"][i] for p in parts) for i in range(len(parts[0]["bytes"]))]
+    order = torch.as_tensor(split_of(split, args, world).gathered_order()).argsort()
     return {
         "seconds": max(p["seconds"] for p in parts),
         "bytes_per_step": sum(per_step) / len(per_step),
         "last_step_bytes": per_step[-1],
         "messages": sum(p["messages"] for p in parts),
-        "final": torch.cat([p["final"] for p in parts]),
+        "final": torch.cat([p["final"] for p in parts])[order],
     }
 
 
 # ---------------------------------------------------------------------------- the model
-def row_bytes(unet_config: dict, latent_side: int, dtype_bytes: int, branches: int = 2) -> int:
-    """Bytes of one frame's inputs to every decoder self-attention layer (both CFG branches).
+def layer_bytes(unet_config: dict, latent_side: int, dtype_bytes: int, branches: int = 2) -> list:
+    """Bytes of one frame's input to each decoder self-attention layer (both CFG branches).
 
     Up block i works at latent_side / 2^(blocks-1-i) with reversed(block_out_channels)[i]
     channels; each of its layers_per_block+1 attentions holds transformer_layers_per_block
@@ -160,73 +177,84 @@ def row_bytes(unet_config: dict, latent_side: int, dtype_bytes: int, branches: i
     channels = list(reversed(unet_config["block_out_channels"]))
     blocks = len(channels)
     depth = unet_config.get("transformer_layers_per_block", 1)
-    total = 0
+    out = []
     for i, kind in enumerate(unet_config["up_block_types"]):
         if "CrossAttn" not in kind:
             continue
         side = latent_side // 2 ** (blocks - 1 - i)
         per_block = depth[i] if isinstance(depth, (list, tuple)) else depth
         layers = (unet_config["layers_per_block"] + 1) * per_block
-        total += layers * branches * side * side * channels[i] * dtype_bytes
-    return total
+        out += [branches * side * side * channels[i] * dtype_bytes] * layers
+    return out
 
 
-def scaling_model(frames: int, steps: int, frame_ms: float, measured: bool) -> list[str]:
-    """Expected efficiency of the split chain for full-size SD2-depth at 512x512, fp16, CFG."""
+def rows_sent_per_step(split) -> int:
+    """Frames whose decoder inputs cross per step with the default attend ("anchor+previous"):
+    the anchor's (position 0) to every other worker, and each run's last to the next run's
+    worker (once if that is the anchor already)."""
+    pairs = {(0, w) for w in range(1, split.workers)}
+    for start in split.starts[1:]:
+        pairs.add((start - 1, split.owner(start)))
+    return len(pairs)
+
+
+def scaling_model(frames: int, steps: int, frame_ms: float, run_length: int, measured: bool):
+    """Expected efficiency of the split chain for full-size SD2-depth at 512x512, fp16, CFG.
+
+    Dealt runs (the default): run r+1's layer l waits for run r's input to layer l, so
+    consecutive runs trail each other by one layer's transfer (`hop`, its largest); the W
+    workers go round a ring, so a worker's next run can start after max(its call, W hops).
+    A worker's step is its runs' calls (the busiest worker has ceil(runs / W)); worker 0
+    also sends the anchor's rows to the W-1 others each step. The pipeline fills once, over
+    W-1 hops. One run per worker: worker w trails w-1 by a run, and a worker holds sends of
+    at most two steps, so the first waits for the last: a step takes max(1, (W-1)/2) runs,
+    plus W-1 runs to fill.
+    """
+    import math
+
     from full_size import SD2_DEPTH_UNET
 
-    row = row_bytes(SD2_DEPTH_UNET, 64, 2)
-    x0 = 4 * 64 * 64 * 2
-    layer_rows = _layer_bytes(SD2_DEPTH_UNET, 64, 2)
+    layers = layer_bytes(SD2_DEPTH_UNET, 64, 2)
+    row, x0 = sum(layers), 4 * 64 * 64 * 2
+    t = frame_ms / 1e3
+    call = run_length * t
+    runs = math.ceil(frames / run_length)
     lines = [
         f"Full-size SD2-depth, 512x512, float16, CFG: one frame's decoder self-attention inputs "
-        f"= {row / 2**20:.1f} MiB per step ({len(layer_rows)} layers, largest "
-        f"{max(layer_rows) / 2**20:.1f} MiB); x0 = {x0 / 2**10:.0f} KiB.",
-        f"Per step a worker receives the previous worker's last row and the anchor's: "
-        f"{2 * row / 2**20:.1f} MiB (+ x0 on guided steps); worker 0 sends the anchor's row to "
-        f"each of the W-1 others.",
-        f"Clip: {frames} frames, {steps} steps; time per frame-step "
-        f"{frame_ms:g} ms ({'measured' if measured else 'ASSUMED: no GPU measured it'}).",
+        f"= {row / 2**20:.1f} MiB per step ({len(layers)} layers, largest "
+        f"{max(layers) / 2**20:.2f} MiB); x0 = {x0 / 2**10:.0f} KiB.",
+        f"Clip: {frames} frames, {steps} steps, runs of {run_length} frames (one UNet call of "
+        f"{call * 1e3:g} ms); {frame_ms:g} ms per frame-step "
+        f"({'measured' if measured else 'ASSUMED: no GPU measured it here'}).",
         "",
-        "| GPUs | frames per GPU | step (compute) | fill + drain | anchor fan-out per step | link | efficiency |",
-        "|---|---|---|---|---|---|---|",
+        "| GPUs | link | hop (largest layer) | a run's rows on the wire | anchor fan-out per step "
+        "| step: ideal / dealt runs | efficiency, dealt runs | efficiency, one run per GPU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for gpus in (2, 8, 32):
-        per_gpu = -(-frames // gpus)
-        step = per_gpu * frame_ms / 1e3
-        for link, bandwidth in LINKS.items():
-            hop = max(layer_rows) / bandwidth  # a boundary row's largest layer on the wire
-            # the chain within a step: worker w's first chunk waits for w-1's last chunk, so
-            # the pipeline fills (and drains) over W-1 workers, each about one step behind
-            # the one before when it holds many chunks
-            fill = (gpus - 1) * (step + len(layer_rows) * hop)
-            fan_out = (gpus - 1) * row / bandwidth  # worker 0's sends, overlapped with compute
-            busy = max(step, fan_out)
-            total = steps * busy + fill
-            efficiency = steps * step / total
+        ideal_step = frames * t / gpus
+        per_gpu = math.ceil(runs / gpus)
+        run_even = math.ceil(frames / gpus) * t
+        even = steps * max(1.0, (gpus - 1) / 2) * run_even + (gpus - 1) * run_even
+        for link, (bandwidth, latency) in LINKS.items():
+            hop = max(layers) / bandwidth + latency
+            wire = row / bandwidth + len(layers) * latency
+            fan_out = (gpus - 1) * wire
+            period = max(call, gpus * hop, wire)
+            step = max(per_gpu * period, per_gpu * wire + fan_out)
+            total = steps * step + (gpus - 1) * hop
             lines.append(
-                f"| {gpus} | {per_gpu} | {step:.2f} s | {fill:.1f} s | {fan_out * 1e3:.0f} ms | "
-                f"{link} | {efficiency:.0%} |"
+                f"| {gpus} | {link} | {hop * 1e3:.2f} ms | {wire * 1e3:.1f} ms | "
+                f"{fan_out * 1e3:.0f} ms | {ideal_step:.2f} s / {step:.2f} s | "
+                f"{steps * ideal_step / total:.0%} | {steps * ideal_step / even:.0%} |"
             )
     return lines
-
-
-def _layer_bytes(unet_config: dict, latent_side: int, dtype_bytes: int) -> list[int]:
-    channels = list(reversed(unet_config["block_out_channels"]))
-    blocks = len(channels)
-    out = []
-    for i, kind in enumerate(unet_config["up_block_types"]):
-        if "CrossAttn" in kind:
-            side = latent_side // 2 ** (blocks - 1 - i)
-            out += [2 * side * side * channels[i] * dtype_bytes] * (
-                unet_config["layers_per_block"] + 1
-            )
-    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--split", nargs="+", choices=["dealt", "even"], default=["dealt", "even"])
     parser.add_argument("--model", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -238,6 +266,7 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="print the scaling model only")
     parser.add_argument("--clip-frames", type=int, default=9000, help="frames of the modelled clip")
     parser.add_argument("--frame-ms", type=float, default=None, help="GPU ms per frame-step")
+    parser.add_argument("--run-length", type=int, default=8, help="frames per run, modelled")
     args = parser.parse_args()
 
     if not args.model_only:
@@ -245,37 +274,60 @@ def main() -> None:
 
         print(f"{args.model} model, {args.device}, {args.size}px, {args.frames} frames, "
               f"{args.steps} steps, frame batch {args.frame_batch}, {args.threads} threads in all")  # fmt: skip
-        print("| workers | wall s | vs 1 worker | MiB sent per step | messages | max gap vs 1 |")
-        print("|---|---|---|---|---|---|")
-        base_seconds, base_final = one_process(args)
-        print(f"| 1 | {base_seconds:.2f} | 1.00x | 0 | 0 | 0 |", flush=True)
+        print(
+            "| workers | split | wall s | vs 1 worker | MiB sent per step | messages | max gap vs 1 "
+            "| max gap vs 1 at a worker's threads |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        base_seconds, base_final = one_process(args, args.threads)
+        print(f"| 1 | - | {base_seconds:.2f} | 1.00x | 0 | 0 | 0 | - |", flush=True)
+        share_final = base_final
+        if args.device == "cpu" and args.threads > 1:  # what one worker's share does alone
+            share = max(1, args.threads // max(args.workers))
+            seconds, share_final = one_process(args, share)
+            gap = (share_final - base_final).abs().max().item()
+            print(f"| 1 ({share} thread) | - | {seconds:.2f} | {base_seconds / seconds:.2f}x | "
+                  f"0 | 0 | {gap:.1e} | 0 |", flush=True)  # fmt: skip
+        checks = []
+        dtype_bytes = getattr(torch, args.dtype).itemsize
+        if args.model == "tiny":
+            unet_config = load(args).unet.config
+        else:
+            from full_size import SD2_DEPTH_UNET as unet_config
         for world in [w for w in args.workers if w > 1]:
-            run = split_run(args, world)
-            gap = (run["final"] - base_final).abs().max().item()
-            print(
-                f"| {world} | {run['seconds']:.2f} | {base_seconds / run['seconds']:.2f}x | "
-                f"{run['bytes_per_step'] / 2**20:.3f} | {run['messages']} | {gap:.1e} |",
-                flush=True,
-            )
-            if args.model == "tiny":
-                from pix2video.core.frame_chain import ChainSplit
-
-                row = row_bytes(load(args).unet.config, args.size // 8, 4)
-                split = ChainSplit.even(args.frames, world)
-                # worker w > 0 reads the anchor's row and its previous position's (one if equal)
-                rows = sum(len({0, split.starts[w] - 1}) for w in range(1, world))
+            for split in args.split:
+                run = split_run(args, world, split)
+                gap = (run["final"] - base_final).abs().max().item()
+                same_threads = (run["final"] - share_final).abs().max().item()
                 print(
-                    f"    last (unguided) step: {run['last_step_bytes'] / 2**20:.3f} MiB sent; "
-                    f"formula {rows} rows x {row / 2**20:.3f} MiB = {rows * row / 2**20:.3f} MiB"
+                    f"| {world} | {split} | {run['seconds']:.2f} | "
+                    f"{base_seconds / run['seconds']:.2f}x | "
+                    f"{run['bytes_per_step'] / 2**20:.3f} | {run['messages']} | {gap:.1e} | "
+                    f"{same_threads:.1e} |",
+                    flush=True,
                 )
+                row = sum(layer_bytes(unet_config, args.size // 8, dtype_bytes))
+                rows = rows_sent_per_step(split_of(split, args, world))
+                checks.append(
+                    f"{world} workers, {split}: last step {run['last_step_bytes'] / 2**20:.3f} "
+                    f"MiB sent; formula {rows} rows x {row / 2**20:.3f} MiB = "
+                    f"{rows * row / 2**20:.3f} MiB (+ x0s on guided steps)"
+                )
+        print("\n".join(checks))
         del torch
     print()
     print(
         "\n".join(
-            scaling_model(args.clip_frames, 50, args.frame_ms or 25.0, args.frame_ms is not None)
-        )
+            scaling_model(
+                args.clip_frames,
+                50,
+                args.frame_ms or 25.0,
+                args.run_length,
+                args.frame_ms is not None,
+            )
+        )  # fmt: skip
     )
-    print(json.dumps({"note": "efficiency = compute / (compute + fill + drain); see README"}))
+    print(json.dumps({"note": "efficiency = ideal compute time / modelled time; see README"}))
 
 
 if __name__ == "__main__":

@@ -209,8 +209,8 @@ def format_summary(result: EditResult) -> list[str]:
     "--workers",
     type=click.IntRange(min=1),
     default=DEFAULTS["workers"],
-    help="Split the clip's frames across this many worker processes (or Ray actors), each "
-    "editing a run of consecutive frames; the result is the same as one process's.",
+    help="Split the clip's frames across this many worker processes (or Ray actors), which "
+    "take short runs of consecutive frames in turn; the result is the same as one process's.",
 )
 @click.option(
     "--devices",

@@ -90,6 +90,11 @@ class FeatureStore:
     chunk size; frame by frame (chunks of one), the anchor's features plus one rolling
     buffer. With anchor+random it is every earlier frame a later chunk drew, until read.
 
+    A worker of a split chain (`frame_chain`) passes its own `chunks` and an `exchange`:
+    positions outside its chunks are other workers'; their entries are received from the
+    exchange the first time a layer reads them, and its own rows that other workers read
+    are sent as the layer computes them.
+
     `dtype`/`device` store the features in another precision or on another device (e.g.
     float16 on the CPU while the UNet runs on a GPU) to trade exactness or speed for memory.
     """

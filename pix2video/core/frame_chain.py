@@ -3,24 +3,32 @@
 Frame i at step s reads, in every decoder self-attention layer, the inputs that its
 reference frames (the anchor, frame i-1, ...) gave the same layer at the same step, and
 its guided latent update reads frame i-1's predicted x0 of the same step. Nothing else
-couples the frames. So W workers can each hold a contiguous run of frame positions
-(`ChainSplit`) and edit the whole clip with no approximation: at every step a worker
-receives, per decoder self-attention layer, the rows of the earlier workers' frames its
-own frames attend to (the previous position, the anchor: one or two frames) and, on a
-guided step, one latent-sized x0 of the position before its run. It sends its own rows
-to the later workers that read them as soon as the layer has computed them, so worker w's
-layer l waits only for worker w-1's layer l: the workers run as a pipeline offset by
-about one layer (one chunk of frames, with several chunks per worker), not one after
-another.
+couples the frames. So W workers can edit the whole clip with no approximation, each
+holding runs of consecutive frame positions (`ChainSplit`): at every step a worker
+receives, per decoder self-attention layer, the rows of other workers' frames its own
+frames attend to (the position before each of its runs, the anchor) and, on a guided
+step, one latent-sized x0 per run (of the position before it). It sends its own rows to
+the workers that read them as soon as the layer has computed them, so the worker of run
+r+1 computes layer l as soon as the worker of run r has: the runs move as a pipeline
+offset by about one layer, not one after another.
 
-`ChainExchange` does that over a `torch.distributed` process group (gloo on CPUs, NCCL
+With one long run per worker (`ChainSplit.even`) worker w starts each step about one
+run after worker w-1 (its first frame needs w-1's last), so the last worker trails the
+first by W-1 runs, and since a worker keeps at most two steps of sends in flight
+(`begin_step`) the first then waits for it: past 3 workers that stretches every step.
+Dealing short runs in turn (`ChainSplit.dealt`: run r to worker r % W, one UNet call long)
+staggers the workers by about one decoder layer's transfer instead, and keeps all of them
+busy: the same kind of rows cross, once per run instead of once per worker (README, "One
+clip on several GPUs or machines": the scaling model).
+
+`ChainExchange` carries the rows over a `torch.distributed` process group (gloo on CPUs, NCCL
 on GPUs) with point-to-point messages. Every message's shape and order is known to both
 sides from the reference plan, so nothing but the tensors crosses: each sender queues a
 receiver's messages in the order that receiver reads them (`_reading_order`), which NCCL
 needs (it has no tags) and which keeps the receiver from ever waiting for a message it
 does not need yet. The anchor's rows fan out from the first worker instead of being
 recomputed by every worker: one more row per layer on the wire instead of one more frame
-of UNet work per worker per step (README: "Scaling").
+of UNet work per worker per step.
 """
 
 from __future__ import annotations
@@ -36,10 +44,8 @@ import torch
 class ChainSplit:
     """Runs of consecutive frame positions (processing order), dealt to the workers in turn.
 
-    Run r (positions starts[r] .. starts[r+1]-1) belongs to worker r % workers. With one run
-    per worker (`even`) the worker after w waits, every step, for w's whole run; with short
-    runs dealt in turn (`dealt`), each worker holds every W-th run and the next worker waits
-    only for one run's last frame, layer by layer: all workers stay busy (README "Scaling").
+    Run r (positions starts[r] .. starts[r+1]-1) belongs to worker r % workers: one run
+    each (`even`) or many short ones (`dealt`, which keeps every worker busy; module doc).
     """
 
     num_frames: int
@@ -179,7 +185,7 @@ class ChainExchange:
 
     # ------------------------------------------------------------------ steps
     def begin_step(self, step: int) -> None:
-        """Queue this step's messages to each later worker, in the order it reads them.
+        """Queue this step's messages to each worker that reads them, in the order it reads them.
 
         Waits for the sends of two steps ago (a worker runs at most two steps ahead of the
         slowest reader of its messages, which bounds the tensors held for sending).

@@ -1,19 +1,18 @@
-"""One worker of a clip split across workers: its frames' depth and inversion, then its run
+"""One worker of a clip split across workers: its frames' depth and inversion, then its runs
 of the frame chain (`core.frame_chain`), in a process of its own.
 
 The driver (`workers`) starts one per device (a local process or a Ray actor) with a
 `WorkerTask`. The worker opens the clip and loads the model like any job, computes depth
 (or control images) and inversion for its own frames only (cached per frame, as always),
 joins the workers' `torch.distributed` process group and edits its positions, exchanging
-features and x0s with its neighbours. Everything it tells the driver goes through `outbox`
-(anything with `put`: a multiprocessing queue, a Ray queue), as tuples:
+features and x0s with the other workers. Everything it tells the driver goes through
+`outbox` (anything with `put`: a multiprocessing queue, a Ray queue), as tuples, latents as
+float32 numpy arrays:
 
     ("progress", rank, stage, done, total)   its own frames' progress
     ("warn", rank, text)
     ("checkpoint", rank, step, latents, x0_targets)   its rows after each finished step
-    ("done", rank, latents, inverted or None, stats)   its final rows (processing order)
-
-(latents as float32 numpy arrays).
+    ("done", rank, latents, inverted or None, stats)   its final rows (its positions' order)
     ("error", rank, sentence)                 something a user can act on, or the unexpected
     ("peer-failed", rank, sentence)           the exchange broke: another worker was lost
 

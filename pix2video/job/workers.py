@@ -2,8 +2,9 @@
 
 The driver is the job: it has checked the input, resolved the source prompt and the cache
 keys (`EditJob.prepare`), and it writes the output. Here it splits the clip's positions
-into contiguous runs (`core.frame_chain.ChainSplit`), starts one worker per run (`worker`:
-a local process per device, or a Ray actor per GPU or per `--cpus-per-worker` CPUs), and
+into runs of consecutive positions dealt to the workers in turn (`core.frame_chain.
+ChainSplit.dealt`, one UNet call long), starts the workers (`worker`: a local process per
+device, or a Ray actor per GPU or per `--cpus-per-worker` CPUs), and
 supervises them: it adds up their progress, puts their step checkpoints together and saves
 them to its cache as a one-process edit does (the same key: a split edit resumes a
 one-process one and the other way round), and collects their final latents.
