@@ -1,12 +1,12 @@
 """The frame chain split across workers (`core.frame_chain`): exact, in every mode.
 
 2 and 3 worker processes (gloo over local TCP, as `pix2video edit --workers N` starts them)
-each edit a contiguous run of a 7-frame clip through `pipe.edit(..., chain=...)`, the call
-a job's worker makes, and the parts put together must equal one process's edit. The tiny
-model runs in float64 here so that a frame batch cut differently across workers than in one
-process still agrees to reassociation (~1e-15); a wrong row read (the wrong frame's features,
-the wrong x0) would show as a gap of order 1. The job-level tests (`test_multi_worker.py`)
-run float32, as users do.
+each edit their runs of a 7-frame clip (one run each, or short runs dealt in turn) through
+`pipe.edit(..., chain=...)`, the call a job's worker makes, and the parts put together must
+equal one process's edit. The tiny model runs in float64 here so that a frame batch cut
+differently across workers than in one process still agrees to reassociation (~1e-15); a
+wrong row read (the wrong frame's features, the wrong x0) would show as a gap of order 1.
+The job-level tests (`test_multi_worker.py`) run float32, as users do.
 """
 
 from __future__ import annotations
