@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from ..settings import ATTEND_MODES  # noqa: F401 - re-exported: the modes live in settings
+from .frame_chain import chunks_of
 
 if TYPE_CHECKING:
     from .frame_chain import ChainExchange
@@ -118,10 +119,7 @@ class FeatureStore:
         # worker's own chunks in a split chain (`frame_chain`), whose other frames' features
         # arrive through `exchange` (and its own leave through it).
         if chunks is None:
-            chunks = [
-                range(start, min(start + chunk_size, len(plan)))
-                for start in range(0, len(plan), chunk_size)
-            ]
+            chunks = chunks_of(range(len(plan)), chunk_size)
         self._chunk_of = {position: chunk for chunk in chunks for position in chunk}
         self.exchange = exchange
         self._readers = [0] * len(plan)  # readers in later chunks (here: this worker's)
