@@ -22,6 +22,7 @@ from pix2video import EditSettings, edit_clip, load_pipeline
 from pix2video.cli import main
 from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
 from pix2video.core.editing import chunked_calls, processing_order
+from pix2video.core.frame_chain import chunks_of
 from pix2video.errors import InputError
 from pix2video.job import PipelineCache
 from pix2video.pipelines.backbone import frames_that_fit, model_rows
@@ -221,7 +222,7 @@ def drive(store: FeatureStore, frames: int, steps: int) -> list[int]:
     """Step-major chunks through the store with fake features; returns nbytes after each call."""
     trace = []
     order = processing_order(frames, steps, "step", {})
-    for positions, step in chunked_calls(order, store.chunk_size):
+    for positions, step in chunked_calls(order, chunks_of(range(frames), store.chunk_size)):
         with store.chunk_step(positions, step):
             store.put("a", torch.zeros(2 * len(positions), 4, 8))
         trace.append(store.nbytes)
@@ -279,7 +280,7 @@ def test_store_refuses_a_chunk_whose_earlier_reference_is_missing():
 
 def test_chunked_calls_group_step_major_order_only():
     step_major = processing_order(7, 2, "step", {})
-    assert chunked_calls(step_major, 3) == [
+    assert chunked_calls(step_major, chunks_of(range(7), 3)) == [
         (range(0, 3), 0),
         (range(3, 6), 0),
         (range(6, 7), 0),
@@ -288,8 +289,12 @@ def test_chunked_calls_group_step_major_order_only():
         (range(6, 7), 1),
     ]
     frame_major = processing_order(3, 2, "frame", {})
-    assert chunked_calls(frame_major, 3) == [(range(p, p + 1), s) for p, s in frame_major]
-    assert chunked_calls(step_major, 1) == [(range(p, p + 1), s) for p, s in step_major]
+    assert chunked_calls(frame_major, chunks_of(range(3), 3)) == [
+        (range(p, p + 1), s) for p, s in frame_major
+    ]
+    assert chunked_calls(step_major, chunks_of(range(7), 1)) == [
+        (range(p, p + 1), s) for p, s in step_major
+    ]
 
 
 def test_model_rows_are_branch_major():

@@ -271,7 +271,7 @@ def edit_frames(
     injection = cross_frame_attention(unet, store) if attend != "none" else nullcontext()
     alphas, final_alpha = schedule.alphas_cumprod, schedule.final_alpha_cumprod
     with injection:
-        for positions, step in chunked_calls(steps, chunks=chunks):
+        for positions, step in chunked_calls(steps, chunks):
             t = schedule.timesteps[step]
             if exchange is not None and positions.start == mine[0]:
                 exchange.begin_step(step)
@@ -324,24 +324,21 @@ def edit_frames(
     return (final if chain is not None else final[np.argsort(clip_index)]), store
 
 
-def chunked_calls(
-    order: list[tuple[int, int]], chunk_size: int = 1, chunks: list[range] | None = None
-) -> list[tuple[range, int]]:
-    """(positions, step) of each model call: `order`'s pairs grouped into chunks.
+def chunked_calls(order: list[tuple[int, int]], chunks: list[range]) -> list[tuple[range, int]]:
+    """(positions, step) of each model call: `order`'s pairs grouped into `chunks`.
 
     Consecutive pairs share a call when they are consecutive positions at the same step in
-    the same chunk: of `chunks` (a worker's, in a split chain), else of `chunk_size`
-    (positions 0..N-1, N..2N-1, ...). Frame-major order stays one frame per call.
+    the same chunk (`frame_chain.chunks_of` of the clip, or of a worker's runs in a split
+    chain). Frame-major order stays one frame per call.
     """
-    chunk_of = {p: chunk.start for chunk in chunks or () for p in chunk}
+    chunk_of = {p: chunk.start for chunk in chunks for p in chunk}
     calls: list[tuple[range, int]] = []
     for position, step in order:
-        start = chunk_of[position] if chunks is not None else position - position % chunk_size
         if (
             calls
             and calls[-1][1] == step
             and calls[-1][0].stop == position
-            and calls[-1][0].start >= start
+            and calls[-1][0].start >= chunk_of[position]
         ):
             calls[-1] = (range(calls[-1][0].start, position + 1), step)
         else:
