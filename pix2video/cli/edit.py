@@ -64,6 +64,12 @@ def format_summary(result: EditResult) -> list[str]:
         )
     else:
         lines.append("Cache: off (--no-cache).")
+    if result.frames_reused:
+        k = result.frames_reused
+        lines.append(
+            f"Identical frames: {k} frame{'s' if k != 1 else ''} repeated an earlier one and "
+            "reused its depth and inversion (exactly the same result)."
+        )
     ow, oh = result.output_size
     audio = ", with audio" if result.has_audio else ""
     if result.workers > 1 or result.worker_restarts:

@@ -89,19 +89,32 @@ def depth_and_inversion(
     inversion trajectory (steps, 4, h, w), stored on disk beside it; otherwise that is
     None. The conditioning and the trajectories are returned as readers of those files
     (`ConditioningRows`, `TrajectoryRows`): only x_T stays in memory.
+
+    Frames with the same inversion key (identical decoded content and conditioning: a black
+    lead-in, a frozen stretch, a repeated frame) are decoded, conditioned and inverted once,
+    at the first of them; the others take its rows, so they are exactly equal.
     """
     import torch
 
     s = ctx.settings
     depth, inverted, trajectories = _cached_rows(ctx, pipe, source, conditioning, keys, positions)
+    first_of = _first_positions(keys, positions)
     depth_hits = sum(keys.depth[i] in depth for i in positions)
-    inversion_hits, depth_done = len(inverted), depth_hits
-    todo = [i for i in positions if keys.depth[i] not in depth or i not in inverted]
+    inversion_hits = len(inverted)
+    todo = [
+        i for i in positions
+        if first_of[i] == i and (keys.depth[i] not in depth or i not in inverted)
+    ]  # fmt: skip
     timer = {"depth": 0.0, "inversion": 0.0}
+    computed = {"depth": 0, "inversion": 0}
     evaluations = pipe.unet_evaluations
     ctx.progress("depth", depth_hits, len(positions))
     ctx.progress("inversion", inversion_hits, len(positions))
     batch: list[tuple[int, torch.Tensor]] = []  # (position, VAE latent) waiting to invert
+
+    def done(rows_of) -> int:
+        """Positions whose rows are there, counting those an identical frame's serve."""
+        return sum(rows_of(first_of[i]) for i in positions)
 
     def invert_batch() -> None:
         tic = time.perf_counter()
@@ -122,18 +135,21 @@ def depth_and_inversion(
         for (i, _), value in zip(batch, values.float().cpu(), strict=True):
             inverted[i] = value[None]
             ctx.save("inversion", keys.inversion[i], value[None])
+        computed["inversion"] += len(batch)
         batch.clear()
         timer["inversion"] += time.perf_counter() - tic
-        ctx.progress("inversion", len(inverted), len(positions))
+        ctx.progress("inversion", done(inverted.__contains__), len(positions))
 
+    decoded = 0
     for i, _frame, small in source.frames(ctx, todo) if todo else ():
         ctx.check_cancelled()
+        decoded += 1
         if keys.depth[i] not in depth:
             tic = time.perf_counter()
             depth.put(keys.depth[i], ctx.bytes_held.track(conditioning.frame(pipe, i, small)))
-            depth_done += 1
+            computed["depth"] += 1
             timer["depth"] += time.perf_counter() - tic
-            ctx.progress("depth", depth_done, len(positions))
+            ctx.progress("depth", done(lambda j: keys.depth[j] in depth), len(positions))
         if i not in inverted:
             tic = time.perf_counter()
             with ctx.cancellable(pipe):
@@ -144,22 +160,31 @@ def depth_and_inversion(
         del small
     if batch:
         invert_batch()
-    if depth_done < len(positions) or len(inverted) < len(positions):
+    if decoded < len(todo):
         raise InputError(  # the file changed or lost frames since it was first read
             f"{s.input} gave fewer frames on a second reading than on the first; is it being "
             "written to?"
         )
+    for i in positions:
+        if i not in inverted:  # an identical frame's inversion, exactly
+            inverted[i] = inverted[first_of[i]]
     ctx.seconds.update(timer)
     if result is not None:
-        result.depth_cached, result.depth_computed = depth_hits, len(positions) - depth_hits
-        result.inversion_cached = inversion_hits
-        result.inversion_computed = len(positions) - inversion_hits
+        result.frames_reused = sum(first_of[i] != i for i in positions)
+        result.depth_cached, result.depth_computed = depth_hits, computed["depth"]
+        result.inversion_cached, result.inversion_computed = inversion_hits, computed["inversion"]
         result.unet_evaluations_inversion = pipe.unet_evaluations - evaluations
     rows = ConditioningRows(conditioning, depth, [keys.depth[i] for i in positions], ctx.bytes_held)
     paths = None
     if s.masked:
         paths = TrajectoryRows(trajectories, [keys.inversion[i] for i in positions], ctx.bytes_held)
     return rows, inverted.tensor, paths
+
+
+def _first_positions(keys: StageKeys, positions: list[int]) -> dict[int, int]:
+    """Per position, the first of `positions` with the same inversion key (itself if none)."""
+    first: dict[str, int] = {}
+    return {i: first.setdefault(keys.inversion[i], i) for i in positions}
 
 
 def latent_shape(source: SourceClip) -> tuple[int, int, int]:

@@ -41,6 +41,7 @@ def write_output(
         audio_from=reader.source_path if with_audio else None,
         audio_start=reader.start_time,
         audio_end=reader.end_time,
+        times=reader.frame_times,
     )
     result.has_audio = with_audio and probe(output)["has_audio"]
 

@@ -46,6 +46,7 @@ class EditResult:
     depth_computed: int = 0
     inversion_cached: int = 0
     inversion_computed: int = 0
+    frames_reused: int = 0  # frames identical to an earlier one: its depth and inversion, exactly
     editing: str = "computed"  # "computed", "resumed" (from a checkpoint) or "cached"
     resumed_from_step: int | None = None  # last finished step of the checkpoint resumed from
     checkpoints_saved: int = 0

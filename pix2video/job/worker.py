@@ -157,6 +157,7 @@ def _edit_part(task: WorkerTask, outbox):
             "depth_computed": result.depth_computed,
             "inversion_cached": result.inversion_cached,
             "inversion_computed": result.inversion_computed,
+            "frames_reused": result.frames_reused,
             "unet_evaluations_inversion": result.unet_evaluations_inversion,
             "unet_evaluations_editing": p.pipe.unet_evaluations - evaluations,
             "feature_store_peak_bytes": store.peak_nbytes,

@@ -101,7 +101,7 @@ def edit_on_workers(
     final = torch.from_numpy(rows[order])
     result.workers = len(stats)
     for name in ("depth_cached", "depth_computed", "inversion_cached", "inversion_computed",
-                 "unet_evaluations_inversion", "unet_evaluations_editing"):  # fmt: skip
+                 "frames_reused", "unet_evaluations_inversion", "unet_evaluations_editing"):  # fmt: skip
         setattr(result, name, sum(part[name] for part in stats))
     result.feature_store_peak_bytes = max(part["feature_store_peak_bytes"] for part in stats)
     result.frame_batch = stats[0]["frame_batch"]

@@ -43,6 +43,7 @@ from .probe import (
     list_image_files,
 )
 from .selection import _beyond_error, _check_count, _select, parse_position
+from .timing import describe_numbers, missing_numbers, numbered_frames, uneven_times
 
 
 @dataclass
@@ -188,6 +189,7 @@ class ClipReader:
     stride: int
     start_index: int
     _indices: list[int] | None = None
+    _times: list[float] | None = None
 
     @property
     def fps(self) -> float:
@@ -203,6 +205,13 @@ class ClipReader:
     def indices(self) -> list[int] | None:
         """Selected source indices (the reader's own list: do not modify), None until known."""
         return self._indices
+
+    @property
+    def frame_times(self) -> list[float] | None:
+        """Per selected frame, its time in seconds from the first, where the frames are not
+        evenly spaced (a variable frame rate, a numbered folder with gaps; `media.timing`);
+        None where ``fps`` says when each frame is shown, or before one full pass."""
+        return self._times
 
     @property
     def end_time(self) -> float | None:
@@ -305,6 +314,24 @@ class _FolderReader(ClipReader):
         self.source_size = (first.shape[1], first.shape[0])
         self._files = files
         self._indices = list(range(sel.start, stop, stride))
+        self._times = self._numbered_times(fps)
+
+    def _numbered_times(self, fps: float) -> list[float] | None:
+        """The selected frames' times from the numbers in their names, where some are missing
+        (warned once: each frame keeps its time, the frame before a gap is shown longer)."""
+        indices = self._indices or []
+        numbers = numbered_frames([self._files[i] for i in indices])
+        if numbers is None:
+            return None
+        times = uneven_times([n / fps for n in numbers], fps / self.stride)
+        if times is not None:
+            every = numbered_frames(self._files[indices[0] : indices[-1] + 1]) or numbers
+            warnings.warn(
+                f"{self.source_path} has no frame numbered {describe_numbers(missing_numbers(every))}"
+                "; each frame keeps its time, so the frame before a gap is shown longer.",
+                stacklevel=4,
+            )
+        return times
 
     def __length_hint__(self) -> int:
         return len(self._indices or ())
@@ -365,6 +392,7 @@ class _PassState:
     def __init__(self) -> None:
         self.decoder: _Decoder | None = None  # the one used after a possible fall back
         self.indices: list[int] = []  # selected frames yielded so far
+        self.times: list[float | None] = []  # their presentation times, in seconds
         self.count = 0  # frames output before the current one, counting from frame 0
 
 
@@ -421,6 +449,7 @@ class _VideoReader(ClipReader):
             )
             if seek and self._sel.start >= _SEEK_MIN_FRAMES:
                 self._point = self._find_seek_point(container, stream)
+            _warn_of_what_is_left_out(path, container, stream)
         state = _PassState()
         frames = self._selected_frames(state)
         first = next(frames, None)
@@ -552,6 +581,7 @@ class _VideoReader(ClipReader):
                 state.count = index + 1
                 if sel.wants(index):
                     state.indices.append(index)
+                    state.times.append(frame.time)
                     yield index, frame
 
     def _indexed_frames(self, state: _PassState) -> Iterator[tuple[int, av.VideoFrame]]:
@@ -597,6 +627,26 @@ class _VideoReader(ClipReader):
                 raise VideoError(f"{path} has no video frames.")
             raise _beyond_error(self._start_pos, count, self.source_fps)
         self._indices = indices
+        self._times = uneven_times(state.times, self.fps)
+
+
+def _warn_of_what_is_left_out(path: Path, container, stream) -> None:
+    """Warn of the parts of a video the edit cannot carry: other video streams, transparency."""
+    others = len(container.streams.video) - 1
+    if others:
+        warnings.warn(
+            f"{path} has {others + 1} video streams; the first is edited and the "
+            f"other{'s' if others > 1 else ''} left out.",
+            stacklevel=5,
+        )
+    name = stream.codec_context.pix_fmt
+    with contextlib.suppress(ValueError, TypeError):
+        if name and any(c.is_alpha for c in av.VideoFormat(name).components):
+            warnings.warn(
+                f"{path} has an alpha channel ({name}); the output is opaque: the colours "
+                "stored under transparent pixels are edited and shown.",
+                stacklevel=5,
+            )
 
 
 def _prepend(box: list, rest: Iterator) -> Iterator:

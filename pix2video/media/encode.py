@@ -55,6 +55,7 @@ def write_video(
     audio_start: float = 0.0,
     audio_end: float | None = None,
     crf: int = 18,
+    times: list[float] | None = None,
 ) -> Path:
     """Write RGB frames as a video (by extension) or as a folder of PNGs, atomically.
 
@@ -64,7 +65,9 @@ def write_video(
     - no extension, or an existing folder: ``000000.png``, ``000001.png``, ...
 
     H.264/VP9 in yuv420p need even sides: an odd width or height is padded by repeating the
-    last column/row (one pixel), never cropped. ``fps`` is kept exactly (see `fps_fraction`).
+    last column/row (one pixel), never cropped. ``fps`` is kept exactly (see `fps_fraction`);
+    ``times`` (seconds from the first frame, one per frame: `ClipReader.frame_times`) give
+    unevenly spaced frames their own times instead (``fps`` is then their average rate).
     When ``audio_from`` has audio and the container can hold it, its ``[audio_start,
     audio_end)`` seconds are re-encoded (AAC, or Opus for webm) starting at time 0, in sync
     with the first frame. The file is written under a temporary name next to ``path`` and
@@ -99,7 +102,7 @@ def write_video(
 
     if folder_output:
         return _write_png_folder(path, first, iterator)
-    return _write_container(path, first, iterator, rate, crf, audio)
+    return _write_container(path, first, iterator, _Timing(rate, times), crf, audio)
 
 
 def _check_crf(crf: int, worst: int) -> int:
@@ -135,23 +138,47 @@ def _write_png_folder(path: Path, first: np.ndarray, rest: Iterator) -> Path:
     return path
 
 
-def _write_container(path, first, rest, rate: Fraction, crf: int, audio) -> Path:
+class _Timing:
+    """When each frame is shown: every ``1 / rate`` s, or at its own time (``times``)."""
+
+    FINE = Fraction(1, 90000)  # the MPEG clock: exact for every common rate and ms timestamps
+
+    def __init__(self, rate: Fraction, times: list[float] | None) -> None:
+        self.rate, self.times = rate, times
+        self.time_base = 1 / rate if times is None else self.FINE
+
+    def pts(self, index: int) -> int:
+        if self.times is None:
+            return index
+        return round(self.times[index] / self.FINE)
+
+    def seconds(self, index: int) -> float:
+        """When frame ``index`` starts; past the last frame, when the clip ends (the last
+        frame of uneven times is shown for the average frame duration)."""
+        if self.times is None:
+            return float(index / self.rate)
+        if index < len(self.times):
+            return self.times[index]
+        return self.times[-1] + float(1 / self.rate)
+
+
+def _write_container(path, first, rest, timing: _Timing, crf: int, audio) -> Path:
     muxer, video_codec, audio_codec = VIDEO_EXTENSIONS[path.suffix.lower()]
     try:
         with atomic_path(path) as tmp:
-            _encode(tmp, muxer, video_codec, audio_codec, first, rest, rate, crf, audio)
+            _encode(tmp, muxer, video_codec, audio_codec, first, rest, timing, crf, audio)
     except (av.FFmpegError, OSError) as exc:
         raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
     return path
 
 
-def _encode(tmp, muxer, video_codec, audio_codec, first, rest, rate, crf, audio) -> None:
+def _encode(tmp, muxer, video_codec, audio_codec, first, rest, timing, crf, audio) -> None:
     options = {"movflags": "+faststart"} if muxer in ("mp4", "mov") else {}
     if muxer == "gif":
         options = {"loop": "0"}  # loop forever
     container = av.open(str(tmp), mode="w", format=muxer, options=options)
     try:
-        stream = _add_video_stream(container, video_codec, first, rate, crf)
+        stream = _add_video_stream(container, video_codec, first, timing, crf)
         feed = None
         if audio is not None and audio_codec is not None:
             feed = _AudioFeed(container, _add_audio_stream(container, audio_codec, audio), audio)
@@ -162,13 +189,13 @@ def _encode(tmp, muxer, video_codec, audio_codec, first, rest, rate, crf, audio)
         )
         count = 0
         for count, arr in enumerate(frames, start=1):
-            _encode_frame(container, stream, arr, count - 1)
+            _encode_frame(container, stream, arr, timing.pts(count - 1))
             if feed is not None:
-                feed.until(float((count - 1) / rate))
+                feed.until(timing.seconds(count - 1))
         for packet in stream.encode(None):
             container.mux(packet)
         if feed is not None:
-            feed.finish(float(count / rate))
+            feed.finish(timing.seconds(count))
     except BaseException:
         try:  # the caller deletes the file; keep the original error, not a close() error
             container.close()
@@ -178,8 +205,9 @@ def _encode(tmp, muxer, video_codec, audio_codec, first, rest, rate, crf, audio)
     container.close()
 
 
-def _add_video_stream(container, codec: str, first: np.ndarray, rate: Fraction, crf: int):
+def _add_video_stream(container, codec: str, first: np.ndarray, timing: _Timing, crf: int):
     h, w = first.shape[:2]
+    rate = timing.rate
     if codec == "gif":
         stream = container.add_stream("gif", rate=rate)
         stream.pix_fmt = "pal8"
@@ -196,11 +224,11 @@ def _add_video_stream(container, codec: str, first: np.ndarray, rate: Fraction, 
         ctx.colorspace, ctx.color_primaries, ctx.color_trc = 1, 1, 1  # BT.709
         ctx.color_range = 1  # limited ("tv") range, what players expect
     stream.width, stream.height = w, h
-    stream.codec_context.time_base = 1 / rate
+    stream.codec_context.time_base = timing.time_base
     return stream
 
 
-def _encode_frame(container, stream, arr: np.ndarray, index: int) -> None:
+def _encode_frame(container, stream, arr: np.ndarray, pts: int) -> None:
     if stream.pix_fmt == "pal8":
         frame = _palette_frame(arr)
     else:
@@ -210,7 +238,7 @@ def _encode_frame(container, stream, arr: np.ndarray, index: int) -> None:
             dst_colorspace="ITU709",
             dst_color_range="MPEG",
         )
-    frame.pts = index
+    frame.pts = pts
     frame.time_base = stream.codec_context.time_base
     for packet in stream.encode(frame):
         container.mux(packet)

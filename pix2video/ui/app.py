@@ -54,6 +54,7 @@ from ..job import (
 from ..models import resolve_captioner
 from ..settings import ANCHORS, ATTEND_MODES, BACKBONE_FIELDS, EditSettings
 from . import ServerOptions
+from .uploads import UploadPreviews
 
 DEFAULTS = EditSettings.defaults()
 T = TypeVar("T")
@@ -228,6 +229,7 @@ class EditorApp:
         self._running: dict[str, threading.Event] = {}  # session -> its job's cancel event
         self._running_lock = threading.Lock()
         self._errors: dict[str, str] = {}  # session -> its last error, for the status box
+        self.uploads = UploadPreviews(self.folder / "previews")
         self.blocks = self.build()
 
     # ------------------------------------------------------------------ page
@@ -349,6 +351,14 @@ class EditorApp:
                 cancels=[preview_event, edit_event],  # also drops this page's queued jobs
                 concurrency_limit=None,  # never waits behind the job it cancels
                 api_visibility="private",
+            )
+            video.change(  # a clip the browser cannot play: show a preview of it instead
+                self.show_upload,
+                inputs=[video],
+                outputs=[video, status],
+                show_progress="minimal",
+                api_visibility="private",
+                concurrency_limit=None,
             )
             video.change(
                 self.suggest,
@@ -494,6 +504,7 @@ class EditorApp:
     ) -> tuple[np.ndarray | None, str, np.ndarray | None]:
         """Edit only the anchor frame: a quick look at what the full edit's anchor will be."""
         form = locals()
+        form["video"] = video = self.original(video, request)
         messages: list[str] = []
         with self.page_errors("preview", video, request):
             settings = self.settings_from_form(form, output=self.folder / "preview.mp4")
@@ -544,6 +555,7 @@ class EditorApp:
     ) -> tuple[str | None, str]:
         """Edit the whole selection into an mp4 (with the source's audio) in the temp folder."""
         form = locals()
+        form["video"] = video = self.original(video, request)
         messages: list[str] = []
         with self.page_errors("edit", video, request):
             stem = RESULT_NAME.sub("-", Path(video or "clip").stem)[:40].strip("-.") or "clip"
@@ -591,6 +603,9 @@ class EditorApp:
         the empty field's placeholder shows how far it got.
         """
         placeholder = gr.update(placeholder=SOURCE_PLACEHOLDER)
+        if self.uploads.is_preview(video):  # swapped in for an upload already captioned
+            yield gr.update(), gr.update(), gr.update()
+            return
         if not video:
             yield "", "", placeholder
             return
@@ -650,6 +665,29 @@ class EditorApp:
             return "", f"No caption: {self.clean(str(exc), video)} {needed}"
         self.log_exception("caption", exc)  # a bug must not stop the server
         return "", f"{unexpected_message(exc)} {needed}"
+
+    def show_upload(self, video: str | None) -> tuple[Any, Any]:
+        """(input video, status): a playable preview in place of a clip the browser cannot
+        play (`UploadPreviews`); nothing changes for one it plays."""
+        try:
+            preview = self.uploads.preview_of(video)
+        except Pix2VideoError as exc:
+            return gr.update(), f"Error: {self.clean(str(exc), video)}"
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
+            self.log_exception("upload preview", exc)
+            return gr.update(), unexpected_message(exc)
+        if preview is None:
+            return gr.update(), gr.update()
+        name = Path(video).name
+        return preview, (
+            f"Showing a preview of {name}: this browser cannot play its format as it is. "
+            "Edits read the uploaded file itself."
+        )
+
+    def original(self, video: str | None, request: gr.Request | None) -> str | None:
+        """The file a job reads: the upload a preview stands for (`UploadPreviews`)."""
+        with self.page_errors("upload", video, request):
+            return self.uploads.original(video)
 
     def cancel(self, request: gr.Request = None) -> str:
         """Stop this page's job before its next model step; finished work stays cached."""
