@@ -246,3 +246,31 @@ def test_the_pages_edit_endpoint(trait, corpus, page, tmp_path):
     path = video["video"] if isinstance(video, dict) else video
     check_output(trait, Path(path))
     assert status.startswith(f"Edited {trait.expected.frames} frame"), status
+
+
+# --------------------------------------------------------------------------- timing rules
+
+
+def test_uneven_times_are_kept_and_even_ones_are_not():
+    from pix2video.media.timing import uneven_times
+
+    assert uneven_times([0.0, 0.04, 0.08, 0.12], 25) is None  # on the grid
+    assert uneven_times([1.4, 1.44, 1.48], 25) is None  # a start time is not unevenness
+    assert uneven_times([0.0, 0.0401, 0.0799], 25) is None  # millisecond jitter
+    assert uneven_times([0.0, 0.04, 0.2], 25) == pytest.approx([0.0, 0.04, 0.2])
+    assert uneven_times([0.0, None, 0.2], 25) is None  # a missing time: not trusted
+    assert uneven_times([0.0, 0.2, 0.1], 25) is None  # not increasing: not trusted
+
+
+def test_a_folder_of_every_fifth_frame_has_no_gap(tmp_path):
+    from trait_corpus import W, frames_of, write_folder
+
+    write_folder(tmp_path / "f", frames_of([0, 1, 2], W, 96), [0, 5, 10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of a gap
+        reader = open_clip(tmp_path / "f", None, None, 1, None)
+    assert reader.frame_times is None and reader.fps == 30
+    write_folder(tmp_path / "g", frames_of([0, 1, 2], W, 96), [0, 5, 15])
+    with pytest.warns(UserWarning, match="no frame numbered 10;"):
+        reader = open_clip(tmp_path / "g", None, None, 1, None)
+    assert reader.frame_times == pytest.approx([0, 1 / 30, 3 / 30])

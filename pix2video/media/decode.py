@@ -43,7 +43,7 @@ from .probe import (
     list_image_files,
 )
 from .selection import _beyond_error, _check_count, _select, parse_position
-from .timing import describe_numbers, missing_numbers, numbered_frames, uneven_times
+from .timing import describe_numbers, frame_slots, numbered_frames, uneven_times
 
 
 @dataclass
@@ -320,15 +320,18 @@ class _FolderReader(ClipReader):
         """The selected frames' times from the numbers in their names, where some are missing
         (warned once: each frame keeps its time, the frame before a gap is shown longer)."""
         indices = self._indices or []
-        numbers = numbered_frames([self._files[i] for i in indices])
-        if numbers is None:
+        numbers = numbered_frames(self._files)
+        if numbers is None or not indices:
             return None
-        times = uneven_times([n / fps for n in numbers], fps / self.stride)
+        slots, step = frame_slots(numbers)
+        times = uneven_times([slots[i] / fps for i in indices], fps / self.stride)
         if times is not None:
-            every = numbered_frames(self._files[indices[0] : indices[-1] + 1]) or numbers
+            present = set(slots)
+            span = range(slots[indices[0]], slots[indices[-1]] + 1)
+            missing = [numbers[0] + k * step for k in span if k not in present]
             warnings.warn(
-                f"{self.source_path} has no frame numbered {describe_numbers(missing_numbers(every))}"
-                "; each frame keeps its time, so the frame before a gap is shown longer.",
+                f"{self.source_path} has no frame numbered {describe_numbers(missing)}; each "
+                "frame keeps its time, so the frame before a gap is shown longer.",
                 stacklevel=4,
             )
         return times

@@ -10,6 +10,7 @@ output frame the time its input frame had.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,10 +53,11 @@ def numbered_frames(files: Sequence[Path]) -> list[int] | None:
     return numbers
 
 
-def missing_numbers(numbers: Sequence[int]) -> list[int]:
-    """The numbers a consecutive sequence from the first to the last would have, but lacks."""
-    present = set(numbers)
-    return [n for n in range(numbers[0], numbers[-1] + 1) if n not in present] if numbers else []
+def frame_slots(numbers: Sequence[int]) -> tuple[list[int], int]:
+    """(each number's slot, the step): slots count in the numbers' common step, so an export
+    of every 5th frame (``0000, 0005, 0010``) has no gap, while ``1, 2, 3, 5`` lacks slot 3."""
+    step = math.gcd(*(b - a for a, b in zip(numbers, numbers[1:], strict=False))) or 1
+    return [(n - numbers[0]) // step for n in numbers], step
 
 
 def describe_numbers(numbers: Sequence[int], most: int = 5) -> str:
