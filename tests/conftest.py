@@ -57,6 +57,16 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The real-footage trait clips (`trait_corpus`), written once per run."""
+    from trait_corpus import write_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    write_corpus(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_clipseg(tmp_path_factory, shared_dir) -> Path:
     """A random CLIPSeg of the real architecture (text-prompted masks) with the tiny CLIP
     tokenizer, saved to a folder: what `--mask-model` takes."""

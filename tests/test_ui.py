@@ -48,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 ELEM_IDS = (
     "input-video",
+    "input-player",
     "prompt",
     "source-prompt",
     "preview-button",
@@ -417,6 +418,74 @@ def test_browser_preview_edit_cancel(server, tmp_path, report_measurement):
     assert not external, f"the page requested other hosts: {external}"
     report_measurement("ui browser preview click -> image, s", f"{preview_s:.1f}")
     report_measurement("ui browser edit click -> video, s", f"{edit_s:.1f}")
+
+
+# --------------------------------------------------------------------------- what a browser shows
+
+
+def test_the_player_gets_the_upload_or_a_playable_preview_of_it(corpus, tmp_path):
+    from trait_corpus import TRAITS
+
+    from pix2video.errors import VideoError
+    from pix2video.media.browser import browser_playable, write_browser_preview
+    from pix2video.ui.uploads import UploadPreviews
+
+    for trait in TRAITS:
+        assert browser_playable(corpus / trait.file) == trait.browser_playable, trait.name
+    uploads = UploadPreviews(tmp_path / "previews")
+    playable = str(corpus / "bframes.mp4")
+    assert uploads.playable(playable) == (playable, False)  # shown as it is
+    avi = corpus / "mpeg4.avi"
+    shown, made = uploads.playable(str(avi))
+    assert made and Path(shown).parent == tmp_path / "previews" and browser_playable(shown)
+    assert len(read_clip(shown).frames) == len(read_clip(avi).frames)
+    assert uploads.playable(None) == (None, False)
+    (tmp_path / "notes.avi").write_text("not a video")
+    with pytest.raises(VideoError, match="not a video FFmpeg can read"):
+        uploads.playable(str(tmp_path / "notes.avi"))
+    timed = write_browser_preview(corpus / "vfr.mp4", tmp_path / "vfr.mp4")  # timing kept
+    assert open_reader_times(timed) == open_reader_times(corpus / "vfr.mp4") is not None
+
+
+def open_reader_times(path: Path) -> list[float] | None:
+    from pix2video.media import open_clip
+
+    reader = open_clip(path, None, None, 1, None)
+    reader.count()
+    return [round(t, 3) for t in reader.frame_times] if reader.frame_times else None
+
+
+@pytest.mark.integration
+def test_browser_shows_an_avi_and_an_mjpeg_mov(server, corpus, tmp_path):
+    """The input panel plays what the browser cannot: a preview, never "Video not playable"."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the test extra installs playwright"
+    )
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            for name in ("mpeg4.avi", "mjpeg.mov"):
+                page.goto(server.url)
+                page.wait_for_selector("#status textarea")
+                page.locator("#input-video input[type=file]").set_input_files(str(corpus / name))
+                page.wait_for_function(
+                    """() => { const v = document.querySelector('#input-player video');
+                        return v && v.src.includes('preview-') && v.readyState >= 2
+                            && v.videoWidth > 0; }""",
+                    timeout=60_000,
+                )
+                assert "not playable" not in page.locator("body").inner_text()
+                width = page.evaluate("document.querySelector('#input-player video').videoWidth")
+                assert width == 160, width  # the clip's own size (smaller than the cap)
+                shot = tmp_path / f"{name}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+                if os.environ.get("PIX2VIDEO_UI_SCREENSHOT"):
+                    target = Path(os.environ["PIX2VIDEO_UI_SCREENSHOT"]).with_name(f"upload-{name}.png")
+                    page.screenshot(path=str(target), full_page=True)
+        finally:
+            browser.close()
 
 
 # --------------------------------------------------------------------------- lifecycle

@@ -65,11 +65,7 @@ def format_summary(result: EditResult) -> list[str]:
     else:
         lines.append("Cache: off (--no-cache).")
     if result.frames_reused:
-        k = result.frames_reused
-        lines.append(
-            f"Identical frames: {k} frame{'s' if k != 1 else ''} repeated an earlier one and "
-            "reused its depth and inversion (exactly the same result)."
-        )
+        lines.append(result.describe_reuse())
     ow, oh = result.output_size
     audio = ", with audio" if result.has_audio else ""
     if result.workers > 1 or result.worker_restarts:
@@ -79,7 +75,7 @@ def format_summary(result: EditResult) -> list[str]:
             + (f", restarted {restarts} time{'s' if restarts != 1 else ''}" if restarts else "")
             + "."
         )
-    lines.append(f"Wrote {result.output} ({n} frames, {ow}x{oh}, {result.fps:g} fps{audio}).")
+    lines.append(f"Wrote {result.output} ({n} frames, {ow}x{oh}, {result.describe_rate()}{audio}).")
     if result.latents_dir:
         lines.append(f"Saved latents to {result.latents_dir}/inverted and /final.")
     return lines

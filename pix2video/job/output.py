@@ -44,6 +44,7 @@ def write_output(
         times=reader.frame_times,
     )
     result.has_audio = with_audio and probe(output)["has_audio"]
+    result.uneven_timing = reader.frame_times is not None and not output.is_dir()
 
 
 def output_frames(

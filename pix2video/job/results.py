@@ -35,7 +35,7 @@ class EditResult:
     frame_indices: list[int]
     size: tuple[int, int]  # (width, height) the model ran at
     output_size: tuple[int, int]  # (width, height) of the written frames
-    fps: float
+    fps: float  # the output's rate; its average where `uneven_timing` keeps the frames' times
     has_audio: bool
     source_prompt: str
     captioned: bool
@@ -61,6 +61,7 @@ class EditResult:
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     peak_bytes_held: int = 0  # per-frame conditioning and trajectory bytes alive at once
     masked: bool = False  # a local edit
+    uneven_timing: bool = False  # each frame kept its own time (variable rate, numbered gaps)
     mask_coverage: float = 1.0  # mean share of each frame's pixels the edit may change
     cache_enabled: bool = True
     latents_dir: str | None = None
@@ -75,6 +76,22 @@ class EditResult:
         return (
             f"Local edit: {100 * self.mask_coverage:.0f}% of the frame area edited on average; "
             "every other pixel is the source's."
+        )
+
+    def describe_rate(self) -> str:
+        """The output's frame timing, for the summaries (CLI, web page)."""
+        if self.uneven_timing:
+            return f"each frame at its source time ({self.fps:.3g} fps on average)"
+        return f"{self.fps:g} fps"
+
+    def describe_reuse(self) -> str | None:
+        """How many frames took an identical earlier frame's depth and inversion."""
+        k = self.frames_reused
+        if not k:
+            return None
+        return (
+            f"Identical frames: {k} frame{'s' if k != 1 else ''} repeated an earlier one and "
+            "reused its depth and inversion (exactly the same result)."
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Stable names, so that scripts and tests can drive it:
   anchor frame) and ``/edit`` (returns the result video and the status text); their
   parameters are named like the edit options, because Gradio names API parameters after
   the handler's parameters (`FORM_FIELDS`); an empty ``source_prompt`` means "caption it";
-- elem_ids: ``#input-video``, ``#prompt``, ``#source-prompt``, ``#mask-prompt`` (a local
+- elem_ids: ``#input-video`` (the upload), ``#input-player`` (what the browser can play of
+  it: the upload, or a preview of it), ``#prompt``, ``#source-prompt``, ``#mask-prompt`` (a local
   edit: only what it names changes; empty = the whole frame), ``#preview-button``,
   ``#edit-button``, ``#cancel-button``, ``#preview-image`` (the edited anchor frame),
   ``#result-video``, ``#status``; in the Advanced section, each option's name with dashes
@@ -144,12 +145,14 @@ def describe_result(result: EditResult) -> str:
     audio = ", with the source's audio" if result.has_audio else ""
     lines = [
         f"Edited {n} frame{'s' if n != 1 else ''} at {w}x{h} in {total:.1f} s "
-        f"({result.steps} steps; {result.fps:g} fps{audio}).",
+        f"({result.steps} steps; {result.describe_rate()}{audio}).",
         f"UNet evaluations: inversion {result.unet_evaluations_inversion}, editing "
         f"{result.unet_evaluations_editing}; {describe_cache(result)}.",
     ]
     if result.masked:
         lines.append(result.describe_mask())
+    if result.frames_reused:
+        lines.append(result.describe_reuse())
     return "\n".join(lines)
 
 
@@ -247,10 +250,16 @@ class EditorApp:
             )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    video = gr.Video(
+                    video = gr.File(  # the upload; jobs read it as it is
                         label="Input video",
-                        sources=["upload"],
+                        type="filepath",
                         elem_id="input-video",
+                        height=90,
+                    )
+                    shown = gr.Video(  # what the browser can play of it (`UploadPreviews`)
+                        label="Playback of the input",
+                        interactive=False,
+                        elem_id="input-player",
                         include_audio=True,
                         height=300,
                     )
@@ -352,10 +361,10 @@ class EditorApp:
                 concurrency_limit=None,  # never waits behind the job it cancels
                 api_visibility="private",
             )
-            video.change(  # a clip the browser cannot play: show a preview of it instead
+            video.change(
                 self.show_upload,
                 inputs=[video],
-                outputs=[video, status],
+                outputs=[shown, status],
                 show_progress="minimal",
                 api_visibility="private",
                 concurrency_limit=None,
@@ -504,7 +513,6 @@ class EditorApp:
     ) -> tuple[np.ndarray | None, str, np.ndarray | None]:
         """Edit only the anchor frame: a quick look at what the full edit's anchor will be."""
         form = locals()
-        form["video"] = video = self.original(video, request)
         messages: list[str] = []
         with self.page_errors("preview", video, request):
             settings = self.settings_from_form(form, output=self.folder / "preview.mp4")
@@ -555,7 +563,6 @@ class EditorApp:
     ) -> tuple[str | None, str]:
         """Edit the whole selection into an mp4 (with the source's audio) in the temp folder."""
         form = locals()
-        form["video"] = video = self.original(video, request)
         messages: list[str] = []
         with self.page_errors("edit", video, request):
             stem = RESULT_NAME.sub("-", Path(video or "clip").stem)[:40].strip("-.") or "clip"
@@ -603,9 +610,6 @@ class EditorApp:
         the empty field's placeholder shows how far it got.
         """
         placeholder = gr.update(placeholder=SOURCE_PLACEHOLDER)
-        if self.uploads.is_preview(video):  # swapped in for an upload already captioned
-            yield gr.update(), gr.update(), gr.update()
-            return
         if not video:
             yield "", "", placeholder
             return
@@ -667,27 +671,21 @@ class EditorApp:
         return "", f"{unexpected_message(exc)} {needed}"
 
     def show_upload(self, video: str | None) -> tuple[Any, Any]:
-        """(input video, status): a playable preview in place of a clip the browser cannot
-        play (`UploadPreviews`); nothing changes for one it plays."""
+        """(player, status): the upload in the player, or a preview of it where the browser
+        cannot play its format (`UploadPreviews`)."""
         try:
-            preview = self.uploads.preview_of(video)
+            shown, preview = self.uploads.playable(video)
         except Pix2VideoError as exc:
-            return gr.update(), f"Error: {self.clean(str(exc), video)}"
+            return None, f"Error: {self.clean(str(exc), video)}"
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
             self.log_exception("upload preview", exc)
-            return gr.update(), unexpected_message(exc)
-        if preview is None:
-            return gr.update(), gr.update()
-        name = Path(video).name
-        return preview, (
-            f"Showing a preview of {name}: this browser cannot play its format as it is. "
+            return None, unexpected_message(exc)
+        if not preview:
+            return shown, gr.update()
+        return shown, (
+            f"Showing a preview of {Path(video).name}: this browser cannot play its format. "
             "Edits read the uploaded file itself."
         )
-
-    def original(self, video: str | None, request: gr.Request | None) -> str | None:
-        """The file a job reads: the upload a preview stands for (`UploadPreviews`)."""
-        with self.page_errors("upload", video, request):
-            return self.uploads.original(video)
 
     def cancel(self, request: gr.Request = None) -> str:
         """Stop this page's job before its next model step; finished work stays cached."""
