@@ -452,7 +452,7 @@ class _VideoReader(ClipReader):
             )
             if seek and self._sel.start >= _SEEK_MIN_FRAMES:
                 self._point = self._find_seek_point(container, stream)
-            _warn_of_what_is_left_out(path, container, stream)
+            _warn_of_other_streams(path, container)
         state = _PassState()
         frames = self._selected_frames(state)
         first = next(frames, None)
@@ -460,6 +460,7 @@ class _VideoReader(ClipReader):
             self._finish_pass(state, stacklevel=3)  # raises: beyond the clip, no frames, ...
         assert first is not None
         self.source_size = _upright_size(first[1])
+        _warn_of_transparency(path, first[1])
         self._primed = (state, _prepend([first], frames))
 
     def __length_hint__(self) -> int:
@@ -633,8 +634,8 @@ class _VideoReader(ClipReader):
         self._times = uneven_times(state.times, self.fps)
 
 
-def _warn_of_what_is_left_out(path: Path, container, stream) -> None:
-    """Warn of the parts of a video the edit cannot carry: other video streams, transparency."""
+def _warn_of_other_streams(path: Path, container) -> None:
+    """The edit carries the first video stream only: say so where there are more."""
     others = len(container.streams.video) - 1
     if others:
         warnings.warn(
@@ -642,13 +643,20 @@ def _warn_of_what_is_left_out(path: Path, container, stream) -> None:
             f"other{'s' if others > 1 else ''} left out.",
             stacklevel=5,
         )
-    name = stream.codec_context.pix_fmt
-    with contextlib.suppress(ValueError, TypeError):
-        if name and any(c.is_alpha for c in av.VideoFormat(name).components):
+
+
+def _warn_of_transparency(path: Path, frame: av.VideoFrame) -> None:
+    """The output is opaque: say so where the first frame has transparent pixels (a format
+    with alpha alone is not enough: GIF decodes to BGRA, almost always opaque)."""
+    name = frame.format.name
+    if not any(c.is_alpha for c in frame.format.components):
+        return
+    with contextlib.suppress(ValueError, av.FFmpegError):
+        if frame.to_ndarray(format="rgba")[..., 3].min() < 255:
             warnings.warn(
                 f"{path} has an alpha channel ({name}); the output is opaque: the colours "
                 "stored under transparent pixels are edited and shown.",
-                stacklevel=5,
+                stacklevel=4,
             )
 
 
