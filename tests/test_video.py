@@ -272,7 +272,8 @@ def test_natural_sort_and_image_modes(tmp_path):
     (tmp_path / ".f0.png").write_bytes(b"hidden")
     names = [p.name for p in list_image_files(tmp_path)]
     assert names == ["f1.png", "f2.png", "F3.jpg", "f4.bmp", "f5.webp", "f10.png"]
-    clip = read_clip(tmp_path)
+    with pytest.warns(UserWarning, match="no frame numbered 6, 7, 8, 9; each frame keeps"):
+        clip = read_clip(tmp_path)
     assert [int(f[0, 0, 0]) for f in clip.frames[:2]] == [20, 40]
     assert clip.frames[3][0, 0].tolist() == [200, 200, 200]
     assert clip.frames[4][0, 0].tolist() == [1, 2, 3]
