@@ -84,6 +84,7 @@ FORM_FIELDS = (
 
 JOB_QUEUE = "pix2video-job"  # one concurrency group: previews and edits take turns
 CAPTION_QUEUE = "pix2video-caption"  # captions run beside the jobs, never in front of one
+PREVIEW_QUEUE = "pix2video-upload-preview"  # playable previews of uploads, likewise
 RESULT_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 DELETE_AFTER_S = 6 * 3600  # uploads and results older than this are swept (hourly)
 NO_VIDEO = "Choose a video first: upload one, or pick the example clip."
@@ -367,7 +368,8 @@ class EditorApp:
                 outputs=[shown, status],
                 show_progress="minimal",
                 api_visibility="private",
-                concurrency_limit=None,
+                concurrency_limit=1,  # previews queue: beside the jobs, never many at once
+                concurrency_id=PREVIEW_QUEUE,
             )
             video.change(
                 self.suggest,
