@@ -97,6 +97,8 @@ def depth_and_inversion(
     depth_hits = sum(keys.depth[i] in depth for i in positions)
     inversion_hits, depth_done = len(inverted), depth_hits
     todo = [i for i in positions if keys.depth[i] not in depth or i not in inverted]
+    needs_depth = {i for i in todo if keys.depth[i] not in depth}
+    seen: set[int] = set()
     timer = {"depth": 0.0, "inversion": 0.0}
     evaluations = pipe.unet_evaluations
     ctx.progress("depth", depth_hits, len(positions))
@@ -128,11 +130,14 @@ def depth_and_inversion(
 
     for i, _frame, small in source.frames(ctx, todo) if todo else ():
         ctx.check_cancelled()
-        if keys.depth[i] not in depth:
-            tic = time.perf_counter()
-            depth.put(keys.depth[i], ctx.bytes_held.track(conditioning.frame(pipe, i, small)))
+        seen.add(i)
+        if i in needs_depth:
+            # another job on the same input (a batch on Ray) may have stored it meanwhile
+            if keys.depth[i] not in depth:
+                tic = time.perf_counter()
+                depth.put(keys.depth[i], ctx.bytes_held.track(conditioning.frame(pipe, i, small)))
+                timer["depth"] += time.perf_counter() - tic
             depth_done += 1
-            timer["depth"] += time.perf_counter() - tic
             ctx.progress("depth", depth_done, len(positions))
         if i not in inverted:
             tic = time.perf_counter()
@@ -144,7 +149,7 @@ def depth_and_inversion(
         del small
     if batch:
         invert_batch()
-    if depth_done < len(positions) or len(inverted) < len(positions):
+    if seen != set(todo) or len(inverted) < len(positions):
         raise InputError(  # the file changed or lost frames since it was first read
             f"{s.input} gave fewer frames on a second reading than on the first; is it being "
             "written to?"
