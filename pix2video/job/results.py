@@ -55,6 +55,7 @@ class EditResult:
     feature_store_peak_bytes: int = 0
     frame_batch: int = 1  # frames per editing UNet call (--frame-batch, "auto" resolved)
     workers: int = 1  # processes that shared the frame chain (the last attempt's)
+    worker_nodes: list[str] = field(default_factory=list)  # where each worker ran (Ray node id)
     worker_restarts: int = 0  # attempts restarted from a checkpoint after losing a worker
     bytes_exchanged: int = 0  # features and x0s sent between workers while editing
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)

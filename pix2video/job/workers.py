@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import EditCancelled, Pix2VideoError
-from ..ray_cluster import connect, import_ray
+from ..ray_cluster import connect, driver_queue, import_ray, this_node
 from .context import JobContext
 from .latents import checkpointer, latent_shape, resume_point
 from .results import EditResult
@@ -91,15 +91,16 @@ def edit_on_workers(
                     raise Pix2VideoError(f"Every worker was lost (last: {lost}).") from None
                 result.worker_restarts += 1
                 where = f"after step {resume.step + 1}" if resume is not None else "from the start"
-                ctx.warn(
-                    f"{str(lost).capitalize()}; editing again {where} on the "
-                    f"{pool.size} worker{'s' if pool.size != 1 else ''} that remain."
+                remain = f"{pool.size} worker" + (
+                    " that remains" if pool.size == 1 else "s that remain"
                 )
+                ctx.warn(f"{str(lost).capitalize()}; editing again {where} on the {remain}.")
     finally:
         pool.close()
     order = np.argsort(anchor_order(n, s.anchor))  # processing order -> clip order
     final = torch.from_numpy(rows[order])
     result.workers = len(stats)
+    result.worker_nodes = list(pool.nodes)
     for name in ("depth_cached", "depth_computed", "inversion_cached", "inversion_computed",
                  "unet_evaluations_inversion", "unet_evaluations_editing"):  # fmt: skip
         setattr(result, name, sum(part[name] for part in stats))
@@ -293,6 +294,7 @@ class LocalWorkers:
             self.devices = [device] * settings.workers
         self._processes: list = []
         self._outbox = None
+        self.nodes: list[str] = []  # where each rank of the last attempt ran
         # CPU workers share the cores; the ones left after a loss keep their share (and so
         # their float rounding: a restarted edit equals an uninterrupted one bit for bit)
         self.threads = None
@@ -309,6 +311,7 @@ class LocalWorkers:
 
     def start(self, count: int) -> tuple[list[str], str, int | None]:
         """(device per worker, rendezvous address, torch threads per CPU worker)."""
+        self.nodes = [socket.gethostname()] * count
         return self.devices[:count], f"tcp://127.0.0.1:{free_port()}", self.threads
 
     def run(self, tasks: list[WorkerTask]) -> None:
@@ -365,6 +368,9 @@ class ChainWorkerActor:
         host = ray.util.get_node_ip_address()
         return f"tcp://{host}:{free_port('')}"
 
+    def node(self) -> str:
+        return this_node()
+
     def run(self, task: WorkerTask, outbox) -> None:
         run_worker(task, outbox)
 
@@ -385,6 +391,7 @@ class RayWorkers:
         self._actors: list = []
         self._runs: dict = {}
         self._outbox = None
+        self.nodes: list[str] = []  # the Ray node id of each rank of the last attempt
 
     def _shape(self, settings) -> tuple[dict[str, float], str]:
         """What one worker reserves, and its device; one sentence if the cluster is too small."""
@@ -412,14 +419,13 @@ class RayWorkers:
         ray = self.ray
         remote = ray.remote(ChainWorkerActor).options(max_restarts=0, **self.resources)
         self._actors = [remote.remote() for _ in range(count)]
+        self.nodes = ray.get([actor.node.remote() for actor in self._actors])
         address = ray.get(self._actors[0].address.remote())
         threads = None if self.device == "cuda" else max(1, int(self.resources["num_cpus"]))
         return [self.device] * count, address, threads
 
     def run(self, tasks: list[WorkerTask]) -> None:
-        from ray.util.queue import Queue
-
-        self._outbox = Queue()
+        self._outbox = driver_queue()
         self._runs = {
             actor.run.remote(task, self._outbox): task.rank
             for actor, task in zip(self._actors, tasks, strict=True)
