@@ -77,6 +77,21 @@ class Command:
         return next((t for t, line in self.lines if text in line), None)
 
 
+def lose_a_node(cluster, command: Command, cache: Path) -> tuple[object, float]:
+    """Once the command has saved an editing checkpoint, kill the second node's raylet (no
+    goodbye to the cluster): (the lost node, when). The caller adds a node back after the
+    command, for the tests after it."""
+    deadline = time.monotonic() + 300
+    while not any(f.is_file() for f in cache.glob("**/checkpoint/*.pt")):
+        assert command.process.poll() is None, command.wait()
+        assert time.monotonic() < deadline, "no editing checkpoint appeared"
+        time.sleep(0.05)
+    lost = next(iter(cluster.worker_nodes))
+    removed = time.monotonic()
+    cluster.remove_node(lost, allow_graceful=False)
+    return lost, removed
+
+
 def edit_args(folder: Path, mask: Path, address: str, steps: int) -> list[str]:
     s = settings(folder, mask, steps=steps)
     args = [*cli_args(s), "--backend", "ray", "--workers", "2", "--ray-address", address]
@@ -113,15 +128,7 @@ def test_a_lost_node_mid_edit_finishes_on_the_node_that_remains(
     one_thread_edit(settings(tmp_path / "baseline", mask_file, steps=LOST_STEPS))
     folder = tmp_path / "split"
     command = Command(edit_args(folder, mask_file, cluster.address, LOST_STEPS), tmp_path)
-    cache = folder / "cache"
-    deadline = time.monotonic() + 300
-    while not any(f.is_file() for f in cache.glob("**/checkpoint/*.pt")):
-        assert command.process.poll() is None, command.wait()
-        assert time.monotonic() < deadline, "no editing checkpoint appeared"
-        time.sleep(0.05)
-    lost = next(iter(cluster.worker_nodes))
-    removed = time.monotonic()
-    cluster.remove_node(lost, allow_graceful=False)
+    lost, removed = lose_a_node(cluster, command, folder / "cache")
     try:
         code, out, err = command.wait()
     finally:
@@ -175,16 +182,9 @@ def test_a_batch_loses_a_node_and_reruns_its_job(cluster, tmp_path, report_measu
          "ray", "--ray-address", cluster.address, "--cpus-per-worker", "1"],
         tmp_path,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "cache").glob("**/checkpoint/*.pt")):  # both are editing
-        assert command.process.poll() is None, command.wait()
-        assert time.monotonic() < deadline, "no editing checkpoint appeared"
-        time.sleep(0.05)
-    lost = next(iter(cluster.worker_nodes))
-    removed = time.monotonic()
-    cluster.remove_node(lost, allow_graceful=False)
+    lost, removed = lose_a_node(cluster, command, tmp_path / "cache")  # both jobs are editing
     try:
-        code, stdout, err = command.wait()
+        code, _, err = command.wait()
     finally:
         add_node(cluster)
     assert code == 0, err[-3000:]
