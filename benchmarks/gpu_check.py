@@ -36,6 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+EXAMPLE = ROOT / "examples" / "cockatoo.mp4"  # in the checkout: no shared data needed
 BUDGET_S = 8 * 60  # the parts' limits add up to less
 
 
@@ -158,10 +159,14 @@ def frame_batch_table(plan: Plan) -> list[str]:
 def sdxl_frame(plan: Plan) -> list[str]:
     """bench_pipeline.py on one frame: seconds, peak memory."""
     limit = plan.limits["sdxl"]
+    from pix2video.media import read_clip, write_video
+
     with tempfile.TemporaryDirectory() as tmp:
-        out_json = Path(tmp) / "sdxl.json"
+        out_json, frames = Path(tmp) / "sdxl.json", Path(tmp) / "frames"
+        write_video(frames, read_clip(EXAMPLE, max_frames=1).frames, fps=25)  # PNGs
         command = [sys.executable, str(HERE / "bench_pipeline.py"), *plan.sdxl]
         command += ["--device", plan.device, "--dtype", plan.dtype, "--json", str(out_json)]
+        command += ["--frames-dir", str(frames)]
         code, out = run(command, limit)
         model = plan.sdxl[plan.sdxl.index("--model") + 1]
         size = plan.sdxl[plan.sdxl.index("--size") + 1]
