@@ -5,9 +5,10 @@ Two ways, as the issue asks: Ray's own `ray.cluster_utils.Cluster` (nodes starte
 from the test process, so a test can lose one mid-edit), and `ray start --head` plus
 `ray start --address` in processes of their own, as users start a cluster.
 
-Both keep to themselves: a temporary Ray folder of their own, and the machine-wide
-``/tmp/ray/ray_current_cluster`` file (which a plain ``ray.init()`` elsewhere on the machine
-would follow into this cluster) put back as it was.
+Both keep to themselves: a temporary Ray folder of their own (`ray start --temp-dir` writes
+its address file there), and the machine-wide ``/tmp/ray/ray_current_cluster`` file that the
+cluster utility writes and removes (a plain ``ray.init()`` elsewhere on the machine would
+follow it into this cluster) put back as it was.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def utility_cluster(nodes: int = 2) -> Iterator[object]:
             add_node(cluster)
         yield cluster
     finally:
-        cluster.shutdown()
+        with address_file_kept():  # its shutdown removes the file, whoever's it is by then
+            cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
 
 
