@@ -20,9 +20,10 @@ from .errors import Pix2VideoError
 RAY_MISSING = "The ray backend needs Ray: pip install 'pix2video[ray]'."
 PROBE_SECONDS = 3.0
 """How long an address may take to accept a connection (Ray itself retries for minutes)."""
-NODE_VERDICT_SECONDS = 60.0
+NODE_VERDICT_SECONDS = 90.0
 """How long to wait for Ray to declare an unreachable node dead or alive: past its default
-health check (5 missed checks 3 s apart, ~15-25 s)."""
+health check's worst case (5 missed checks 3 s apart, each waiting up to 10 s: about a
+minute)."""
 
 
 def import_ray():
