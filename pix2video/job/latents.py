@@ -167,8 +167,12 @@ def depth_and_inversion(
     return rows, inverted.tensor, paths
 
 
+LATENT_SCALE = 8
+"""Pixels per latent along a side (every supported VAE's); known without loading the model."""
+
+
 def latent_shape(source: SourceClip) -> tuple[int, int, int]:
-    return (4, source.height // 8, source.width // 8)
+    return (4, source.height // LATENT_SCALE, source.width // LATENT_SCALE)
 
 
 def _cached_rows(

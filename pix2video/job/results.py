@@ -58,6 +58,7 @@ class EditResult:
     worker_nodes: list[str] = field(default_factory=list)  # where each worker ran (Ray node id)
     worker_restarts: int = 0  # attempts restarted from a checkpoint after losing a worker
     bytes_exchanged: int = 0  # features and x0s sent between workers while editing
+    worker_decodes: list[int] = field(default_factory=list)  # frames each worker VAE-decoded
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     peak_bytes_held: int = 0  # per-frame conditioning and trajectory bytes alive at once
     masked: bool = False  # a local edit

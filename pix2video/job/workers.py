@@ -7,7 +7,9 @@ ChainSplit.dealt`, one UNet call long), starts the workers (`worker`: a local pr
 device, or a Ray actor per GPU or per `--cpus-per-worker` CPUs), and
 supervises them: it adds up their progress, puts their step checkpoints together and saves
 them to its cache as a one-process edit does (the same key: a split edit resumes a
-one-process one and the other way round), and collects their final latents.
+one-process one and the other way round), and collects their final latents and their
+frames, which each worker decodes itself (`worker_frames`): the driver loads no diffusion
+model (`prepare_edit(load_model=False)`), so no device holds two copies.
 
 A worker lost mid-edit (killed, out of memory, its node gone) ends the attempt: the driver
 stops the others and starts again from the last step every worker finished, on the workers
@@ -30,6 +32,7 @@ from .context import JobContext
 from .latents import checkpointer, latent_shape, resume_point
 from .results import EditResult
 from .worker import WorkerTask, run_worker
+from .worker_frames import DecodedFrames
 
 if TYPE_CHECKING:
     import torch
@@ -50,8 +53,9 @@ class WorkerLost(Exception):
 
 def edit_on_workers(
     ctx: JobContext, p: PreparedEdit, result: EditResult
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(final latents, x_T or None) of every frame, clip order, edited by the workers.
+) -> tuple[torch.Tensor, torch.Tensor | None, DecodedFrames]:
+    """(final latents, x_T or None, decoded frames) of every frame, clip order, edited and
+    decoded by the workers.
 
     x_T comes back only for --save-latents. Saves the final latents to the cache.
     """
@@ -78,9 +82,10 @@ def edit_on_workers(
     )
     pool = RayWorkers(s) if s.backend == "ray" else LocalWorkers(s, p.device)
     save = checkpointer(ctx, p.keys.edit, result) if ctx.cache.enabled else None
+    frames = DecodedFrames(ctx)
     try:
         while True:
-            attempt = Attempt(ctx, pool, settings, n, resume, save)
+            attempt = Attempt(ctx, pool, settings, n, resume, save, frames)
             try:
                 rows, inverted, stats = attempt.run()
                 break
@@ -107,21 +112,22 @@ def edit_on_workers(
     result.feature_store_peak_bytes = max(part["feature_store_peak_bytes"] for part in stats)
     result.frame_batch = stats[0]["frame_batch"]
     result.bytes_exchanged = sum(part["bytes_sent"] for part in stats)
+    result.worker_decodes = [part["vae_decodes"] for part in stats]
     if ctx.save("final", p.keys.edit, final):
         ctx.cache.remove("checkpoint", p.keys.edit)
     if inverted is None:
-        return final, None
-    return final, torch.from_numpy(inverted[order])
+        return final, None, frames
+    return final, torch.from_numpy(inverted[order]), frames
 
 
 class Attempt:
     """One run of every worker, from the start or from a checkpoint, to the end or a loss."""
 
-    def __init__(self, ctx, pool, settings, num_frames: int, resume, save) -> None:
+    def __init__(self, ctx, pool, settings, num_frames: int, resume, save, frames) -> None:
         from ..core.frame_chain import ChainSplit
 
-        self.ctx, self.pool, self.settings, self.resume, self.save = (
-            ctx, pool, settings, resume, save,
+        self.ctx, self.pool, self.settings, self.resume, self.save, self.frames = (
+            ctx, pool, settings, resume, save, frames,
         )  # fmt: skip
         self.n = num_frames
         self.split = ChainSplit.dealt(num_frames, pool.size, run_length(settings, pool.device))
@@ -206,6 +212,8 @@ class Attempt:
             self.ctx.warn(rest[0])
         elif kind == "checkpoint":
             self._checkpoint(rank, *rest)
+        elif kind == "frame":
+            self.frames.put(*rest)
         elif kind == "done":
             self._done[rank] = tuple(rest)
         elif kind == "error":
