@@ -28,6 +28,7 @@ from test_multi_worker import (  # noqa: F401 - mask_file and one_process: fixtu
     mask_file,
     one_process,
     one_thread_edit,
+    output_frames,
     settings,
 )
 
@@ -117,6 +118,9 @@ def test_two_workers_on_two_nodes_equal_one_process(
     per_step = stats["bytes_exchanged"] / steps
     report_measurement("bytes crossing nodes per step (7 frames, 64x64, tiny)", f"{per_step:.0f}")
     assert stats["bytes_exchanged"] > 0
+    # each node's worker decoded its own frames; they crossed to the driver's node whole
+    assert min(stats["worker_decodes"]) > 0 and sum(stats["worker_decodes"]) == FRAMES
+    assert output_frames(tmp_path / "out.mp4") == output_frames(baseline.output)
 
 
 def test_a_lost_node_mid_edit_finishes_on_the_node_that_remains(
