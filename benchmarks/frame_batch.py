@@ -1,4 +1,4 @@
-"""Frame-batched editing: time, UNet calls and memory for N = 1, 2, 4, 8 frames per call.
+"""Frame-batched editing: time, UNet calls and memory for N = 1, 2, 4, 8 (or auto) frames per call.
 
 Editing only (inversion is timed elsewhere): random x_T and depth stand in for a clip's,
 since speed and memory do not depend on their values. Each N runs in its own process
@@ -10,7 +10,7 @@ are compared with N = 1's (the gap is float rounding: see README "Frame-batched 
   (`full_size.py`), float16, 512x512, 50 steps, 16 frames, with and without `--compile`.
 
     python benchmarks/frame_batch.py                      # CPU table (+ GPU tables on CUDA)
-    python benchmarks/frame_batch.py --frames 8 --steps 4 --batches 1 2 4 8
+    python benchmarks/frame_batch.py --frames 8 --steps 4 --batches 1 2 4 8 auto
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def run_one(args: argparse.Namespace) -> dict:
     """One N in this process: warm up, then time `pipe.edit` and count UNet calls."""
     import torch
+
+    from pix2video.settings import parse_frame_batch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     torch.set_num_threads(args.threads)
@@ -59,7 +61,12 @@ def run_one(args: argparse.Namespace) -> dict:
 
     def edit(steps: int):
         return pipe.edit(
-            x_t, depth, prompt, negative, num_inference_steps=steps, frame_batch=args.batch
+            x_t,
+            depth,
+            prompt,
+            negative,
+            num_inference_steps=steps,
+            frame_batch=parse_frame_batch(args.batch),
         )
 
     edit(1)  # warm-up (and compilation) with the same chunk shapes
@@ -69,7 +76,7 @@ def run_one(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     tic = time.perf_counter()
-    final, _ = edit(args.steps)
+    final, store = edit(args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - tic
@@ -82,6 +89,7 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.save(final.float().cpu(), args.save)
     return {
         "batch": args.batch,
+        "chosen": store.chunk_size,  # what auto chose
         "seconds": seconds,
         "images": images,
         "calls": len(calls),
@@ -89,8 +97,11 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
-def table(args: argparse.Namespace, title: str, extra: list[str]) -> None:
-    """Run every N in a subprocess and print the table."""
+def measure(
+    args: argparse.Namespace, extra: list[str], timeout: float | None = None
+) -> tuple[list[dict], dict]:
+    """Every N in a subprocess of its own (each within `timeout` s): (rows, max gap of each
+    N's final latents to the first N's)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         finals = {}
@@ -98,13 +109,21 @@ def table(args: argparse.Namespace, title: str, extra: list[str]) -> None:
             save = Path(tmp) / f"final-{n}.pt"
             cmd = [sys.executable, __file__, "--one", "--batch", str(n), "--save", str(save)]
             cmd += extra
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                cmd, check=True, capture_output=True, text=True, timeout=timeout
+            ).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             import torch
 
             finals[n] = torch.load(save)
         base = finals[args.batches[0]]
         gaps = {n: (finals[n] - base).abs().max().item() for n in args.batches}
+    return rows, gaps
+
+
+def table(args: argparse.Namespace, title: str, extra: list[str]) -> None:
+    """Run every N in a subprocess and print the table."""
+    rows, gaps = measure(args, extra)
     memory = "peak GPU memory" if args.device == "cuda" else "peak RSS"
     print(f"\n{title}\n")
     print(
@@ -114,8 +133,9 @@ def table(args: argparse.Namespace, title: str, extra: list[str]) -> None:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         n = row["batch"]
+        label = f"auto ({row['chosen']})" if n == "auto" else n
         print(
-            f"| {n} | {row['seconds'] / row['images']:.4f} | "
+            f"| {label} | {row['seconds'] / row['images']:.4f} | "
             f"{row['seconds'] / args.frames:.3f} | {row['images'] / row['seconds']:.1f} | "
             f"{row['calls']} | {row['peak'] / 2**20:.0f} MiB | {gaps[n]:.2e} |"
         )
@@ -126,12 +146,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--batches", nargs="+", default=["1", "2", "4", "8"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-cuda", action="store_true", help="only the CPU table")
     # one measurement (internal: the parent runs each N in its own process)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", default="1", help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)

@@ -1,5 +1,13 @@
 """Joining or starting Ray, for every part that runs on it (`batch --backend ray`, one clip's
-workers in `job.workers`). Ray is imported only when one of them runs.
+workers in `job.workers`), and what both need to know about the cluster's nodes: where a
+worker runs, whether its node is still alive, a message queue that no other node's loss can
+take away. Ray is imported only when one of them runs.
+
+A lost node (its raylet dead, the machine gone) is noticed by Ray's GCS health check: a node
+that misses `health_check_failure_threshold` checks, `health_check_period_ms` apart (Ray's
+defaults: 5 checks, 3 s apart, each waiting up to 10 s), is declared dead, and every actor on
+it with it; `NODE_VERDICT_SECONDS` bounds how long the batch waits for that verdict. A worker
+process killed on a living node is noticed at once (its connection closes).
 """
 
 from __future__ import annotations
@@ -12,6 +20,10 @@ from .errors import Pix2VideoError
 RAY_MISSING = "The ray backend needs Ray: pip install 'pix2video[ray]'."
 PROBE_SECONDS = 3.0
 """How long an address may take to accept a connection (Ray itself retries for minutes)."""
+NODE_VERDICT_SECONDS = 90.0
+"""How long to wait for Ray to declare an unreachable node dead or alive: past its default
+health check's worst case (5 missed checks 3 s apart, each waiting up to 10 s: about a
+minute)."""
 
 
 def import_ray():
@@ -33,6 +45,8 @@ def connect(address: str | None, debug: bool = False) -> bool:
     if ray.is_initialized():
         return False
     probe(address)
+    if address is not None and _host(address) in LOOPBACK:
+        _keep_loopback()
     import logging
 
     try:
@@ -59,12 +73,11 @@ def probe(address: str | None) -> None:
     """
     if address in (None, "auto", "local"):
         return
-    where = address.removeprefix("ray://")
-    host, sep, port = where.rpartition(":")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit():
         raise Pix2VideoError(f"The Ray address {address!r} is not HOST:PORT (or auto).")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+        with socket.create_connection((_host(address), int(port)), timeout=PROBE_SECONDS):
             pass
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
@@ -72,3 +85,55 @@ def probe(address: str | None) -> None:
             f"Cannot reach Ray at {address} ({reason.lower().rstrip('.')}); is the cluster "
             "running (ray start --head) and the address its head's?"
         ) from None
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _host(address: str) -> str:
+    return address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+
+
+def _keep_loopback() -> None:
+    """Keep a loopback address as it is. Ray rewrites 127.0.0.1 to this machine's network
+    address (right for a cluster that spans machines), but a cluster started on the loopback
+    (`ray start --head --node-ip-address 127.0.0.1`) listens there only, and `probe` has just
+    reached it there: Ray would retry the rewritten address for minutes. Ray's switch for
+    single-machine clusters keeps the address; it is read at import, so it is set here."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def this_node() -> str:
+    """The Ray node id of the calling process (a driver or an actor)."""
+    return import_ray().get_runtime_context().get_node_id()
+
+
+def alive_nodes() -> set[str]:
+    """The ids of the nodes Ray holds alive now."""
+    return {n["NodeID"] for n in import_ray().nodes() if n.get("Alive")}
+
+
+def node_verdict(node: str, seconds: float = NODE_VERDICT_SECONDS) -> bool:
+    """Whether `node` is alive, once Ray has decided: False as soon as it is declared dead;
+    True when it stays alive `seconds` (then an actor lost there crashed on its own)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while node in alive_nodes():
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def driver_queue():
+    """A `ray.util.queue.Queue` whose actor lives on the driver's node, reserving nothing: the
+    workers' messages survive the loss of any node but the driver's (a queue placed on the
+    lost node ended the edit with Ray's ActorUnavailableError)."""
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(this_node(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})

@@ -25,6 +25,8 @@ from PIL import Image
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
+from pix2video.job import PipelineCache
+from pix2video.media import read_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"
@@ -77,11 +79,11 @@ def final_latents(folder: Path) -> np.ndarray:
     return np.stack([np.load(f) for f in files])
 
 
-def one_thread_edit(s: EditSettings):
+def one_thread_edit(s: EditSettings, pipelines: PipelineCache | None = None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return edit_clip(s)
+        return edit_clip(s, pipelines=pipelines)
     finally:
         torch.set_num_threads(threads)
 
@@ -93,13 +95,18 @@ def one_process(tmp_path_factory, mask_file):
     return result, final_latents(folder)
 
 
+@pytest.mark.integration
+@pytest.mark.bitwise
 def test_three_local_workers_equal_one_process(
     tmp_path, mask_file, one_process, report_measurement
 ):
     baseline, expected = one_process
     s = settings(tmp_path, mask_file, workers=3, steps=STEPS)
     stages: list[str] = []
-    result = edit_clip(s, progress=lambda stage, done, total: stages.append(stage))
+    driver = PipelineCache()
+    result = edit_clip(
+        s, progress=lambda stage, done, total: stages.append(stage), pipelines=driver
+    )
     gap = float(np.abs(final_latents(tmp_path) - expected).max())
     report_measurement(
         "3 workers vs one process (mask, anchor last, guided): max gap", f"{gap:.2e}"
@@ -111,7 +118,29 @@ def test_three_local_workers_equal_one_process(
     assert result.unet_evaluations_editing == baseline.unet_evaluations_editing
     assert result.unet_evaluations_inversion == baseline.unet_evaluations_inversion
     assert {"depth", "inversion", "editing", "writing"} <= set(stages)
-    assert Path(s.output).stat().st_size > 0
+    # the driver loaded no model: every worker decoded its own frames, each frame once,
+    # and the output is the one-process run's, frame for frame
+    assert not driver._pipes
+    assert len(result.worker_decodes) == 3 and min(result.worker_decodes) > 0
+    assert sum(result.worker_decodes) == FRAMES
+    assert result.peak_frames_held == baseline.peak_frames_held  # read back one at a time
+    assert output_frames(s.output) == output_frames(baseline.output)
+
+
+def output_frames(path) -> list[bytes]:
+    return [frame.tobytes() for frame in read_clip(path).frames]
+
+
+@pytest.mark.bitwise
+def test_split_edit_found_cached_is_decoded_by_the_driver_alone(tmp_path, mask_file, one_process):
+    """No worker starts for a cached edit: the driver's copy of the model is the only one."""
+    baseline, _ = one_process
+    s = settings(tmp_path, mask_file, cache_dir=Path(baseline.output).parent / "cache")
+    driver = PipelineCache()
+    result = one_thread_edit(s.replace(workers=2), pipelines=driver)
+    assert result.editing == "cached" and result.worker_decodes == []
+    assert len(driver._pipes) == 1
+    assert output_frames(s.output) == output_frames(baseline.output)
 
 
 def test_two_ray_workers_from_the_cli(tmp_path, mask_file, one_process, report_measurement):

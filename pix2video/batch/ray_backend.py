@@ -6,7 +6,10 @@ once and takes job after job. A worker holds one GPU where the cluster has GPUs 
 edits at once), otherwise ``cpus_per_worker`` CPUs (Ray then gives its torch as many
 threads), so each job runs on the resources its worker reserved. Jobs go to whichever worker
 is free; a worker that dies (out of memory, a crash) fails its job, is replaced, and the
-batch goes on. Ray is imported only here, and only when this backend runs.
+batch goes on. A worker whose node is lost (`ray_cluster` says how soon that is noticed)
+fails nothing: its job runs again on a worker that remains, and the outputs already written
+stay. Each record says which node ran it. Ray is imported only here, and only when this
+backend runs.
 
 Inputs, outputs and the cache are paths: every node must see them at the same place (a
 shared filesystem), and pix2video must be installed on every node.
@@ -18,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Pix2VideoError, describe_failure
-from ..ray_cluster import connect, import_ray
+from ..ray_cluster import connect, import_ray, node_verdict, this_node
 from .runner import Evaluation, JobRunner, PendingJob
 
 DEFAULT_CPUS_PER_WORKER = 4
@@ -58,13 +61,18 @@ class RayBackend:
                 + ", ".join(f"{v:g} {k}" for k, v in resources.items())
                 + "."
             )
-            remote = ray.remote(JobRunner).options(**_ray_options(resources))
+            remote = ray.remote(NodeJobRunner).options(**_ray_options(resources))
             actors = [remote.remote(evaluation, debug) for _ in range(count)]
+            nodes = ray.get([actor.node.remote() for actor in actors])
             idle = list(range(count))  # worker slots; a dead worker's slot gets a new actor
             read: list[set[str]] = [set() for _ in range(count)]  # inputs each slot has read
             queue = list(pending)
             running: dict[Any, tuple[int, PendingJob]] = {}
             while queue or running:
+                if not idle and not running:  # every node that held a worker was lost
+                    for item in queue:
+                        yield item, {"status": "failed", "error": NO_NODES_LEFT}
+                    break
                 while idle and queue:
                     slot = idle.pop()
                     busy = {str(item.job.settings.input) for _, item in running.values()}
@@ -75,12 +83,17 @@ class RayBackend:
                 (ready,), _ = ray.wait(list(running), num_returns=1)
                 slot, item = running.pop(ready)
                 try:
-                    outcome = ray.get(ready)
+                    outcome = {**ray.get(ready), "node": nodes[slot]}
                 except ray.exceptions.RayActorError as exc:
-                    outcome = {"status": "failed", "error": _worker_died(exc)}
                     ray.kill(actors[slot])
-                    actors[slot] = remote.remote(evaluation, debug)
                     read[slot] = set()
+                    if not node_verdict(nodes[slot]):  # its node is gone: the slot too
+                        events.info(f"A Ray node was lost; {_name(item)} runs again.")
+                        queue.insert(0, item)
+                        continue
+                    outcome = {"status": "failed", "error": _worker_died(exc)}
+                    actors[slot] = remote.remote(evaluation, debug)
+                    nodes[slot] = ray.get(actors[slot].node.remote())
                 except ray.exceptions.RayError as exc:
                     cause = getattr(exc, "cause", None) or exc
                     outcome = {"status": "failed", "error": describe_failure(cause)}
@@ -115,6 +128,20 @@ class RayBackend:
                 "--cpus-per-worker."
             )
         return min(count, self.workers or count, jobs), resources
+
+
+class NodeJobRunner(JobRunner):
+    """A `JobRunner` that can say which Ray node it runs on."""
+
+    def node(self) -> str:
+        return this_node()
+
+
+NO_NODES_LEFT = "Every Ray node that held a worker was lost before this job could run."
+
+
+def _name(item: PendingJob) -> str:
+    return f"line {item.job.line} ({item.job.name})"
 
 
 def _next_job(queue: list[PendingJob], read: set[str], busy: set[str]) -> int:

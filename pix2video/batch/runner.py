@@ -367,7 +367,7 @@ def _identity(job: BatchJob, key: str) -> dict[str, Any]:
 _ORDER = (
     "line", "status", "error", "method", "input", "prompt", "source_prompt", "captioned",
     "output", "frames", "seconds", "unet_evaluations", "editing", "resumed_from_step", "metrics",
-    "options", "key", "device", "worker", "warnings", "finished",
+    "options", "key", "device", "worker", "node", "warnings", "finished",
 )  # fmt: skip
 
 

@@ -71,7 +71,8 @@ def format_summary(result: EditResult) -> list[str]:
     if result.workers > 1 or result.worker_restarts:
         restarts = result.worker_restarts
         lines.append(
-            f"Workers: {result.workers}, {result.bytes_exchanged / 2**20:.1f} MiB exchanged"
+            f"Workers: {result.workers}{_on_nodes(result.worker_nodes)}, "
+            f"{result.bytes_exchanged / 2**20:.1f} MiB exchanged"
             + (f", restarted {restarts} time{'s' if restarts != 1 else ''}" if restarts else "")
             + "."
         )
@@ -306,3 +307,9 @@ def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
         )
     for line in format_summary(result):
         reporter.info(line)
+
+
+def _on_nodes(nodes: list[str]) -> str:
+    """The summary's " on N nodes", when the workers ran on more than one node (Ray)."""
+    count = len(set(nodes))
+    return f" on {count} nodes" if count > 1 else ""

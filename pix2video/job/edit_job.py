@@ -21,8 +21,8 @@ from .checks import resolve_device
 from .context import JobContext
 from .latents import depth_and_inversion, edit_latents, latent_shape
 from .loading import PipelineCache
-from .output import save_latents, write_output
-from .preparation import PreparedEdit, initial_result, prepare_edit
+from .output import latent_decoder, save_latents, write_output
+from .preparation import PreparedEdit, initial_result, prepare_edit, with_model
 from .prompts import (
     caption_anchor,
 )
@@ -56,9 +56,9 @@ class EditJob:
         self.library_logs = library_logs
         self._started = time.perf_counter()
 
-    def prepare(self, anchor_only: bool = False) -> PreparedEdit:
+    def prepare(self, anchor_only: bool = False, load_model: bool = True) -> PreparedEdit:
         """Everything before the per-frame work (`preparation.prepare_edit`)."""
-        return prepare_edit(self.ctx, self.pipelines, self.library_logs, anchor_only)
+        return prepare_edit(self.ctx, self.pipelines, self.library_logs, anchor_only, load_model)
 
     def preview(self) -> AnchorPreview:
         """Depth, inversion and editing of the anchor frame alone, decoded."""
@@ -106,21 +106,24 @@ class EditJob:
 
     def _run(self) -> EditResult:
         ctx, s = self.ctx, self.settings
-        if s.split_across_workers:
+        split = s.split_across_workers
+        if split:
             from .workers import check_workers
 
             check_workers(s)  # in seconds, before any model is loaded
-        p = self.prepare()
+        p = self.prepare(load_model=not split)  # split: the workers load it, and decode
         result = self.result_of(p)
         n, shape = p.source.num_frames, latent_shape(p.source)
         final = ctx.load("final", p.keys.edit, (n, *shape))
-        inverted = None
+        inverted, decode = None, None
         tic = time.perf_counter()
-        if final is None and s.split_across_workers:
-            from .workers import edit_on_workers  # depth, inversion and editing, split
+        if final is None and split:
+            from .workers import edit_on_workers  # depth, inversion, editing, decoding, split
 
-            final, inverted = edit_on_workers(ctx, p, result)
+            final, inverted, frames = edit_on_workers(ctx, p, result)
+            decode = frames.read
         else:
+            p = with_model(ctx, p, self.pipelines, self.library_logs)  # split: edit cached
             if final is None or p.paths.latents_dir is not None:
                 depth, inverted, trajectories = depth_and_inversion(
                     ctx, p.pipe, p.source, p.conditioning, p.keys, p.prompts, list(range(n)),
@@ -134,12 +137,13 @@ class EditJob:
                 )  # fmt: skip
             else:
                 result.editing = "cached"
+            decode = latent_decoder(p.pipe, final)
         ctx.seconds["editing"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
         if p.paths.latents_dir is not None:
             save_latents(p.paths.latents_dir, p.source.reader.indices, inverted, final)
-        write_output(ctx, p.pipe, p.source, final, p.paths.output, p.masks, result)
+        write_output(ctx, decode, p.source, p.paths.output, p.masks, result)
         ctx.seconds["writing"] = time.perf_counter() - tic
         ctx.seconds["total"] = time.perf_counter() - self._started
         result.peak_frames_held = ctx.frames_held.peak

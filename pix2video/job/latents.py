@@ -187,8 +187,12 @@ def _first_positions(keys: StageKeys, positions: list[int]) -> dict[int, int]:
     return {i: first.setdefault(keys.inversion[i], i) for i in positions}
 
 
+LATENT_SCALE = 8
+"""Pixels per latent along a side (every supported VAE's); known without loading the model."""
+
+
 def latent_shape(source: SourceClip) -> tuple[int, int, int]:
-    return (4, source.height // 8, source.width // 8)
+    return (4, source.height // LATENT_SCALE, source.width // LATENT_SCALE)
 
 
 def _cached_rows(

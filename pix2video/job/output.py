@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,21 +17,26 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def latent_decoder(pipe, final) -> Callable[[int], np.ndarray]:
+    """The edited frame at a position, decoded from the final latents by `pipe`'s VAE."""
+    return lambda i: pipe.decode_latents(final[i : i + 1])[0]
+
+
 def write_output(
     ctx: JobContext,
-    pipe,
+    decode: Callable[[int], np.ndarray],
     source: SourceClip,
-    final,
     output: Path,
     masks: LocalEditMasks | None,
     result: EditResult,
 ) -> None:
-    """Decode and encode one frame at a time (a side-by-side output decodes the source again)."""
+    """Encode one frame at a time, as `decode` gives it (`latent_decoder`, or the frames
+    workers decoded); a side-by-side output decodes the source again."""
     from ..media import VIDEO_EXTENSIONS, probe, write_video
 
     reader = source.reader
     ctx.progress("writing", 0, source.num_frames)
-    frames = output_frames(ctx, pipe, source, final, masks, result)
+    frames = output_frames(ctx, decode, source, masks, result)
     container = VIDEO_EXTENSIONS.get(output.suffix.lower())
     with_audio = reader.has_audio and not output.is_dir() and bool(container and container[2])
     write_video(
@@ -49,13 +54,13 @@ def write_output(
 
 def output_frames(
     ctx: JobContext,
-    pipe,
+    decode: Callable[[int], np.ndarray],
     source: SourceClip,
-    final,
     masks: LocalEditMasks | None,
     result: EditResult,
 ) -> Iterator[np.ndarray]:
-    """The output frames, one at a time: decoded, resized back, composited, side by side."""
+    """The output frames, one at a time, in clip order: decoded, resized back, composited,
+    side by side."""
     from ..media import resize_frames, side_by_side
     from ..pipelines.masks import composite
 
@@ -63,7 +68,7 @@ def output_frames(
     sources = source.frames(ctx) if s.side_by_side or s.masked else None
     for i in range(n):
         ctx.check_cancelled()
-        frame = held.track(pipe.decode_latents(final[i : i + 1])[0])
+        frame = held.track(decode(i))
         if s.keep_source_size:
             frame = held.track(resize_frames([frame], source.reader.source_size)[0])
         if sources is not None:

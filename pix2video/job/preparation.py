@@ -4,20 +4,29 @@ Checks the paths, reads the clip (one pass), makes its conditioning, loads the m
 the prompts (captioning the anchor frame if needed), prepares a local edit's masks and the
 cache keys, and hands all of it on as a `PreparedEdit`. The job (`edit_job`) runs it once; so
 does each worker of a clip split across workers (`worker`), for its own model and frames.
+The driver of those workers prepares without the model (`load_model=False`): the workers
+load it on their devices, and a second copy on a worker's GPU may not fit.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .checks import JobPaths, resolve_device
 from .conditioning import Conditioning, control_kinds, make_conditioning
 from .context import JobContext
 from .keys import StageKeys, make_keys
+from .latents import LATENT_SCALE
 from .loading import PipelineCache, check_pipeline_inputs, load_pipe
 from .masks import LocalEditMasks, prepare_masks
-from .prompts import Prompts, check_captioner, encode_edit_prompts, source_prompt
+from .prompts import (
+    Prompts,
+    check_captioner,
+    encode_edit_prompts,
+    encode_source_prompt,
+    source_text,
+)
 from .results import EditResult
 from .source import SourceClip, read_source
 
@@ -29,7 +38,7 @@ class PreparedEdit:
     paths: JobPaths
     source: SourceClip
     conditioning: Conditioning
-    pipe: object  # pipelines.backbone.Pix2VideoBase
+    pipe: object  # pipelines.backbone.Pix2VideoBase; None on a driver of workers
     prompts: Prompts
     masks: LocalEditMasks | None
     keys: StageKeys
@@ -39,11 +48,17 @@ class PreparedEdit:
 
 
 def prepare_edit(
-    ctx: JobContext, pipelines: PipelineCache, library_logs: bool = False, anchor_only: bool = False
+    ctx: JobContext,
+    pipelines: PipelineCache,
+    library_logs: bool = False,
+    anchor_only: bool = False,
+    load_model: bool = True,
 ) -> PreparedEdit:
     """Everything before the per-frame work: checks, input, model, prompts, masks, keys.
 
-    The cheap checks come first, so bad input fails before torch is imported.
+    The cheap checks come first, so bad input fails before torch is imported. Without
+    `load_model` (a driver of workers) `pipe` and the encoded prompts are None, and the
+    captioner and segmenter run on the CPU unless --device names another.
     """
     s = ctx.settings
     paths = JobPaths.check(s)
@@ -60,6 +75,10 @@ def prepare_edit(
         kind.check_count(source.num_frames)
     conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
     device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+    import torch
+
+    # the captioner and segmenter: a driver of workers keeps them off the workers' GPUs
+    helpers = device if load_model or s.device != "auto" else torch.device("cpu")
     if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
         check_captioner(source.anchor_source_frame, s.captioner, ctx.cache, s.model)
     from ..pipelines.backbone import default_inversion_batch
@@ -67,17 +86,19 @@ def prepare_edit(
     inversion_batch = s.inversion_batch or default_inversion_batch(device)
     ctx.check_cancelled()
 
+    pipe, edit_embeddings = None, (None, None)
+    if load_model:
+        pipe, edit_embeddings = _load_model(ctx, pipelines, device, dtype, library_logs, source)
     tic = time.perf_counter()
-    pipe = load_pipe(s, pipelines, device, dtype, library_logs)
-    check_pipeline_inputs(pipe, s, source.anchor_frame)
-    edit_embeddings = encode_edit_prompts(pipe, ctx)
-    ctx.seconds["loading"] = time.perf_counter() - tic
-    prompts = source_prompt(pipe, ctx, source, device, edit_embeddings)
+    text, captioned = source_text(ctx, source, helpers)
+    prompts = Prompts(*edit_embeddings, None, text, captioned)
+    if pipe is not None:
+        prompts = encode_source_prompt(pipe, text, captioned, edit_embeddings)
+    ctx.seconds["caption"] = time.perf_counter() - tic
 
     positions = [source.anchor_position] if anchor_only else None
-    masks = prepare_masks(
-        ctx, source, mask_files, pipe.vae_scale_factor, device, positions, paths.masks_dir
-    )
+    scale = pipe.vae_scale_factor if pipe is not None else LATENT_SCALE
+    masks = prepare_masks(ctx, source, mask_files, scale, helpers, positions, paths.masks_dir)
     dtype_name = str(dtype).removeprefix("torch.")
     compute = {"device": device.type, "dtype": dtype_name, "vae_tiling": s.vae_tiling}
     keys = make_keys(
@@ -85,7 +106,7 @@ def prepare_edit(
         source,
         prompts.source_prompt,
         compute,
-        conditioning.sources(device),
+        conditioning.sources(helpers),
         masks,
         all_frames=not anchor_only,
     )
@@ -93,6 +114,31 @@ def prepare_edit(
         paths, source, conditioning, pipe, prompts, masks, keys, inversion_batch,
         str(device), dtype_name,
     )  # fmt: skip
+
+
+def with_model(
+    ctx: JobContext, p: PreparedEdit, pipelines: PipelineCache, library_logs: bool = False
+) -> PreparedEdit:
+    """`p` with the model loaded and the prompts encoded: a driver of workers that finds the
+    edit cached decodes it itself (no worker runs, so its copy is the only one)."""
+    if p.pipe is not None:
+        return p
+    device, dtype = resolve_device(p.device, ctx.settings.dtype)
+    pipe, edit_embeddings = _load_model(ctx, pipelines, device, dtype, library_logs, p.source)
+    prompts = encode_source_prompt(
+        pipe, p.prompts.source_prompt, p.prompts.captioned, edit_embeddings
+    )
+    return replace(p, pipe=pipe, prompts=prompts)
+
+
+def _load_model(ctx: JobContext, pipelines, device, dtype, library_logs: bool, source):
+    """(pipeline, (edit, negative) embeddings), the pipeline's checks passed."""
+    tic = time.perf_counter()
+    pipe = load_pipe(ctx.settings, pipelines, device, dtype, library_logs)
+    check_pipeline_inputs(pipe, ctx.settings, source.anchor_frame)
+    edit_embeddings = encode_edit_prompts(pipe, ctx)
+    ctx.seconds["loading"] = time.perf_counter() - tic
+    return pipe, edit_embeddings
 
 
 def initial_result(ctx: JobContext, p: PreparedEdit) -> EditResult:

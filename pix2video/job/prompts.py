@@ -37,15 +37,31 @@ def source_prompt(
     pipe, ctx: JobContext, source: SourceClip, device, edit_embeddings: tuple[Any, Any]
 ) -> Prompts:
     """The source prompt, captioned when the settings give none, and every prompt encoded."""
-    s = ctx.settings
     tic = time.perf_counter()
-    text, captioned = s.source_prompt, False
-    if not (text or "").strip():
-        text = caption_anchor(
-            source.anchor_source_frame, s.captioner, str(device), ctx.cache, ctx.warn, s.model
-        )
-        captioned = True
-        ctx.info(f'Source prompt (caption of frame {source.anchor_index}): "{text}"')
+    text, captioned = source_text(ctx, source, device)
+    prompts = encode_source_prompt(pipe, text, captioned, edit_embeddings)
+    ctx.seconds["caption"] = time.perf_counter() - tic
+    return prompts
+
+
+def source_text(ctx: JobContext, source: SourceClip, device) -> tuple[str, bool]:
+    """(source prompt, captioned): the settings', or the captioner's on `device`. A driver of
+    workers needs the text alone (its cache keys); it loads no diffusion model for it."""
+    s = ctx.settings
+    text = s.source_prompt
+    if (text or "").strip():
+        return text, False
+    text = caption_anchor(
+        source.anchor_source_frame, s.captioner, str(device), ctx.cache, ctx.warn, s.model
+    )
+    ctx.info(f'Source prompt (caption of frame {source.anchor_index}): "{text}"')
+    return text, True
+
+
+def encode_source_prompt(
+    pipe, text: str, captioned: bool, edit_embeddings: tuple[Any, Any]
+) -> Prompts:
+    """Every prompt encoded; a caption too long for the text encoder is one sentence."""
     try:
         embedding = pipe.encode_prompt(text)
     except InputError as exc:
@@ -55,7 +71,6 @@ def source_prompt(
             f"The caption {text[:40]!r}... is too long for the text encoder; "
             "pass a shorter --source-prompt."
         ) from exc
-    ctx.seconds["caption"] = time.perf_counter() - tic
     return Prompts(*edit_embeddings, embedding, text, captioned)
 
 

@@ -56,8 +56,10 @@ class EditResult:
     feature_store_peak_bytes: int = 0
     frame_batch: int = 1  # frames per editing UNet call (--frame-batch, "auto" resolved)
     workers: int = 1  # processes that shared the frame chain (the last attempt's)
+    worker_nodes: list[str] = field(default_factory=list)  # where each worker ran (Ray node id)
     worker_restarts: int = 0  # attempts restarted from a checkpoint after losing a worker
     bytes_exchanged: int = 0  # features and x0s sent between workers while editing
+    worker_decodes: list[int] = field(default_factory=list)  # frames each worker VAE-decoded
     peak_frames_held: int = 0  # decoded frames alive at once (source, resized, output)
     peak_bytes_held: int = 0  # per-frame conditioning and trajectory bytes alive at once
     masked: bool = False  # a local edit

@@ -12,12 +12,14 @@ float32 numpy arrays:
     ("progress", rank, stage, done, total)   its own frames' progress
     ("warn", rank, text)
     ("checkpoint", rank, step, latents, x0_targets)   its rows after each finished step
+    ("frame", rank, clip index, frame)        each of its edited frames, decoded, uint8
     ("done", rank, latents, inverted or None, stats)   its final rows (its positions' order)
     ("error", rank, sentence)                 something a user can act on, or the unexpected
     ("peer-failed", rank, sentence)           the exchange broke: another worker was lost
 
 A worker that ends without "done" or "error" was lost (killed, out of memory, node gone);
 the driver restarts the edit from the last checkpoint on the workers that remain.
+The worker decodes its own frames (`worker_frames`): the driver loads no diffusion model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..settings import EditSettings
 from .context import JobContext
 from .loading import PipelineCache
 from .preparation import initial_result, prepare_edit
+from .worker_frames import send_decoded
 
 GROUP_TIMEOUT = timedelta(minutes=30)
 """How long a worker waits for the others (joining, a message): past a long first step."""
@@ -151,6 +154,8 @@ def _edit_part(task: WorkerTask, outbox):
             frame_batch=parse_frame_batch(s.frame_batch),
             chain=place,
         )
+        final = _array(final)
+        decoded = send_decoded(p.pipe, final, mine, rank, outbox)  # the driver has no VAE
         counts = store.exchange.counts
         stats = {
             "depth_cached": result.depth_cached,
@@ -164,9 +169,10 @@ def _edit_part(task: WorkerTask, outbox):
             "frame_batch": store.chunk_size,
             "bytes_sent": counts.bytes_sent,
             "per_step_bytes_sent": counts.per_step_bytes_sent,
+            "vae_decodes": decoded,
             "pid": os.getpid(),
         }
-        return _array(final), _array(inverted) if task.send_inverted else None, stats
+        return final, _array(inverted) if task.send_inverted else None, stats
     finally:
         ctx.scratch.close()
 

@@ -7,7 +7,9 @@ ChainSplit.dealt`, one UNet call long), starts the workers (`worker`: a local pr
 device, or a Ray actor per GPU or per `--cpus-per-worker` CPUs), and
 supervises them: it adds up their progress, puts their step checkpoints together and saves
 them to its cache as a one-process edit does (the same key: a split edit resumes a
-one-process one and the other way round), and collects their final latents.
+one-process one and the other way round), and collects their final latents and their
+frames, which each worker decodes itself (`worker_frames`): the driver loads no diffusion
+model (`prepare_edit(load_model=False)`), so no device holds two copies.
 
 A worker lost mid-edit (killed, out of memory, its node gone) ends the attempt: the driver
 stops the others and starts again from the last step every worker finished, on the workers
@@ -25,11 +27,12 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import EditCancelled, Pix2VideoError
-from ..ray_cluster import connect, import_ray
+from ..ray_cluster import connect, driver_queue, import_ray, this_node
 from .context import JobContext
 from .latents import checkpointer, latent_shape, resume_point
 from .results import EditResult
 from .worker import WorkerTask, run_worker
+from .worker_frames import DecodedFrames
 
 if TYPE_CHECKING:
     import torch
@@ -50,8 +53,9 @@ class WorkerLost(Exception):
 
 def edit_on_workers(
     ctx: JobContext, p: PreparedEdit, result: EditResult
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(final latents, x_T or None) of every frame, clip order, edited by the workers.
+) -> tuple[torch.Tensor, torch.Tensor | None, DecodedFrames]:
+    """(final latents, x_T or None, decoded frames) of every frame, clip order, edited and
+    decoded by the workers.
 
     x_T comes back only for --save-latents. Saves the final latents to the cache.
     """
@@ -78,9 +82,10 @@ def edit_on_workers(
     )
     pool = RayWorkers(s) if s.backend == "ray" else LocalWorkers(s, p.device)
     save = checkpointer(ctx, p.keys.edit, result) if ctx.cache.enabled else None
+    frames = DecodedFrames(ctx)
     try:
         while True:
-            attempt = Attempt(ctx, pool, settings, n, resume, save)
+            attempt = Attempt(ctx, pool, settings, n, resume, save, frames)
             try:
                 rows, inverted, stats = attempt.run()
                 break
@@ -91,36 +96,38 @@ def edit_on_workers(
                     raise Pix2VideoError(f"Every worker was lost (last: {lost}).") from None
                 result.worker_restarts += 1
                 where = f"after step {resume.step + 1}" if resume is not None else "from the start"
-                ctx.warn(
-                    f"{str(lost).capitalize()}; editing again {where} on the "
-                    f"{pool.size} worker{'s' if pool.size != 1 else ''} that remain."
+                remain = f"{pool.size} worker" + (
+                    " that remains" if pool.size == 1 else "s that remain"
                 )
+                ctx.warn(f"{str(lost).capitalize()}; editing again {where} on the {remain}.")
     finally:
         pool.close()
     order = np.argsort(anchor_order(n, s.anchor))  # processing order -> clip order
     final = torch.from_numpy(rows[order])
     result.workers = len(stats)
+    result.worker_nodes = list(pool.nodes)
     for name in ("depth_cached", "depth_computed", "inversion_cached", "inversion_computed",
                  "frames_reused", "unet_evaluations_inversion", "unet_evaluations_editing"):  # fmt: skip
         setattr(result, name, sum(part[name] for part in stats))
     result.feature_store_peak_bytes = max(part["feature_store_peak_bytes"] for part in stats)
     result.frame_batch = stats[0]["frame_batch"]
     result.bytes_exchanged = sum(part["bytes_sent"] for part in stats)
+    result.worker_decodes = [part["vae_decodes"] for part in stats]
     if ctx.save("final", p.keys.edit, final):
         ctx.cache.remove("checkpoint", p.keys.edit)
     if inverted is None:
-        return final, None
-    return final, torch.from_numpy(inverted[order])
+        return final, None, frames
+    return final, torch.from_numpy(inverted[order]), frames
 
 
 class Attempt:
     """One run of every worker, from the start or from a checkpoint, to the end or a loss."""
 
-    def __init__(self, ctx, pool, settings, num_frames: int, resume, save) -> None:
+    def __init__(self, ctx, pool, settings, num_frames: int, resume, save, frames) -> None:
         from ..core.frame_chain import ChainSplit
 
-        self.ctx, self.pool, self.settings, self.resume, self.save = (
-            ctx, pool, settings, resume, save,
+        self.ctx, self.pool, self.settings, self.resume, self.save, self.frames = (
+            ctx, pool, settings, resume, save, frames,
         )  # fmt: skip
         self.n = num_frames
         self.split = ChainSplit.dealt(num_frames, pool.size, run_length(settings, pool.device))
@@ -205,6 +212,8 @@ class Attempt:
             self.ctx.warn(rest[0])
         elif kind == "checkpoint":
             self._checkpoint(rank, *rest)
+        elif kind == "frame":
+            self.frames.put(*rest)
         elif kind == "done":
             self._done[rank] = tuple(rest)
         elif kind == "error":
@@ -293,6 +302,7 @@ class LocalWorkers:
             self.devices = [device] * settings.workers
         self._processes: list = []
         self._outbox = None
+        self.nodes: list[str] = []  # where each rank of the last attempt ran
         # CPU workers share the cores; the ones left after a loss keep their share (and so
         # their float rounding: a restarted edit equals an uninterrupted one bit for bit)
         self.threads = None
@@ -309,6 +319,7 @@ class LocalWorkers:
 
     def start(self, count: int) -> tuple[list[str], str, int | None]:
         """(device per worker, rendezvous address, torch threads per CPU worker)."""
+        self.nodes = [socket.gethostname()] * count
         return self.devices[:count], f"tcp://127.0.0.1:{free_port()}", self.threads
 
     def run(self, tasks: list[WorkerTask]) -> None:
@@ -365,6 +376,9 @@ class ChainWorkerActor:
         host = ray.util.get_node_ip_address()
         return f"tcp://{host}:{free_port('')}"
 
+    def node(self) -> str:
+        return this_node()
+
     def run(self, task: WorkerTask, outbox) -> None:
         run_worker(task, outbox)
 
@@ -385,6 +399,7 @@ class RayWorkers:
         self._actors: list = []
         self._runs: dict = {}
         self._outbox = None
+        self.nodes: list[str] = []  # the Ray node id of each rank of the last attempt
 
     def _shape(self, settings) -> tuple[dict[str, float], str]:
         """What one worker reserves, and its device; one sentence if the cluster is too small."""
@@ -412,14 +427,13 @@ class RayWorkers:
         ray = self.ray
         remote = ray.remote(ChainWorkerActor).options(max_restarts=0, **self.resources)
         self._actors = [remote.remote() for _ in range(count)]
+        self.nodes = ray.get([actor.node.remote() for actor in self._actors])
         address = ray.get(self._actors[0].address.remote())
         threads = None if self.device == "cuda" else max(1, int(self.resources["num_cpus"]))
         return [self.device] * count, address, threads
 
     def run(self, tasks: list[WorkerTask]) -> None:
-        from ray.util.queue import Queue
-
-        self._outbox = Queue()
+        self._outbox = driver_queue()
         self._runs = {
             actor.run.remote(task, self._outbox): task.rank
             for actor, task in zip(self._actors, tasks, strict=True)
