@@ -54,6 +54,7 @@ def settings(folder: Path, mask: Path, **changes) -> EditSettings:
         size=SIZE,
         max_frames=FRAMES,
         steps=STEPS,
+        dtype="float32",  # compared with float32 pipelines
         mask=mask,
         anchor="last",
         cache_dir=folder / "cache",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .checks import JobPaths, resolve_device
+from .checks import JobPaths, resolve_compute
 from .conditioning import Conditioning, control_kinds, make_conditioning
 from .context import JobContext
 from .keys import StageKeys, make_keys
@@ -36,6 +36,7 @@ class PreparedEdit:
     inversion_batch: int
     device: str
     dtype: str
+    dtype_reason: str  # why this precision (`precision.DtypeChoice`)
 
 
 def prepare_edit(
@@ -59,7 +60,10 @@ def prepare_edit(
     for kind in kinds:
         kind.check_count(source.num_frames)
     conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
-    device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+    device, precision = resolve_compute(s.device, s.dtype)  # imports torch: after cheap checks
+    import torch
+
+    dtype = getattr(torch, precision.name)
     if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
         check_captioner(source.anchor_source_frame, s.captioner, ctx.cache, s.model)
     from ..pipelines.backbone import default_inversion_batch
@@ -78,7 +82,7 @@ def prepare_edit(
     masks = prepare_masks(
         ctx, source, mask_files, pipe.vae_scale_factor, device, positions, paths.masks_dir
     )
-    dtype_name = str(dtype).removeprefix("torch.")
+    dtype_name = precision.name
     compute = {"device": device.type, "dtype": dtype_name, "vae_tiling": s.vae_tiling}
     keys = make_keys(
         s,
@@ -91,7 +95,7 @@ def prepare_edit(
     )
     return PreparedEdit(
         paths, source, conditioning, pipe, prompts, masks, keys, inversion_batch,
-        str(device), dtype_name,
+        str(device), dtype_name, precision.reason,
     )  # fmt: skip
 
 
@@ -110,6 +114,7 @@ def initial_result(ctx: JobContext, p: PreparedEdit) -> EditResult:
         captioned=p.prompts.captioned,
         device=p.device,
         dtype=p.dtype,
+        dtype_reason=p.dtype_reason,
         steps=s.steps,
         cache_enabled=ctx.cache.enabled,
         latents_dir=str(p.paths.latents_dir) if p.paths.latents_dir else None,

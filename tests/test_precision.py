@@ -1,0 +1,133 @@
+"""`--dtype auto` and bfloat16 on the CPU (`pix2video.precision`).
+
+The CPU-feature probe takes the flags as input, so every device kind's choice is tested
+here whatever this machine is. The bfloat16 edit runs on any CPU (emulated where it is not
+native): the real command line, the job and the pipeline give bitwise identical frames
+(same kernels, same shapes, one process), finite and not the float32 frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from pix2video import EditSettings, edit_clip
+from pix2video.cli import main
+from pix2video.errors import InputError
+from pix2video.job import PipelineCache
+from pix2video.job.checks import resolve_compute, resolve_device
+from pix2video.media import fit_size, read_clip, resize_frames
+from pix2video.precision import choose_dtype, cpu_flags, native_bfloat16
+
+ROOT = Path(__file__).resolve().parents[1]
+COCKATOO = ROOT / "examples" / "cockatoo.mp4"
+SIZE, FRAMES, STEPS = "128", 2, 2
+PROMPT, SOURCE = "a cockatoo made of blue crystal", "a white cockatoo"
+EPYC = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SAPPHIRE = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+OLD_XEON = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n"
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, device, expected, why",
+    [
+        (EPYC, "cpu", "bfloat16", "avx512_bf16"),
+        (SAPPHIRE, "cpu", "bfloat16", "amx_bf16"),
+        (OLD_XEON, "cpu", "float32", "no native bfloat16"),
+        (ARM, "cpu", "float32", "no native bfloat16"),
+        ("", "cpu", None, None),  # no flags line: torch's own probe answers
+        (OLD_XEON, "cuda", "float16", "CUDA GPU"),
+        (EPYC, "mps", "float32", "mps"),
+    ],
+    ids=["epyc-avx512bf16", "amx", "avx512-no-bf16", "arm", "unreadable", "cuda", "other"],
+)
+def test_auto_picks_per_device_kind(cpuinfo, device, expected, why):
+    flags = cpu_flags(cpuinfo)
+    choice = choose_dtype("auto", device, flags)
+    if expected is None:  # whatever torch says about this machine, one of the two
+        assert choice.name in ("bfloat16", "float32")
+        return
+    assert choice.name == expected
+    assert why in choice.reason and choice.reason.startswith("auto")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_an_explicit_dtype_is_kept_on_every_device(dtype, device):
+    assert choose_dtype(dtype, device, cpu_flags(OLD_XEON)).name == dtype
+    assert choose_dtype(dtype, device).reason == "asked for"
+
+
+def test_float16_on_the_cpu_and_unknown_dtypes_are_one_sentence():
+    with pytest.raises(InputError, match="float16 needs a GPU; on the CPU use auto, bfloat16"):
+        choose_dtype("float16", "cpu", cpu_flags(SAPPHIRE))
+    with pytest.raises(InputError, match="--dtype must be one of auto, float32"):
+        choose_dtype("float8", "cpu")
+    assert choose_dtype("float16", "cuda").name == "float16"
+
+
+def test_this_machine_resolves_auto_as_its_flags_say():
+    device, choice = resolve_compute("cpu", "auto")
+    want = "bfloat16" if native_bfloat16(cpu_flags()) else "float32"
+    assert device.type == "cpu" and choice.name == want
+    assert resolve_device("cpu", "auto") == (device, getattr(torch, want))
+    assert EditSettings("in.mp4", "p", "out.mp4").dtype == "auto"
+
+
+# --------------------------------------------------------------------------- a bfloat16 edit
+
+
+def png_frames(folder: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
+
+
+@pytest.mark.bitwise
+def test_bfloat16_edit_cli_job_and_pipeline_are_identical_and_finite(tmp_path, report_measurement):
+    pipelines = PipelineCache(size=2)
+    args = [COCKATOO, "-p", PROMPT, "--source-prompt", SOURCE, "--model", "tiny", "--size", SIZE]
+    args += ["--max-frames", FRAMES, "--steps", STEPS, "--dtype", "bfloat16", "-q"]
+    result = CliRunner().invoke(
+        main, ["edit", *map(str, args), "-o", str(tmp_path / "cli"), "--cache-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+
+    settings = EditSettings(
+        COCKATOO, PROMPT, tmp_path / "job", source_prompt=SOURCE, model="tiny", size=SIZE,
+        max_frames=FRAMES, steps=STEPS, dtype="bfloat16", cache_dir=tmp_path / "c2",
+    )  # fmt: skip
+    job = edit_clip(settings, pipelines=pipelines)
+    assert (job.dtype, job.dtype_reason) == ("bfloat16", "asked for")
+
+    clip = read_clip(COCKATOO, max_frames=FRAMES)
+    frames = resize_frames(clip.frames, fit_size(*clip.source_size, int(SIZE)))
+    pipe = pipelines.get("tiny", torch.device("cpu"), torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16
+    out = pipe(frames, PROMPT, SOURCE, num_inference_steps=STEPS)
+    assert out.final_latents.dtype == out.inverted_latents.dtype == torch.float32  # trajectories
+    assert torch.isfinite(out.final_latents).all()
+
+    from_cli, from_job = png_frames(tmp_path / "cli"), png_frames(tmp_path / "job")
+    assert len(from_cli) == len(from_job) == len(out.frames) == FRAMES
+    for a, b, c in zip(from_cli, from_job, out.frames, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(b, c)
+
+    fp32 = edit_clip(
+        settings.replace(dtype="float32", output=tmp_path / "f32", cache_dir=tmp_path / "c3"),
+        pipelines=pipelines,
+    )
+    assert fp32.dtype == "float32"
+    gap = max(
+        np.abs(a.astype(int) - b.astype(int)).mean()
+        for a, b in zip(from_job, png_frames(Path(fp32.output)), strict=True)
+    )
+    report_measurement("bfloat16 vs float32 tiny edit, mean |dpixel| (0-255)", f"{gap:.2f}")
+    assert 0 < gap < 64  # a different precision, still the same edit
