@@ -69,6 +69,7 @@ def cli_args(s: EditSettings) -> list[str]:
         s.source_prompt, "--model", "tiny", "--size", SIZE, "--max-frames", str(FRAMES),
         "--steps", str(s.steps), "--mask", str(s.mask), "--anchor", "last", "--cache-dir",
         str(s.cache_dir), "--save-latents", str(s.save_latents), "--checkpoint-interval", "0",
+        "--dtype", s.dtype,
     ]  # fmt: skip
 
 

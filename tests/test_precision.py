@@ -22,6 +22,7 @@ from pix2video.errors import InputError
 from pix2video.job import PipelineCache
 from pix2video.job.checks import resolve_compute, resolve_device
 from pix2video.media import fit_size, read_clip, resize_frames
+from pix2video.pipelines.onednn import OneDNNLinear, onednn_available, use_onednn_linears
 from pix2video.precision import choose_dtype, cpu_flags, native_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,3 +132,63 @@ def test_bfloat16_edit_cli_job_and_pipeline_are_identical_and_finite(tmp_path, r
     )
     report_measurement("bfloat16 vs float32 tiny edit, mean |dpixel| (0-255)", f"{gap:.2f}")
     assert 0 < gap < 64  # a different precision, still the same edit
+
+
+# --------------------------------------------------------------------------- oneDNN linears
+
+
+@pytest.mark.parametrize("shape", [(7, 40), (2, 77, 40), (3, 5, 6, 40)])
+def test_onednn_linear_is_nn_linear_up_to_rounding(shape):
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(40, 24)
+    fast = torch.nn.Linear(40, 24)
+    fast.load_state_dict(plain.state_dict())
+    assert use_onednn_linears(fast) == (1 if onednn_available() else 0)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        want, got = plain(x), fast(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # summation order only
+        # a transposed (non-contiguous) input, bfloat16 weights, float64 (falls back)
+        xt = torch.randn(*shape[:-1][::-1], 40).transpose(0, -2) if len(shape) > 2 else x
+        torch.testing.assert_close(fast(xt), plain(xt), rtol=1e-5, atol=1e-5)
+        fast.to(torch.float64), plain.to(torch.float64)
+        assert torch.equal(fast(x.double()), plain(x.double()))
+        fast.to(torch.bfloat16), plain.to(torch.bfloat16)
+        torch.testing.assert_close(
+            fast(x.bfloat16()).float(), plain(x.bfloat16()).float(), rtol=2e-2, atol=2e-2
+        )
+    y = fast.float()(x.requires_grad_())  # gradients: the ordinary path
+    y.sum().backward()
+    assert x.grad is not None and fast.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_cpu_pipelines_run_every_linear_through_onednn_and_stay_swappable(tiny_pipe):
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN")
+    linears = [m for m in tiny_pipe.unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is OneDNNLinear for m in linears)
+    processors = tiny_pipe.unet.attn_processors
+    tiny_pipe.unet.set_attn_processor(dict(processors))  # still swappable, unchanged
+    assert tiny_pipe.unet.attn_processors.keys() == processors.keys()
+
+
+def test_float32_edit_with_onednn_linears_is_mkls_up_to_rounding(tiny_pipe, report_measurement):
+    """The float32 result of today's kernels, up to rounding the random tiny model amplifies."""
+    clip = read_clip(COCKATOO, max_frames=FRAMES)
+    frames = resize_frames(clip.frames, fit_size(*clip.source_size, int(SIZE)))
+    fast = tiny_pipe(frames, PROMPT, SOURCE, num_inference_steps=STEPS)
+    linears = [m for m in tiny_pipe.unet.modules() if type(m) is OneDNNLinear]
+    try:
+        for m in linears:
+            m.__class__ = torch.nn.Linear
+        plain = tiny_pipe(frames, PROMPT, SOURCE, num_inference_steps=STEPS)
+    finally:
+        for m in linears:
+            m.__class__ = OneDNNLinear
+    scale = plain.final_latents.abs().max().item()
+    gap = (fast.final_latents - plain.final_latents).abs().max().item()
+    report_measurement(
+        "oneDNN vs MKL linears, float32 tiny edit, max |dlatent|", f"{gap:.1e} of {scale:.1f}"
+    )
+    assert gap < 1e-2 * scale
