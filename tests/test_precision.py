@@ -192,3 +192,20 @@ def test_float32_edit_with_onednn_linears_is_mkls_up_to_rounding(tiny_pipe, repo
         "oneDNN vs MKL linears, float32 tiny edit, max |dlatent|", f"{gap:.1e} of {scale:.1f}"
     )
     assert gap < 1e-2 * scale
+
+
+def test_summary_and_doctor_name_the_dtype_and_why():
+    from pix2video.cli.edit import format_summary
+    from pix2video.environment import devices
+    from pix2video.job import EditResult
+
+    result = EditResult(
+        output="out.mp4", frames=1, frame_indices=[0], size=(64, 64), output_size=(64, 64),
+        fps=25.0, has_audio=False, source_prompt="s", captioned=False, device="cpu",
+        dtype="bfloat16", steps=2, dtype_reason="auto: this CPU computes bfloat16 natively, x",
+    )  # fmt: skip
+    assert "Precision: bfloat16 on cpu (auto: this CPU computes bfloat16 natively, x)." in (
+        format_summary(result)
+    )
+    auto = dict(devices())["--dtype auto"]
+    assert auto.startswith("cpu: ") and resolve_compute("cpu", "auto")[1].describe() in auto
