@@ -75,7 +75,20 @@ def devices() -> Section:
             except Exception:  # noqa: BLE001 - a dtype this device cannot run
                 continue
         lines.append((f"{name} dtypes", ", ".join(works) or "none"))
+    lines.append(("--dtype auto", auto_dtypes(names)))
     return lines
+
+
+def auto_dtypes(names: list[str]) -> str:
+    """What `--dtype auto` picks on each device, and why (`precision.choose_dtype`)."""
+    from .precision import choose_dtype, cpu_flags
+
+    flags = cpu_flags()
+    kinds = dict.fromkeys(name.split(":")[0] for name in names if name != "mps")
+    return "; ".join(
+        f"{kind}: {choose_dtype('auto', kind, flags if kind == 'cpu' else ()).describe()}"
+        for kind in kinds
+    )
 
 
 def codecs() -> Section:

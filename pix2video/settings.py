@@ -29,7 +29,10 @@ SCHEDULES: tuple[str, ...] = ("auto", "step", "frame")
 """Processing order (same result): all frames step by step, or each frame to the end."""
 CONTROL_KINDS: tuple[str, ...] = ("canny", "depth")
 """Control images computed per frame for a ControlNet; anything else given is a path."""
-DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+AUTO_DTYPE = "auto"
+DTYPES: tuple[str, ...] = (AUTO_DTYPE, "float32", "float16", "bfloat16")
+"""Model precisions; auto: float16 on CUDA, bfloat16 on a CPU that has it natively, else
+float32 (`precision.choose_dtype`)."""
 FEATURE_STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
 AUTO_SIZE = "auto"
@@ -82,7 +85,7 @@ class EditSettings:
     depth_model: str | None = None  # depth estimator (transformers); None: the model's own
     lora: tuple[str, ...] = ()  # PATH_OR_ID[:SCALE] each
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = AUTO_DTYPE  # DTYPES; auto resolves per device (precision.choose_dtype)
     size: str | int = AUTO_SIZE  # long side, "WxH", or "auto" (the model family's, LONG_SIDES)
     keep_source_size: bool = False
     start: str | int | float | None = None

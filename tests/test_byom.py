@@ -45,6 +45,7 @@ def settings(tmp_path: Path, tiny_sd15, **changes) -> EditSettings:
         size="64x32",
         max_frames=FRAMES,
         steps=STEPS,
+        dtype="float32",  # compared with float32 pipelines
         cache_dir=tmp_path / "cache",
     )
     return base.replace(**changes)
@@ -123,7 +124,7 @@ def test_cli_edit_with_two_controlnets_and_the_job_agree(tmp_path, tiny_sd15, pi
     args += ["--control", "canny", "--control", "depth", "--depth-model", tiny_sd15.depth_model]
     args += ["--control-scale", "0.5", "--control-scale", "1.5", "--size", "64x32"]
     args += ["--max-frames", FRAMES, "--steps", STEPS, "-o", tmp_path / "cli", "-q"]
-    args += ["--cache-dir", tmp_path / "c1"]
+    args += ["--cache-dir", tmp_path / "c1", "--dtype", "float32"]
     result = CliRunner().invoke(main, ["edit", *map(str, args)])
     assert result.exit_code == 0, result.output
     from_cli = png_frames(tmp_path / "cli")

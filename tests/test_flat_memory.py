@@ -57,6 +57,7 @@ def masked_settings(tmp_path: Path, clip: Path, name: str, **changes) -> EditSet
         source_prompt="coloured stripes",
         model="tiny",
         size="64",
+        dtype="float32",  # compared with float32 pipelines
         steps=2,
         mask=box_mask(tmp_path / "box.png"),
         cache_dir=tmp_path / "cache",
@@ -75,6 +76,7 @@ def controlnet_settings(tmp_path: Path, clip: Path, name: str, tiny_sd15, **chan
         control=("canny", "canny"),
         size="64",
         steps=1,
+        dtype="float32",  # compared with float32 pipelines
         cache_dir=tmp_path / "cache",
     )
     return base.replace(**changes)

@@ -367,6 +367,7 @@ def job_settings(tmp_path, **changes) -> EditSettings:
         size="64",
         max_frames=5,
         steps=3,
+        dtype="float32",  # compared with float32 pipelines
         cache_dir=tmp_path / "cache",
         checkpoint_interval=0.0,
     ).replace(**changes)

@@ -43,6 +43,7 @@ def settings(tmp_path: Path, **changes) -> EditSettings:
         size=SIZE,
         max_frames=FRAMES,
         steps=STEPS,
+        dtype="float32",  # compared with float32 pipelines
         cache_dir=tmp_path / "cache",
     )
     return base.replace(**changes)
@@ -147,7 +148,8 @@ def test_cli_job_and_pipeline_give_bitwise_identical_frames(tmp_path, pipelines,
     cli_out = tmp_path / "cli"
     args = [COCKATOO, "-p", "a cockatoo made of blue crystal", "--source-prompt"]
     args += ["a white cockatoo", "--model", "tiny", "--size", SIZE, "--max-frames", FRAMES]
-    args += ["--steps", STEPS, "-o", cli_out, "--cache-dir", tmp_path / "c1", "-q"]
+    args += ["--steps", STEPS, "--dtype", "float32", "-o", cli_out, "--cache-dir", tmp_path / "c1"]
+    args += ["-q"]
     for key, value in variant.items():
         args += [f"--{key}", value]
     result = CliRunner().invoke(main, ["edit", *map(str, args)])

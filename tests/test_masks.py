@@ -207,6 +207,7 @@ def settings(tmp_path: Path, **changes) -> EditSettings:
         size=SIZE,
         max_frames=FRAMES,
         steps=STEPS,
+        dtype="float32",  # compared with float32 pipelines
         cache_dir=tmp_path / "cache",
         mask_dilate=3,
         mask_feather=4,

@@ -56,6 +56,7 @@ def settings(folder: Path, mask: Path, **changes) -> EditSettings:
         size=SIZE,
         max_frames=FRAMES,
         steps=STEPS,
+        dtype="float32",  # compared with float32 pipelines
         mask=mask,
         anchor="last",
         cache_dir=folder / "cache",
@@ -70,6 +71,7 @@ def cli_args(s: EditSettings) -> list[str]:
         s.source_prompt, "--model", "tiny", "--size", SIZE, "--max-frames", str(FRAMES),
         "--steps", str(s.steps), "--mask", str(s.mask), "--anchor", "last", "--cache-dir",
         str(s.cache_dir), "--save-latents", str(s.save_latents), "--checkpoint-interval", "0",
+        "--dtype", s.dtype,
     ]  # fmt: skip
 
 

@@ -272,6 +272,7 @@ def settings(tmp_path: Path, tiny_sdxl, **changes) -> EditSettings:
         size="64x32",
         max_frames=FRAMES,
         steps=STEPS,
+        dtype="float32",  # compared with float32 pipelines
         cache_dir=tmp_path / "cache",
     )
     return base.replace(**changes)
@@ -301,6 +302,7 @@ def test_cli_edit_with_sdxl_and_two_controlnets_equals_the_job(tmp_path, tiny_sd
     args += ["--control", "canny", "--control", "canny", "--control-scale", "0.5"]
     args += ["--control-scale", "1.5", "--size", "64x32", "--max-frames", FRAMES]
     args += ["--steps", STEPS, "-o", tmp_path / "cli", "-q", "--cache-dir", tmp_path / "c1"]
+    args += ["--dtype", "float32"]
     result = CliRunner().invoke(main, ["edit", *map(str, args)])
     assert result.exit_code == 0, result.output
     from_cli = png_frames(tmp_path / "cli")

@@ -42,6 +42,8 @@ def format_summary(result: EditResult) -> list[str]:
         f"frame: inversion {result.unet_evaluations_inversion / n:g}, editing "
         f"{result.unet_evaluations_editing / n:g}).",
     ]
+    if result.dtype_reason:
+        lines.append(f"Precision: {result.dtype} on {result.device} ({result.dtype_reason}).")
     if result.captioned:
         lines.append(f'Source prompt (BLIP caption): "{result.source_prompt}"')
     if result.masked:

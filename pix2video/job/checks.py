@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, VideoError
-from ..settings import DTYPES, EditSettings
+from ..settings import AUTO_DTYPE, EditSettings
 
 if TYPE_CHECKING:
     import torch
+
+    from ..precision import DtypeChoice
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,19 @@ def check_writable_folder(folder: Path, target: Path) -> None:
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """(torch.device, torch.dtype) from the settings; reduced precision only on a GPU."""
+    """(torch.device, torch.dtype) from the settings (`resolve_compute` without the reason)."""
     import torch
 
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    resolved, choice = resolve_compute(device, dtype)
+    return resolved, getattr(torch, choice.name)
+
+
+def resolve_compute(device: str, dtype: str) -> tuple[torch.device, DtypeChoice]:
+    """The device and the precision the settings ask for; `auto` picks per device (`precision`)."""
+    import torch
+
+    from ..precision import choose_dtype, cpu_flags
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -117,6 +127,5 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
             raise InputError(
                 f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs."
             )
-    if dtype != "float32" and resolved.type == "cpu":
-        raise InputError(f"--dtype {dtype} needs a GPU; on the CPU use float32.")
-    return resolved, getattr(torch, dtype)
+    flags = cpu_flags() if resolved.type == "cpu" and dtype == AUTO_DTYPE else ()
+    return resolved, choose_dtype(dtype, resolved.type, flags)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from .checks import JobPaths, resolve_device
+from .checks import JobPaths, resolve_compute
 from .conditioning import Conditioning, control_kinds, make_conditioning
 from .context import JobContext
 from .keys import StageKeys, make_keys
@@ -45,6 +45,7 @@ class PreparedEdit:
     inversion_batch: int
     device: str
     dtype: str
+    dtype_reason: str  # why this precision (`precision.DtypeChoice`)
 
 
 def prepare_edit(
@@ -74,9 +75,10 @@ def prepare_edit(
     for kind in kinds:
         kind.check_count(source.num_frames)
     conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
-    device, dtype = resolve_device(s.device, s.dtype)  # imports torch: after the cheap checks
+    device, precision = resolve_compute(s.device, s.dtype)  # imports torch: after cheap checks
     import torch
 
+    dtype = getattr(torch, precision.name)
     # the captioner and segmenter: a driver of workers keeps them off the workers' GPUs
     helpers = device if load_model or s.device != "auto" else torch.device("cpu")
     if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
@@ -99,7 +101,7 @@ def prepare_edit(
     positions = [source.anchor_position] if anchor_only else None
     scale = pipe.vae_scale_factor if pipe is not None else LATENT_SCALE
     masks = prepare_masks(ctx, source, mask_files, scale, helpers, positions, paths.masks_dir)
-    dtype_name = str(dtype).removeprefix("torch.")
+    dtype_name = precision.name
     compute = {"device": device.type, "dtype": dtype_name, "vae_tiling": s.vae_tiling}
     keys = make_keys(
         s,
@@ -112,7 +114,7 @@ def prepare_edit(
     )
     return PreparedEdit(
         paths, source, conditioning, pipe, prompts, masks, keys, inversion_batch,
-        str(device), dtype_name,
+        str(device), dtype_name, precision.reason,
     )  # fmt: skip
 
 
@@ -123,7 +125,9 @@ def with_model(
     edit cached decodes it itself (no worker runs, so its copy is the only one)."""
     if p.pipe is not None:
         return p
-    device, dtype = resolve_device(p.device, ctx.settings.dtype)
+    import torch
+
+    device, dtype = torch.device(p.device), getattr(torch, p.dtype)  # as the keys say
     pipe, edit_embeddings = _load_model(ctx, pipelines, device, dtype, library_logs, p.source)
     prompts = encode_source_prompt(
         pipe, p.prompts.source_prompt, p.prompts.captioned, edit_embeddings
@@ -156,6 +160,7 @@ def initial_result(ctx: JobContext, p: PreparedEdit) -> EditResult:
         captioned=p.prompts.captioned,
         device=p.device,
         dtype=p.dtype,
+        dtype_reason=p.dtype_reason,
         steps=s.steps,
         cache_enabled=ctx.cache.enabled,
         latents_dir=str(p.paths.latents_dir) if p.paths.latents_dir else None,

@@ -42,6 +42,7 @@ class EditResult:
     device: str
     dtype: str
     steps: int
+    dtype_reason: str = ""  # why this precision: asked for, or what `auto` found
     depth_cached: int = 0
     depth_computed: int = 0
     inversion_cached: int = 0

@@ -76,6 +76,7 @@ def edit_on_workers(
         ray_address=None,
         cpus_per_worker=None,
         source_prompt=p.prompts.source_prompt,
+        dtype=p.dtype,  # `auto` resolved here: every worker computes what the cache keys say
         stats_json=None,
         save_latents=None,
         save_masks=None,

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ModelNotAvailableError
 from ..models import DEFAULT_MODEL, _offline, load_pretrained, resolve_model_path
+from .onednn import use_onednn_linears
 
 if TYPE_CHECKING:
     from .backbone import Pix2VideoBase
@@ -197,7 +198,10 @@ def load_backbone(
     if loras:
         apply_loras(pipe, loras)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if pipe.device.type == "cpu":
+        use_onednn_linears(pipe)  # MKL's linear is the slow path on AMD CPUs (`onednn`)
+    return pipe
 
 
 def _load_sd2_depth(model: str, depth_model: str | None, kwargs: dict):
