@@ -81,12 +81,12 @@ def devices() -> Section:
 
 def auto_dtypes(names: list[str]) -> str:
     """What `--dtype auto` picks on each device, and why (`precision.choose_dtype`)."""
-    from .precision import choose_dtype, cpu_flags
+    from .precision import choose_dtype, cpu_flags, onednn_isa_limit
 
-    flags = cpu_flags()
+    flags, limit = cpu_flags(), onednn_isa_limit()
     kinds = dict.fromkeys(name.split(":")[0] for name in names if name != "mps")
     return "; ".join(
-        f"{kind}: {choose_dtype('auto', kind, flags if kind == 'cpu' else ()).describe()}"
+        f"{kind}: {choose_dtype('auto', kind, flags if kind == 'cpu' else (), limit).describe()}"
         for kind in kinds
     )
 

@@ -11,7 +11,8 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from .settings import AUTO_DTYPE, DTYPES
 BFLOAT16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of x86 processors that compute bfloat16 natively (AVX512_BF16, AMX)."""
 CPUINFO = Path("/proc/cpuinfo")
+ISAS_WITHOUT_BFLOAT16: tuple[str, ...] = (
+    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+)  # fmt: skip
+"""oneDNN's ISA limits (ONEDNN_MAX_CPU_ISA) that keep it off the bfloat16 instructions."""
 
 
 @dataclass(frozen=True)
@@ -67,16 +72,27 @@ def _torch_flags() -> frozenset[str]:
         return frozenset()
 
 
+def onednn_isa_limit(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) that keeps oneDNN's convolutions and
+    matrix products off bfloat16 instructions, or None: with such a limit bfloat16 is
+    emulated there, as on a CPU without them."""
+    isa = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return isa if isa in ISAS_WITHOUT_BFLOAT16 else None
+
+
 def native_bfloat16(flags: Iterable[str]) -> str | None:
     """The flag that says this CPU computes bfloat16 natively, or None."""
     present = set(flags)
     return next((flag for flag in BFLOAT16_FLAGS if flag in present), None)
 
 
-def choose_dtype(requested: str, device_type: str, flags: Iterable[str] = ()) -> DtypeChoice:
+def choose_dtype(
+    requested: str, device_type: str, flags: Iterable[str] = (), isa_limit: str | None = None
+) -> DtypeChoice:
     """The precision for `requested` (a name in DTYPES) on a device of `device_type`.
 
-    `flags` are the CPU's (`cpu_flags()`); they matter only for `auto` on the CPU. float16
+    `flags` are the CPU's (`cpu_flags()`) and `isa_limit` oneDNN's (`onednn_isa_limit()`);
+    they matter only for `auto` on the CPU. float16
     on the CPU is refused: no x86 CPU we run on computes it natively, so it is slow and
     its range overflows in the VAE.
     """
@@ -92,6 +108,12 @@ def choose_dtype(requested: str, device_type: str, flags: Iterable[str] = ()) ->
         return DtypeChoice("float16", "auto: a CUDA GPU computes float16 natively")
     if device_type == "cpu":
         flag = native_bfloat16(flags)
+        if flag is not None and isa_limit is not None:
+            return DtypeChoice(
+                "float32",
+                f"auto: ONEDNN_MAX_CPU_ISA={isa_limit} keeps oneDNN off this CPU's bfloat16 "
+                f"instructions ({flag})",
+            )
         if flag is not None:
             return DtypeChoice("bfloat16", f"auto: this CPU computes bfloat16 natively, {flag}")
         return DtypeChoice(

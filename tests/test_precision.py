@@ -23,7 +23,7 @@ from pix2video.job import PipelineCache
 from pix2video.job.checks import resolve_compute, resolve_device
 from pix2video.media import fit_size, read_clip, resize_frames
 from pix2video.pipelines.onednn import OneDNNLinear, onednn_available, use_onednn_linears
-from pix2video.precision import choose_dtype, cpu_flags, native_bfloat16
+from pix2video.precision import choose_dtype, cpu_flags, native_bfloat16, onednn_isa_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"
@@ -61,6 +61,19 @@ def test_auto_picks_per_device_kind(cpuinfo, device, expected, why):
     assert why in choice.reason and choice.reason.startswith("auto")
 
 
+def test_a_onednn_isa_limit_below_bfloat16_keeps_auto_at_float32():
+    """CI reruns the bitwise tests under ONEDNN_MAX_CPU_ISA=AVX2 and SSE41: there, as on a
+    user's CPU without the instructions, bfloat16 would be emulated, so auto is float32."""
+    for isa in ("AVX2", "sse41", "AVX512_CORE"):
+        assert onednn_isa_limit({"ONEDNN_MAX_CPU_ISA": isa}) == isa.upper()
+        choice = choose_dtype("auto", "cpu", {"avx512_bf16"}, isa.upper())
+        assert choice.name == "float32" and "ONEDNN_MAX_CPU_ISA" in choice.reason
+    for environ in ({}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, {"DNNL_MAX_CPU_ISA": "ALL"}):
+        assert onednn_isa_limit(environ) is None
+    assert onednn_isa_limit({"DNNL_MAX_CPU_ISA": "avx2"}) == "AVX2"
+    assert choose_dtype("bfloat16", "cpu", {"avx512_bf16"}, "AVX2").name == "bfloat16"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_an_explicit_dtype_is_kept_on_every_device(dtype, device):
@@ -78,7 +91,8 @@ def test_float16_on_the_cpu_and_unknown_dtypes_are_one_sentence():
 
 def test_this_machine_resolves_auto_as_its_flags_say():
     device, choice = resolve_compute("cpu", "auto")
-    want = "bfloat16" if native_bfloat16(cpu_flags()) else "float32"
+    native = native_bfloat16(cpu_flags()) and onednn_isa_limit() is None
+    want = "bfloat16" if native else "float32"
     assert device.type == "cpu" and choice.name == want
     assert resolve_device("cpu", "auto") == (device, getattr(torch, want))
     assert EditSettings("in.mp4", "p", "out.mp4").dtype == "auto"

@@ -112,7 +112,7 @@ def resolve_compute(device: str, dtype: str) -> tuple[torch.device, DtypeChoice]
     """The device and the precision the settings ask for; `auto` picks per device (`precision`)."""
     import torch
 
-    from ..precision import choose_dtype, cpu_flags
+    from ..precision import choose_dtype, cpu_flags, onednn_isa_limit
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,4 +128,4 @@ def resolve_compute(device: str, dtype: str) -> tuple[torch.device, DtypeChoice]
                 f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs."
             )
     flags = cpu_flags() if resolved.type == "cpu" and dtype == AUTO_DTYPE else ()
-    return resolved, choose_dtype(dtype, resolved.type, flags)
+    return resolved, choose_dtype(dtype, resolved.type, flags, onednn_isa_limit())
