@@ -39,11 +39,13 @@ from .probe import (
     _to_rgb,
     _upright_size,
     _video_stream,
+    _warn_of_other_streams,
+    _warn_of_transparency,
     fps_fraction,
     list_image_files,
 )
 from .selection import _beyond_error, _check_count, _select, parse_position
-from .timing import describe_numbers, frame_slots, numbered_frames, uneven_times
+from .timing import folder_times, uneven_times
 
 
 @dataclass
@@ -314,27 +316,7 @@ class _FolderReader(ClipReader):
         self.source_size = (first.shape[1], first.shape[0])
         self._files = files
         self._indices = list(range(sel.start, stop, stride))
-        self._times = self._numbered_times(fps)
-
-    def _numbered_times(self, fps: float) -> list[float] | None:
-        """The selected frames' times from the numbers in their names, where some are missing
-        (warned once: each frame keeps its time, the frame before a gap is shown longer)."""
-        indices = self._indices or []
-        numbers = numbered_frames(self._files)
-        if numbers is None or not indices:
-            return None
-        slots, step = frame_slots(numbers)
-        times = uneven_times([slots[i] / fps for i in indices], fps / self.stride)
-        if times is not None:
-            present = set(slots)
-            span = range(slots[indices[0]], slots[indices[-1]] + 1)
-            missing = [numbers[0] + k * step for k in span if k not in present]
-            warnings.warn(
-                f"{self.source_path} has no frame numbered {describe_numbers(missing)}; each "
-                "frame keeps its time, so the frame before a gap is shown longer.",
-                stacklevel=4,
-            )
-        return times
+        self._times = folder_times(folder, files, self._indices, fps, stride)
 
     def __length_hint__(self) -> int:
         return len(self._indices or ())
@@ -632,32 +614,6 @@ class _VideoReader(ClipReader):
             raise _beyond_error(self._start_pos, count, self.source_fps)
         self._indices = indices
         self._times = uneven_times(state.times, self.fps)
-
-
-def _warn_of_other_streams(path: Path, container) -> None:
-    """The edit carries the first video stream only: say so where there are more."""
-    others = len(container.streams.video) - 1
-    if others:
-        warnings.warn(
-            f"{path} has {others + 1} video streams; the first is edited and the "
-            f"other{'s' if others > 1 else ''} left out.",
-            stacklevel=5,
-        )
-
-
-def _warn_of_transparency(path: Path, frame: av.VideoFrame) -> None:
-    """The output is opaque: say so where the first frame has transparent pixels (a format
-    with alpha alone is not enough: GIF decodes to BGRA, almost always opaque)."""
-    name = frame.format.name
-    if not any(c.is_alpha for c in frame.format.components):
-        return
-    with contextlib.suppress(ValueError, av.FFmpegError):
-        if frame.to_ndarray(format="rgba")[..., 3].min() < 255:
-            warnings.warn(
-                f"{path} has an alpha channel ({name}); the output is opaque: the colours "
-                "stored under transparent pixels are edited and shown.",
-                stacklevel=4,
-            )
 
 
 def _prepend(box: list, rest: Iterator) -> Iterator:

@@ -7,9 +7,11 @@ in natural order. Every problem a user can cause raises `VideoError` with one se
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -191,6 +193,32 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     if quarter_turns:
         rgb = np.rot90(rgb, k=quarter_turns)
     return np.ascontiguousarray(rgb)
+
+
+def _warn_of_other_streams(path: Path, container) -> None:
+    """The edit carries the first video stream only: say so where there are more."""
+    others = len(container.streams.video) - 1
+    if others:
+        warnings.warn(
+            f"{path} has {others + 1} video streams; the first is edited and the "
+            f"other{'s' if others > 1 else ''} left out.",
+            stacklevel=5,
+        )
+
+
+def _warn_of_transparency(path: Path, frame: av.VideoFrame) -> None:
+    """The output is opaque: say so where the first frame has transparent pixels (a format
+    with alpha alone is not enough: GIF decodes to BGRA, almost always opaque)."""
+    name = frame.format.name
+    if not any(c.is_alpha for c in frame.format.components):
+        return
+    with contextlib.suppress(ValueError, av.FFmpegError):
+        if frame.to_ndarray(format="rgba")[..., 3].min() < 255:
+            warnings.warn(
+                f"{path} has an alpha channel ({name}); the output is opaque: the colours "
+                "stored under transparent pixels are edited and shown.",
+                stacklevel=4,
+            )
 
 
 class _Decoder:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,3 +65,26 @@ def describe_numbers(numbers: Sequence[int], most: int = 5) -> str:
     """``4, 9, 10`` or ``4, 9, 10, 11, 12 and 3 more``."""
     shown = ", ".join(str(n) for n in numbers[:most])
     return shown if len(numbers) <= most else f"{shown} and {len(numbers) - most} more"
+
+
+def folder_times(
+    folder: Path, files: Sequence[Path], indices: Sequence[int], fps: float, stride: int
+) -> list[float] | None:
+    """The times of a numbered folder's selected frames (`files[i]` for i in `indices`),
+    where the names skip numbers; else None. Warns once, naming the missing numbers: each
+    frame keeps its time, so the frame before a gap is shown longer."""
+    numbers = numbered_frames(files)
+    if numbers is None or not indices:
+        return None
+    slots, step = frame_slots(numbers)
+    times = uneven_times([slots[i] / fps for i in indices], fps / stride)
+    if times is not None:
+        present = set(slots)
+        span = range(slots[indices[0]], slots[indices[-1]] + 1)
+        missing = [numbers[0] + k * step for k in span if k not in present]
+        warnings.warn(
+            f"{folder} has no frame numbered {describe_numbers(missing)}; each frame keeps "
+            "its time, so the frame before a gap is shown longer.",
+            stacklevel=5,
+        )
+    return times
