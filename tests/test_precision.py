@@ -177,6 +177,34 @@ def test_onednn_linear_is_nn_linear_up_to_rounding(shape):
     assert x.grad is not None and fast.state_dict().keys() == plain.state_dict().keys()
 
 
+FALLBACK = """
+import torch
+from pix2video.pipelines.onednn import OneDNNLinear
+layer = torch.nn.Linear(40, 24).to(torch.bfloat16)
+x = torch.randn(3, 40, dtype=torch.bfloat16)
+want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+layer.__class__ = OneDNNLinear
+with torch.no_grad():
+    assert torch.equal(layer(x), want) and torch.equal(layer(x), want)
+print("ok")
+"""
+
+
+@pytest.mark.integration
+def test_bfloat16_linears_fall_back_where_onednn_has_no_bfloat16_kernel():
+    """--dtype bfloat16 on a CPU (or an ONEDNN_MAX_CPU_ISA) without bfloat16 instructions:
+    oneDNN refuses the kernel; the layer computes as torch's own linear instead of failing."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_cpu_pipelines_run_every_linear_through_onednn_and_stay_swappable(tiny_pipe):
     if not onednn_available():
         pytest.skip("this torch build has no oneDNN")

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+_REFUSED: set[torch.dtype] = set()
+"""Dtypes oneDNN could not build a linear kernel for in this process: bfloat16 where the CPU,
+or an ``ONEDNN_MAX_CPU_ISA`` limit, leaves it without bfloat16 instructions. Those layers
+take `F.linear` (torch's own, emulating where it must) from the first refusal on."""
 
 
 def onednn_available() -> bool:
@@ -33,13 +37,18 @@ class OneDNNLinear(nn.Linear):
             x.device.type != "cpu"
             or x.dtype != w.dtype
             or w.dtype not in ONEDNN_DTYPES
+            or w.dtype in _REFUSED
             or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         ):
             return F.linear(x, w, self.bias)
         flat = x.reshape(-1, x.shape[-1])
         if not flat.is_contiguous():
             flat = flat.contiguous()
-        out = torch.ops.mkldnn._linear_pointwise(flat, w, self.bias, "none", [], "")
+        try:
+            out = torch.ops.mkldnn._linear_pointwise(flat, w, self.bias, "none", [], "")
+        except RuntimeError:  # "could not create a primitive descriptor": no kernel here
+            _REFUSED.add(w.dtype)
+            return F.linear(x, w, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
