@@ -105,7 +105,13 @@ def test_plain_edit_keeps_count_timing_aspect_and_audio(trait, corpus, pipelines
     latents = tmp_path / "latents"
     s = settings(clip, tmp_path / "out.mp4", save_latents=str(latents))
     warned: list[str] = []
-    result = edit_clip(s, pipelines=pipelines, warn=warned.append)
+    last: dict[str, tuple[int, int]] = {}
+    result = edit_clip(
+        s, lambda stage, done, total: last.update({stage: (done, total)}),
+        pipelines=pipelines, warn=warned.append,
+    )  # fmt: skip
+    n = trait.expected.frames
+    assert last["depth"] == last["inversion"] == (n, n)  # repeats counted as served
     check_output(trait, tmp_path / "out.mp4")
     if trait.expected.warning:  # what the output leaves out is said once
         assert [w for w in warned if trait.expected.warning in w] == warned[:1], warned

@@ -9,6 +9,7 @@ local edit's trajectories, which the edit needs for every frame, wait on disk
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
@@ -99,8 +100,10 @@ def depth_and_inversion(
     s = ctx.settings
     depth, inverted, trajectories = _cached_rows(ctx, pipe, source, conditioning, keys, positions)
     first_of = _first_positions(keys, positions)
+    shared_by = Counter(first_of.values())  # positions each computed frame serves
     depth_hits = sum(keys.depth[i] in depth for i in positions)
     inversion_hits = len(inverted)
+    served = {"depth": depth_hits, "inversion": inversion_hits}  # positions with their rows
     todo = [
         i for i in positions
         if first_of[i] == i and (keys.depth[i] not in depth or i not in inverted)
@@ -111,10 +114,6 @@ def depth_and_inversion(
     ctx.progress("depth", depth_hits, len(positions))
     ctx.progress("inversion", inversion_hits, len(positions))
     batch: list[tuple[int, torch.Tensor]] = []  # (position, VAE latent) waiting to invert
-
-    def done(rows_of) -> int:
-        """Positions whose rows are there, counting those an identical frame's serve."""
-        return sum(rows_of(first_of[i]) for i in positions)
 
     def invert_batch() -> None:
         tic = time.perf_counter()
@@ -136,9 +135,10 @@ def depth_and_inversion(
             inverted[i] = value[None]
             ctx.save("inversion", keys.inversion[i], value[None])
         computed["inversion"] += len(batch)
+        served["inversion"] += sum(shared_by[i] for i, _ in batch)
         batch.clear()
         timer["inversion"] += time.perf_counter() - tic
-        ctx.progress("inversion", done(inverted.__contains__), len(positions))
+        ctx.progress("inversion", served["inversion"], len(positions))
 
     decoded = 0
     for i, _frame, small in source.frames(ctx, todo) if todo else ():
@@ -148,8 +148,9 @@ def depth_and_inversion(
             tic = time.perf_counter()
             depth.put(keys.depth[i], ctx.bytes_held.track(conditioning.frame(pipe, i, small)))
             computed["depth"] += 1
+            served["depth"] += shared_by[i]
             timer["depth"] += time.perf_counter() - tic
-            ctx.progress("depth", done(lambda j: keys.depth[j] in depth), len(positions))
+            ctx.progress("depth", served["depth"], len(positions))
         if i not in inverted:
             tic = time.perf_counter()
             with ctx.cancellable(pipe):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,17 +30,6 @@ def encode_edit_prompts(pipe, ctx: JobContext) -> tuple[Any, Any]:
     """(edit, negative) text embeddings."""
     s = ctx.settings
     return pipe.encode_prompt(s.prompt), pipe.encode_negative_prompt(s.negative_prompt)
-
-
-def source_prompt(
-    pipe, ctx: JobContext, source: SourceClip, device, edit_embeddings: tuple[Any, Any]
-) -> Prompts:
-    """The source prompt, captioned when the settings give none, and every prompt encoded."""
-    tic = time.perf_counter()
-    text, captioned = source_text(ctx, source, device)
-    prompts = encode_source_prompt(pipe, text, captioned, edit_embeddings)
-    ctx.seconds["caption"] = time.perf_counter() - tic
-    return prompts
 
 
 def source_text(ctx: JobContext, source: SourceClip, device) -> tuple[str, bool]:
