@@ -55,7 +55,7 @@ from ..job import (
 from ..models import resolve_captioner
 from ..settings import ANCHORS, ATTEND_MODES, BACKBONE_FIELDS, EditSettings
 from . import ServerOptions
-from .uploads import UploadPreviews
+from .uploads import UploadPreviews, safe_stem
 
 DEFAULTS = EditSettings.defaults()
 T = TypeVar("T")
@@ -85,7 +85,6 @@ FORM_FIELDS = (
 JOB_QUEUE = "pix2video-job"  # one concurrency group: previews and edits take turns
 CAPTION_QUEUE = "pix2video-caption"  # captions run beside the jobs, never in front of one
 PREVIEW_QUEUE = "pix2video-upload-preview"  # playable previews of uploads, likewise
-RESULT_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 DELETE_AFTER_S = 6 * 3600  # uploads and results older than this are swept (hourly)
 NO_VIDEO = "Choose a video first: upload one, or pick the example clip."
 SOURCE_PLACEHOLDER = (
@@ -567,8 +566,7 @@ class EditorApp:
         form = locals()
         messages: list[str] = []
         with self.page_errors("edit", video, request):
-            stem = RESULT_NAME.sub("-", Path(video or "clip").stem)[:40].strip("-.") or "clip"
-            output = self.results / uuid.uuid4().hex / f"{stem}-edited.mp4"
+            output = self.results / uuid.uuid4().hex / f"{safe_stem(video)}-edited.mp4"
             settings = self.settings_from_form(form, output=output)
             progress(0, desc="Reading the clip and loading the model")
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from ..media.browser import browser_playable, write_browser_preview
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_stem(path: str | None) -> str:
+    """A file name's stem fit for a name on the server (results, previews): at most 40 of
+    ``A-Za-z0-9_.-``, ``clip`` when nothing is left."""
+    return _UNSAFE.sub("-", Path(path or "clip").stem)[:40].strip("-.") or "clip"
 
 
 class UploadPreviews:
@@ -32,7 +38,6 @@ class UploadPreviews:
             return None, False
         if browser_playable(video):
             return video, False
-        stem = _SAFE.sub("-", Path(video).stem)[:40].strip("-.") or "clip"
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"preview-{secrets.token_hex(4)}-{stem}.mp4"
+        target = self.folder / f"preview-{secrets.token_hex(4)}-{safe_stem(video)}.mp4"
         return str(write_browser_preview(video, target)), True
