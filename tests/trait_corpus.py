@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -66,7 +66,6 @@ class Expected:
     audio: bool = False
     repeats: int = 0  # frames bit-identical to an earlier one after decoding
     warning: str = ""  # what the edit warns of (a part of the input it leaves out)
-    note: str = ""  # what happens to the trait, for the README and the closing note
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,6 @@ class Trait:
     make: Callable[[Path], None]
     expected: Expected
     browser_playable: bool = True
-    tags: tuple[str, ...] = field(default_factory=tuple)
 
     def write(self, folder: Path) -> Path:
         path = folder / self.file
@@ -290,11 +288,11 @@ def _avi(path: Path) -> None:  # MPEG-4 Part 2 in AVI, as old cameras and screen
 
 TRAITS: list[Trait] = [
     Trait("every third frame repeated (MJPEG AVI)", "every_third.avi", _every_third,
-          Expected(9, (W, H), 25.0, repeats=3), browser_playable=False, tags=("repeats",)),
+          Expected(9, (W, H), 25.0, repeats=3), browser_playable=False),
     Trait("frozen stretch (lossless screen recording)", "frozen.mp4", _frozen,
-          Expected(8, (W, H), 25.0, repeats=3), browser_playable=False, tags=("repeats",)),
+          Expected(8, (W, H), 25.0, repeats=3), browser_playable=False),
     Trait("black lead-in and lead-out", "black_lead.mp4", _black_lead,
-          Expected(8, (W, H), 25.0, repeats=3), tags=("repeats",)),
+          Expected(8, (W, H), 25.0, repeats=3)),
     Trait("variable frame rate", "vfr.mp4", _vfr,
           Expected(8, (W, H), None, times=tuple(t / 1000 for t in VFR_MS))),
     Trait("portrait phone clip stored landscape (90-degree display matrix)", "rotated.mp4",
