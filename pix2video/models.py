@@ -24,7 +24,7 @@ BUNDLED_MODELS = {
     "tiny-blip": ASSETS / "tiny-blip",  # the captioner of `tiny` (random weights too)
 }
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
-DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `metrics`
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `evaluation.clip_score`
 DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
 DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth (Depth Anything V2 also works)
 BLIP = "Salesforce/blip-image-captioning-base"  # the source prompt (`pipelines.caption`)

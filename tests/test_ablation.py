@@ -31,7 +31,8 @@ from pix2video.evaluation.ablation import (  # noqa: E402
     sheet_columns,
     slugify,
 )
-from pix2video.evaluation.metrics import ClipScorer, EvalReport  # noqa: E402
+from pix2video.evaluation.clip_score import ClipScorer  # noqa: E402
+from pix2video.evaluation.report import EvalReport  # noqa: E402
 from pix2video.media import read_clip, resize_frames  # noqa: E402
 from pix2video.pipelines.checkpoints import load_pipeline  # noqa: E402
 

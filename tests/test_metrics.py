@@ -1,4 +1,4 @@
-"""Tests of pix2video.evaluation.metrics with known answers: synthetic flows/videos and a tiny random CLIP."""
+"""Tests of pix2video.evaluation (flow, CLIP scorer, report, metrics) with known answers: synthetic flows/videos and a tiny random CLIP."""
 
 from __future__ import annotations
 
@@ -12,16 +12,11 @@ import pytest
 import torch
 
 from pix2video.errors import InputError, ModelNotAvailableError
-from pix2video.evaluation.metrics import (
-    DEFAULT_CLIP_MODEL,
-    ClipScorer,
-    EvalReport,
-    consistency_mask,
-    estimate_flow,
-    evaluate,
-    pixel_mse,
-    warp,
-)
+from pix2video.evaluation.clip_score import ClipScorer
+from pix2video.evaluation.flow import consistency_mask, estimate_flow, pixel_mse, warp
+from pix2video.evaluation.metrics import evaluate
+from pix2video.evaluation.report import EvalReport
+from pix2video.models import DEFAULT_CLIP_MODEL
 
 TINY_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "tiny-clip"
 needs_tiny_clip = pytest.mark.skipif(

@@ -181,7 +181,8 @@ class JobRunner:
 
     def _metrics(self, settings, result) -> dict[str, Any]:
         """CLIP-Text, CLIP-Image and PixelMSE of the written output against its source."""
-        from ..evaluation.metrics import ClipScorer, evaluate
+        from ..evaluation.clip_score import ClipScorer
+        from ..evaluation.metrics import evaluate
         from ..media import read_clip
 
         model = self.evaluation.clip_model

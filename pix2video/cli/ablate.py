@@ -117,7 +117,7 @@ def ablate(
         width, height = video.fit_size(*clip.source_size, processing_size(size))
         frames = video.resize_frames(clip.frames, (width, height))
         device_, dtype_ = resolve_device(device, dtype)
-        from ..evaluation.metrics import ClipScorer
+        from ..evaluation.clip_score import ClipScorer
         from ..pipelines.checkpoints import load_pipeline
 
         if not debug:

@@ -41,8 +41,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import write_output
 from ..errors import InputError
+from ..models import DEFAULT_CLIP_MODEL
 from ..pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline, ProgressCallback
-from .metrics import DEFAULT_CLIP_MODEL, ClipScorer, EvalReport, evaluate
+from .clip_score import ClipScorer
+from .metrics import evaluate
+from .report import EvalReport
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "per-frame (SDEdit-like)": {"attend": "none", "latent_guidance_weight": 0.0},
