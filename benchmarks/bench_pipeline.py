@@ -71,7 +71,7 @@ def run_one(args) -> dict:
     import torch
     from PIL import Image
 
-    from pix2video.cli.common import use_one_malloc_arena
+    from pix2video.cli.memory import use_one_malloc_arena
     from pix2video.pipelines.checkpoints import load_pipeline
 
     use_one_malloc_arena()  # as the `pix2video` command does

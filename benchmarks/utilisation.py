@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="Also write the numbers here.")
     args = parser.parse_args()
 
-    from pix2video.cli.common import use_one_malloc_arena
+    from pix2video.cli.memory import use_one_malloc_arena
     from pix2video.job import PipelineCache, edit_clip
     from pix2video.settings import EditSettings
 

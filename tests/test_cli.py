@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pix2video import cli
-from pix2video.cli.common import INTERRUPTED
+from pix2video.cli.errors import INTERRUPTED
 from pix2video.errors import InputError
 from pix2video.job import EditResult, edit_clip
 from pix2video.media import probe, read_audio_info, read_clip

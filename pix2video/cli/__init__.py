@@ -8,9 +8,10 @@
     pix2video download [--all | --model ID ...]                 (download.py -> hub)
     pix2video doctor                                            (doctor.py -> environment)
 
-Each command parses its options, calls the library and prints; `common.py` holds what
-they share (error handling: one sentence and exit code 2 for anything a user can fix,
-130 on Ctrl-C; progress bars; ``--config`` files; option groups). Heavy libraries
+Each command parses its options, calls the library and prints; what they share has a
+module each: `errors.py` (one sentence and exit code 2 for anything a user can fix, 130
+on Ctrl-C), `progress.py` (progress bars), `config_file.py` (``--config`` files),
+`options.py` (option groups) and `memory.py` (the allocator's tuning). Heavy libraries
 (torch, diffusers, gradio) are imported only when a command runs, so ``--help`` is
 instant. A new command is a module with a click command, added to `main` below.
 """
@@ -21,7 +22,8 @@ import click
 
 from .. import __version__
 from . import ablate, batch, doctor, download, edit, evaluate, ui
-from .common import Pix2VideoGroup, use_one_malloc_arena
+from .errors import Pix2VideoGroup
+from .memory import use_one_malloc_arena
 
 
 @click.group(

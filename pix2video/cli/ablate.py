@@ -8,19 +8,18 @@ import click
 
 from ..errors import InputError
 from ..job import check_writable_folder, resolve_device
+from ..quiet import quiet_libraries, silence_libraries
 from ..settings import MAX_STEPS
-from .common import (
+from .errors import set_debug
+from .options import (
     DEFAULTS,
-    Reporter,
-    _set_debug,
     clip_model_option,
     model_options,
-    quiet_libraries,
     read_frames,
     selection_options,
-    silence_libraries,
     size_option,
 )
+from .progress import Reporter
 
 
 @click.command(context_settings={"show_default": True})
@@ -69,9 +68,7 @@ from .common import (
 )
 @click.option("--save-frames", is_flag=True, help="Also write every variant's frames as PNG.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or table.")
-@click.option(
-    "--debug", is_flag=True, callback=_set_debug, help="Full tracebacks and library logs."
-)
+@click.option("--debug", is_flag=True, callback=set_debug, help="Full tracebacks and library logs.")
 def ablate(
     input,
     prompt,

@@ -17,9 +17,12 @@ from ..batch import Evaluation, LocalBackend, RayBackend, read_batch, run_batch
 from ..batch.jobs import is_output_option
 from ..batch.report import RESULTS_NAME, SUMMARY_NAME
 from ..batch.runner import BatchEvents
+from ..quiet import quiet_libraries
 from ..settings import WORKER_FIELDS, EditSettings
-from .common import _STATE, Reporter, clip_model_option, quiet_libraries, run_options
 from .edit import edit as edit_command
+from .errors import STATE
+from .options import clip_model_option, run_options
+from .progress import Reporter
 
 _DEFAULTABLE = frozenset(
     name
@@ -179,7 +182,7 @@ def batch(
     }
     plan = read_batch(jobs, out_dir, defaults)
     results = plan.out_dir / RESULTS_NAME
-    _STATE.interrupted_message = (
+    STATE.interrupted_message = (
         f"Interrupted; finished jobs are recorded in {results}: re-run the same command to go on."
     )
     runner = (

@@ -13,7 +13,7 @@ def doctor() -> None:
     into a bug report.
     """
     from ..environment import report
-    from .common import quiet_libraries
+    from ..quiet import quiet_libraries
 
     with quiet_libraries():
         sections = report()

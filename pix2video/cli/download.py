@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError, ModelNotAvailableError
-from .common import _STATE, Reporter, _set_debug, quiet_libraries
+from ..quiet import quiet_libraries
+from .errors import STATE, set_debug
+from .progress import Reporter
 
 
 @click.command(context_settings={"show_default": True})
@@ -35,7 +37,7 @@ from .common import _STATE, Reporter, _set_debug, quiet_libraries
 @click.option(
     "--debug",
     is_flag=True,
-    callback=_set_debug,
+    callback=set_debug,
     help="Full tracebacks, and the libraries' own logs.",
 )
 def download(names, model, controlnet, captioner, mask_model, depth_model, clip_model, defaults,
@@ -71,7 +73,7 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
             "Name what to download: hub ids, --model, --controlnet, --captioner, --mask-model, "
             "--depth-model, --clip-model, or --all for every default."
         )
-    _STATE.interrupted_message = "Interrupted; run the same command again to resume the download."
+    STATE.interrupted_message = "Interrupted; run the same command again to resume the download."
     reporter = Reporter(quiet=quiet, debug=debug)
     online = can_download()
     missing = []

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..job import EditResult, edit_clip
+from ..quiet import quiet_libraries
 from ..settings import (
     ANCHORS,
     ATTEND_MODES,
@@ -15,18 +16,16 @@ from ..settings import (
     WORKER_BACKENDS,
     EditSettings,
 )
-from .common import (
-    _STATE,
-    INTERRUPTED_NO_CACHE,
-    Reporter,
+from .errors import INTERRUPTED_NO_CACHE, STATE
+from .options import (
     backbone_options,
     mask_options,
     model_options,
-    quiet_libraries,
     run_options,
     selection_options,
     size_option,
 )
+from .progress import Reporter
 
 DEFAULTS = EditSettings.defaults()
 
@@ -297,7 +296,7 @@ def edit(quiet: bool, debug: bool, **kwargs: Any) -> None:
     """
     settings = EditSettings(**kwargs)  # --devices "a,b" is split by EditSettings
     if settings.no_cache:
-        _STATE.interrupted_message = INTERRUPTED_NO_CACHE
+        STATE.interrupted_message = INTERRUPTED_NO_CACHE
     reporter = Reporter(quiet=quiet, debug=debug)
     with quiet_libraries(debug), reporter.live(), reporter.downloads():
         result = edit_clip(

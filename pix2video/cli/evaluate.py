@@ -6,15 +6,10 @@ import click
 
 from ..job import resolve_device
 from ..pipelines.masks import read_regions
-from .common import (
-    Reporter,
-    _set_debug,
-    clip_model_option,
-    quiet_libraries,
-    read_frames,
-    report_file_option,
-    selection_options,
-)
+from ..quiet import quiet_libraries
+from .errors import set_debug
+from .options import clip_model_option, read_frames, report_file_option, selection_options
+from .progress import Reporter
 
 
 @click.command(name="eval", context_settings={"show_default": True})
@@ -41,9 +36,7 @@ from .common import (
 @report_file_option("--markdown", "markdown_path", "the metrics table as Markdown")
 @report_file_option("--plot", "plot_path", "a PNG plot of the per-frame values")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print the table.")
-@click.option(
-    "--debug", is_flag=True, callback=_set_debug, help="Full tracebacks and library logs."
-)
+@click.option("--debug", is_flag=True, callback=set_debug, help="Full tracebacks and library logs.")
 def evaluate_command(
     edited,
     source,

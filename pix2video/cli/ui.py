@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..quiet import quiet_libraries
 from ..ui import DEFAULT_HOST, DEFAULT_MAX_FRAMES, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
-from .common import (
-    DEFAULTS,
-    Reporter,
-    backbone_options,
-    model_options,
-    quiet_libraries,
-    run_options,
-)
+from .options import DEFAULTS, backbone_options, model_options, run_options
+from .progress import Reporter
 
 
 @click.command(context_settings={"show_default": True})
