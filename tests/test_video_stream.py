@@ -22,8 +22,7 @@ import pytest
 from PIL import Image
 
 from pix2video.errors import VideoError
-from pix2video.media import DECODE_STATS, ClipReader, open_clip, read_clip
-from pix2video.media import decode as video
+from pix2video.media import DECODE_STATS, ClipReader, open_clip, read_clip, seek
 
 FRAMES, FPS, GOP, W, H = 300, 30, 30, 64, 48
 COCKATOO = (
@@ -179,7 +178,7 @@ def test_failing_seek_falls_back_to_decoding_from_the_start(clips, monkeypatch):
     def refuse(container, stream, pts):
         raise av.FFmpegError(5, "seek refused")
 
-    monkeypatch.setattr(video, "_seek_video", refuse)
+    monkeypatch.setattr(seek, "seek_video", refuse)
     DECODE_STATS.reset()
     reader = open_clip(clips["mp4"], start=250, max_frames=5)
     assert decoded() >= 251  # decoded its way to the start

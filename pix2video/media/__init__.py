@@ -1,9 +1,11 @@
 """Media I/O: reading clips, choosing frames, resizing, and writing results with the source's audio.
 
 One module per object, as PyAV cuts it: `probe` (opening an input, what it holds, its
-decoder), `selection` (which frames: positions, stride, count), `decode` (the streamed
-`ClipReader`, with keyframe seeking), `sizes` (processing sizes, resizing), `audio` (the
-source's audio) and `encode` (writing a video or PNG folder).
+decoder), `selection` (which frames: positions, stride, count), `seek` (keyframe seeking to
+a late start), `decode` (the streamed readers of folders and videos: `open_clip`,
+`read_clip`), `reader` (`Clip` and the `ClipReader` interface they share), `sizes`
+(processing sizes, resizing), `audio` (the source's audio) and `encode` (writing a video or
+PNG folder).
 
 Everything goes through PyAV (FFmpeg's libraries), so any file FFmpeg can read works as
 input (mp4, mov, avi, mkv, webm, mpg, gif; H.264, MJPEG, MPEG-2, VP9, ...), and outputs are
@@ -23,7 +25,7 @@ Layer: the bottom one beside the package root (`errors`, `atomic`); everything m
 """
 
 from .audio import read_audio_info
-from .decode import Clip, ClipReader, open_clip, read_clip
+from .decode import open_clip, read_clip
 from .encode import VIDEO_EXTENSIONS, check_reusable_folder, write_video
 from .probe import (
     DECODE_STATS,
@@ -33,6 +35,7 @@ from .probe import (
     list_image_files,
     probe,
 )
+from .reader import Clip, ClipReader
 from .selection import parse_position
 from .sizes import fit_size, parse_size, resize_frames, side_by_side
 
