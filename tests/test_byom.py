@@ -332,11 +332,10 @@ def test_ui_server_options_choose_the_model_for_every_job(tmp_path, tiny_sd15):
     lora = tmp_path / "style.safetensors"  # only parsed here
     pytest.importorskip("gradio")
     from pix2video.ui import ServerOptions
-    from pix2video.ui.app import EditorApp
+    from pix2video.ui.form import settings_from_form
 
     cn = str(tiny_sd15.controlnets[0])
-    app = object.__new__(EditorApp)  # the form -> settings step alone, no page built
-    app.options = ServerOptions(
+    options = ServerOptions(
         model=str(tiny_sd15.model),
         controlnet=(cn,),
         control=("canny",),
@@ -344,7 +343,7 @@ def test_ui_server_options_choose_the_model_for_every_job(tmp_path, tiny_sd15):
         lora=(f"{lora}:0.5",),
         examples=[],
     )
-    s = app.settings_from_form({"video": str(COCKATOO), "prompt": "p"}, tmp_path / "o.mp4")
+    s = settings_from_form({"video": str(COCKATOO), "prompt": "p"}, options, tmp_path / "o.mp4")
     assert (s.model, s.controlnet, s.control, s.control_scales) == (
         str(tiny_sd15.model),
         (cn,),

@@ -450,12 +450,13 @@ def test_page_field_becomes_the_setting(tmp_path, field, setting):
     """The Advanced field "Frames per UNet call" (`#frame-batch`): empty means auto."""
     pytest.importorskip("gradio")
     from pix2video.ui import ServerOptions
-    from pix2video.ui.app import FORM_FIELDS, EditorApp
+    from pix2video.ui.app import EditorApp
+    from pix2video.ui.form import FORM_FIELDS, settings_from_form
 
     assert "frame_batch" in FORM_FIELDS
     app = EditorApp(ServerOptions(model="tiny", examples=[]), tmp_path)
     form = {"video": "clip.mp4", "prompt": "a red car", "frame_batch": field}
-    settings = app.settings_from_form(form, output=tmp_path / "out.mp4")
+    settings = settings_from_form(form, app.options, output=tmp_path / "out.mp4")
     assert settings.frame_batch == setting
     if setting == "x":
         with pytest.raises(InputError, match="--frame-batch"):

@@ -99,7 +99,7 @@ class DecodeStats:
     frames_converted: int = 0
     """Decoded frames converted to RGB arrays (the step `ClipReader.count` skips)."""
     seeks: int = 0
-    """Seeks issued on a video (the first frame after each is checked; see `seek.frames_from_point`)."""
+    """Seeks issued on a video (the first frame after each is checked; see `seek`)."""
 
     def reset(self) -> None:
         self.frames_decoded = self.frames_converted = self.seeks = 0

@@ -1,6 +1,7 @@
 """`pix2video ui`: a local web page (Gradio) on the edit job, and its server's lifecycle.
 
-The page (`app.py`) only turns its form into `EditSettings`, calls `job.preview_anchor` /
+The page (`app.py`, built from `layout.py`, `handlers.py`, `form.py`, `texts.py` and
+`progress.py`) only turns its form into `EditSettings`, calls `job.preview_anchor` /
 `job.edit_clip` and shows what they return; every rule about editing lives in `job/`.
 This module owns what is around it and must not import Gradio at import time (the CLI
 imports it for ``--help``):
