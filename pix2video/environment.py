@@ -27,7 +27,7 @@ PACKAGES = (
     ("ray", "ray"),
 )
 ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "mpeg4", "aac", "libopus")
-"""What `video.py` writes (H.264 + AAC) and what else an output might want."""
+"""What `media/encode.py` writes (H.264 + AAC) and what else an output might want."""
 DECODERS = ("h264", "hevc", "vp9", "av1", "mpeg4", "prores", "aac", "mp3", "opus")
 Section = list[tuple[str, str]]
 
@@ -92,7 +92,7 @@ def auto_dtypes(names: list[str]) -> str:
 
 
 def codecs() -> Section:
-    """Encoders and decoders PyAV's FFmpeg has (`video.py` writes H.264 with AAC audio)."""
+    """Encoders and decoders PyAV's FFmpeg has (`media/encode.py` writes H.264 with AAC audio)."""
     try:
         import av
     except ImportError as exc:
