@@ -328,25 +328,58 @@ def download_model(
     reached or does not have the model.
     """
     progress = progress or current_listener() or (lambda *_: None)
+    commit, files = _listing(model)
+    result = ModelDownload(model, commit, Path(), files)
+    missing = _count_present(result)
+    _fetch_missing(result, missing, progress)
+    _check_files(result, verify)
+    progress(model, result.total_bytes, result.total_bytes)
+    return result
+
+
+def _listing(model: str) -> tuple[str, list[RemoteFile]]:
+    """`remote_files`, with every way of not getting it as one `ModelNotAvailableError`.
+
+    Asks `can_download` first, so that an offline machine fails at once instead of
+    waiting for the hub client's retries.
+    """
     if not can_download():
         raise ModelNotAvailableError(
             f"The model '{model}' cannot be downloaded now: {offline_reason()}."
         )
     try:
-        commit, files = remote_files(model)
+        return remote_files(model)
     except Exception as exc:  # noqa: BLE001 - not found, gated, network: one sentence
         raise ModelNotAvailableError(
             f"The hub ({endpoint()}) has no model '{model}' this machine can download "
             f"({type(exc).__name__}); check the name (and `hf auth login` for a gated one)."
         ) from exc
-    result = ModelDownload(model, commit, Path(), files)
+
+
+def _count_present(result: ModelDownload) -> list[RemoteFile]:
+    """The files not yet cached at the commit (same size); the others count as present.
+
+    Adds the present files to `result.present_bytes`, which the progress starts from.
+    """
     missing = []
-    for remote in files:
-        local = cached_path(model, remote.path, commit)
+    for remote in result.files:
+        local = cached_path(result.model, remote.path, result.commit)
         if local is not None and local.stat().st_size == remote.size:
             result.present_bytes += remote.size
         else:
             missing.append(remote)
+    return missing
+
+
+def _fetch_missing(
+    result: ModelDownload, missing: list[RemoteFile], progress: DownloadProgress
+) -> None:
+    """Download `missing` one file after another, reporting the model's bytes as one total.
+
+    A failure becomes one sentence that says to run again (the partial file is kept, so
+    the next run resumes it).
+    """
+    model, commit = result.model, result.commit
     total, done = result.total_bytes, result.present_bytes
     lock = threading.Lock()
 
@@ -368,7 +401,15 @@ def download_model(
                 f"Downloading '{remote.path}' of '{model}' failed ({type(exc).__name__}: "
                 f"{first}); run the same command again to resume it."
             ) from exc
-    for remote in files:
+
+
+def _check_files(result: ModelDownload, verify: bool) -> None:
+    """Every file is in the cache and matches the hub (hash too with `verify`); sets the folder.
+
+    A file that does not match is removed, so that the next download fetches it again.
+    """
+    model, commit = result.model, result.commit
+    for remote in result.files:
         local = cached_path(model, remote.path, commit)
         if local is None or not file_matches(local, remote, check_hash=verify):
             if local is not None:
@@ -379,8 +420,6 @@ def download_model(
             )
         result.verified += 1
         result.folder = local.parents[len(PurePosixPath(remote.path).parts) - 1]
-    progress(model, total, total)
-    return result
 
 
 def _fetch(model: str, remote: RemoteFile, commit: str, add: Callable[[int], None]) -> int:
