@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ..errors import InputError, ModelNotAvailableError
 from ..quiet import quiet_libraries
 from .errors import STATE, set_debug
 from .progress import Reporter
+
+if TYPE_CHECKING:
+    from ..hub import ModelDownload
 
 
 @click.command(context_settings={"show_default": True})
@@ -55,15 +60,8 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
       pix2video download --all
       pix2video download --model stabilityai/stable-diffusion-2-depth --captioner auto
     """
-    from ..hub import (
-        cached_model,
-        can_download,
-        download_model,
-        format_size,
-        is_hub_id,
-        offline_reason,
-    )
-    from ..models import BUNDLED_MODELS, models_for
+    from ..hub import can_download, offline_reason
+    from ..models import models_for
 
     wanted = models_for(
         model, tuple(controlnet), captioner, mask_model, depth_model, clip_model, names, defaults
@@ -79,37 +77,56 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
     missing = []
     with quiet_libraries(debug):
         for what, name in wanted:
-            if name in BUNDLED_MODELS:
-                reporter.info(f"{name}: bundled with pix2video ({what}), nothing to download.")
-                continue
-            if not is_hub_id(name):
-                reporter.info(f"{name}: a local path ({what}), nothing to download.")
-                continue
-            if not online:
-                cached = cached_model(name)
-                if cached is None:
-                    missing.append(name)
-                    continue
-                reporter.info(
-                    f"{name}: in the cache ({format_size(cached.size)}, {cached.files} files; "
-                    "not checked, the hub cannot be reached)."
-                )
-                continue
-            with reporter.live():
-                fetched = download_model(name, progress=reporter.download, verify=True)
-            size = format_size(fetched.total_bytes)
-            files = f"{len(fetched.files)} files checked"
-            if fetched.downloaded_bytes == 0 and fetched.present_bytes == fetched.total_bytes:
-                reporter.info(f"{name}: already in the cache ({size}, {files}).")
-            elif fetched.present_bytes:
-                reporter.info(
-                    f"{name}: downloaded {format_size(fetched.downloaded_bytes)}, "
-                    f"{format_size(fetched.present_bytes)} were already there ({size}, {files})."
-                )
-            else:
-                reporter.info(f"{name}: downloaded {size} ({files}).")
+            if not _get_model(name, what, online, reporter):
+                missing.append(name)
     if missing:
         raise ModelNotAvailableError(
             f"Cannot download {', '.join(missing)}: {offline_reason()}; run `pix2video "
             "download` where there is internet and copy the hub cache (HF_HOME) here."
         )
+
+
+def _get_model(name: str, what: str, online: bool, reporter: Reporter) -> bool:
+    """Download one model (or say why it needs nothing); False: missing and offline.
+
+    The caller gathers the missing ones into one error at the end, so that an offline
+    run still lists every model the cache does hold.
+    """
+    from ..hub import cached_model, download_model, format_size, is_hub_id
+    from ..models import BUNDLED_MODELS
+
+    if name in BUNDLED_MODELS:
+        reporter.info(f"{name}: bundled with pix2video ({what}), nothing to download.")
+        return True
+    if not is_hub_id(name):
+        reporter.info(f"{name}: a local path ({what}), nothing to download.")
+        return True
+    if not online:
+        cached = cached_model(name)
+        if cached is None:
+            return False
+        reporter.info(
+            f"{name}: in the cache ({format_size(cached.size)}, {cached.files} files; "
+            "not checked, the hub cannot be reached)."
+        )
+        return True
+    with reporter.live():
+        fetched = download_model(name, progress=reporter.download, verify=True)
+    reporter.info(_download_sentence(name, fetched))
+    return True
+
+
+def _download_sentence(name: str, fetched: ModelDownload) -> str:
+    """What a download did: all cached already, partly fetched, or fetched whole."""
+    from ..hub import format_size
+
+    size = format_size(fetched.total_bytes)
+    files = f"{len(fetched.files)} files checked"
+    if fetched.downloaded_bytes == 0 and fetched.present_bytes == fetched.total_bytes:
+        return f"{name}: already in the cache ({size}, {files})."
+    if fetched.present_bytes:
+        return (
+            f"{name}: downloaded {format_size(fetched.downloaded_bytes)}, "
+            f"{format_size(fetched.present_bytes)} were already there ({size}, {files})."
+        )
+    return f"{name}: downloaded {size} ({files})."
