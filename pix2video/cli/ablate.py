@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,12 @@ from .options import (
     size_option,
 )
 from .progress import Reporter
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..media.reader import Clip
 
 
 @click.command(context_settings={"show_default": True})
@@ -69,30 +76,9 @@ from .progress import Reporter
 @click.option("--save-frames", is_flag=True, help="Also write every variant's frames as PNG.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or table.")
 @click.option("--debug", is_flag=True, callback=set_debug, help="Full tracebacks and library logs.")
-def ablate(
-    input,
-    prompt,
-    source_prompt,
-    output,
-    variants,
-    model,
-    device,
-    dtype,
-    size,
-    start,
-    end,
-    stride,
-    max_frames,
-    steps,
-    guidance_scale,
-    seed,
-    clip_model,
-    captioner,
-    columns,
-    save_frames,
-    quiet,
-    debug,
-) -> None:
+def ablate(input, prompt, source_prompt, output, variants, model, device, dtype, size, start, end,
+           stride, max_frames, steps, guidance_scale, seed, clip_model, captioner, columns,
+           save_frames, quiet, debug) -> None:  # fmt: skip
     """Run the paper's ablations on one clip with the same seed and settings, and compare them.
 
     Variants: per-frame editing without injection or latent update (SDEdit-like), anchor
@@ -101,9 +87,7 @@ def ablate(
     Writes a table (rows = variants, columns = CLIP-Text, CLIP-Image, PixelMSE, masked
     PixelMSE, seconds per frame) and a contact sheet (rows = variants, columns = frames).
     """
-    from .. import media as video
-    from ..evaluation.ablation import run_ablation, save_ablation, select_variants
-    from ..settings import processing_size
+    from ..evaluation.ablation import ablation_table, run_ablation, save_ablation, select_variants
 
     chosen = select_variants([v.strip() for v in variants.split(",")] if variants else None)
     out_dir = Path(output).expanduser()
@@ -111,27 +95,11 @@ def ablate(
     reporter = Reporter(quiet=quiet, debug=debug)
     with quiet_libraries(debug):
         clip = read_frames(input, start, end, stride, max_frames)
-        width, height = video.fit_size(*clip.source_size, processing_size(size))
-        frames = video.resize_frames(clip.frames, (width, height))
+        frames = _processing_frames(clip, size)
         device_, dtype_ = resolve_device(device, dtype)
-        from ..evaluation.clip_score import ClipScorer
-        from ..pipelines.checkpoints import load_pipeline
-
-        if not debug:
-            silence_libraries()
-        pipe = load_pipeline(model, device_, dtype_)
-        scorer = ClipScorer(clip_model, device=str(device_))
+        pipe, scorer = _load_models(model, clip_model, device_, dtype_, debug)
         if source_prompt is None:
-            from ..models import resolve_captioner
-            from ..pipelines.caption import caption_frame
-
-            captioner = resolve_captioner(captioner, model)
-            source_prompt = caption_frame(clip.frames[0], captioner, str(device_))
-            if not source_prompt:
-                raise InputError(
-                    f"The captioner '{captioner}' gave an empty caption; pass --source-prompt."
-                )
-            reporter.info(f"Source prompt (caption of the first frame): {source_prompt!r}")
+            source_prompt = _caption_first_frame(clip, captioner, model, device_, reporter)
         with reporter.live():
             rows = run_ablation(
                 pipe,
@@ -147,7 +115,48 @@ def ablate(
             )
         paths = save_ablation(rows, out_dir, frames, columns=columns, save_frames=save_frames)
     if not quiet:
-        from ..evaluation.ablation import ablation_table
-
         click.echo(ablation_table(rows))
         click.echo(f"Wrote {paths['markdown']}, {paths['json']} and {paths['contact_sheet']}.")
+
+
+def _processing_frames(clip: Clip, size: str | int) -> list[np.ndarray]:
+    """The clip's frames at the processing size (`--size`), as every variant takes them."""
+    from .. import media as video
+    from ..settings import processing_size
+
+    width, height = video.fit_size(*clip.source_size, processing_size(size))
+    return video.resize_frames(clip.frames, (width, height))
+
+
+def _load_models(
+    model: str, clip_model: str, device: torch.device, dtype: torch.dtype, debug: bool
+):
+    """(diffusion pipeline, CLIP scorer), loaded once and shared by every variant."""
+    from ..evaluation.clip_score import ClipScorer
+    from ..pipelines.checkpoints import load_pipeline
+
+    if not debug:
+        silence_libraries()
+    pipe = load_pipeline(model, device, dtype)
+    scorer = ClipScorer(clip_model, device=str(device))
+    return pipe, scorer
+
+
+def _caption_first_frame(
+    clip: Clip, captioner: str, model: str, device: torch.device, reporter: Reporter
+) -> str:
+    """The source prompt when none is given: a caption of the first frame, said to the user.
+
+    An empty caption is an input error, since inversion needs a prompt that describes the clip.
+    """
+    from ..models import resolve_captioner
+    from ..pipelines.caption import caption_frame
+
+    captioner = resolve_captioner(captioner, model)
+    source_prompt = caption_frame(clip.frames[0], captioner, str(device))
+    if not source_prompt:
+        raise InputError(
+            f"The captioner '{captioner}' gave an empty caption; pass --source-prompt."
+        )
+    reporter.info(f"Source prompt (caption of the first frame): {source_prompt!r}")
+    return source_prompt
