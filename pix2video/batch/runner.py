@@ -289,45 +289,73 @@ def run_batch(
     except OSError as exc:
         raise InputError(f"Cannot create the output folder {out} ({exc.strerror or exc}).") from exc
     results, summary = out / RESULTS_NAME, out / SUMMARY_NAME
+    total, jobs_file = len(batch.jobs), str(batch.jobs_file)
     with _locked(out):
         try:
             _remove_stale_temporaries(out)
-            done = {
-                (r.get("output"), r.get("key")): r
-                for r in read_results(results)
-                if r.get("status") in ("ok", "skipped")
-            }
-            hashes: dict[str, str] = {}
-            records: list[dict[str, Any]] = []
-            pending: list[PendingJob] = []
-            for job in batch.jobs:
-                key = job_key(job, hashes)
-                earlier = done.get((job.name, key))
-                if _still_good(earlier, out / job.name, evaluation):
-                    records.append({**earlier, **_identity(job, key), "status": "skipped"})
-                else:
-                    pending.append(PendingJob(job, key))
-                    _make_folders(job)
+            records, pending = _skipped_and_pending(batch, results, evaluation)
             rewrite_results(results, records)
-            total, jobs_file = len(batch.jobs), str(batch.jobs_file)
             write_summary(summary, records, jobs_file, total)
             events.started(total, len(records), len(pending))
             if pending:
                 outcomes = backend.run(pending, evaluation, debug, events)
-                with contextlib.closing(outcomes):  # a backend's workers stop with the driver
-                    for item, outcome in outcomes:
-                        record = {**_identity(item.job, item.key), **outcome, "finished": _now()}
-                        record = _ordered(record)
-                        append_result(results, record)
-                        records.append(record)
-                        write_summary(summary, records, jobs_file, total)
-                        events.finished(record, _counts(records))
+                _record_outcomes(outcomes, records, batch, events)
         except BaseException:
             # a Ctrl-C can land inside an atomic write (summary.md, an output) before its
             # own cleanup runs; the workers have stopped, so what is left is stale
             _remove_stale_temporaries(out)
             raise
     return BatchOutcome(records, total, time.perf_counter() - tic, _counts(records))
+
+
+def _skipped_and_pending(
+    batch: Batch, results: Path, evaluation: Evaluation | None
+) -> tuple[list[dict[str, Any]], list[PendingJob]]:
+    """(skipped records, jobs to run): a job is skipped when an earlier record says it is done.
+
+    The jobs to run get their output folders here, before any of them starts.
+    """
+    done = {
+        (r.get("output"), r.get("key")): r
+        for r in read_results(results)
+        if r.get("status") in ("ok", "skipped")
+    }
+    hashes: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    pending: list[PendingJob] = []
+    for job in batch.jobs:
+        key = job_key(job, hashes)
+        earlier = done.get((job.name, key))
+        if _still_good(earlier, batch.out_dir / job.name, evaluation):
+            records.append({**earlier, **_identity(job, key), "status": "skipped"})
+        else:
+            pending.append(PendingJob(job, key))
+            _make_folders(job)
+    return records, pending
+
+
+def _record_outcomes(
+    outcomes: Iterator[tuple[PendingJob, dict[str, Any]]],
+    records: list[dict[str, Any]],
+    batch: Batch,
+    events: BatchEvents,
+) -> None:
+    """Record each job as the backend finishes it: a results line, the summary, an event.
+
+    Appends to `records` as it goes (the caller's list), so that an interruption still
+    leaves every finished job recorded and counted.
+    """
+    out = batch.out_dir
+    results, summary = out / RESULTS_NAME, out / SUMMARY_NAME
+    total, jobs_file = len(batch.jobs), str(batch.jobs_file)
+    with contextlib.closing(outcomes):  # a backend's workers stop with the driver
+        for item, outcome in outcomes:
+            record = {**_identity(item.job, item.key), **outcome, "finished": _now()}
+            record = _ordered(record)
+            append_result(results, record)
+            records.append(record)
+            write_summary(summary, records, jobs_file, total)
+            events.finished(record, _counts(records))
 
 
 def _still_good(
