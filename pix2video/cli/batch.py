@@ -8,6 +8,7 @@ commands always take the same options with the same checks and help.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,7 +17,7 @@ from click.core import ParameterSource
 from ..batch import Evaluation, LocalBackend, RayBackend, read_batch, run_batch
 from ..batch.jobs import is_output_option
 from ..batch.report import RESULTS_NAME, SUMMARY_NAME
-from ..batch.runner import BatchEvents
+from ..batch.runner import BatchEvents, BatchOutcome
 from ..quiet import quiet_libraries
 from ..settings import WORKER_FIELDS, EditSettings
 from .edit import edit as edit_command
@@ -170,17 +171,8 @@ def batch(
 
     Example: pix2video batch study.yaml -o results/ --backend ray --eval
     """
-    if backend == "local":
-        for name in ("ray_address", "cpus_per_worker", "workers"):
-            if ctx.params[name] is not None:
-                flag = "--" + name.replace("_", "-")
-                raise click.UsageError(f"{flag} needs --backend ray", ctx=ctx)
-    defaults = {
-        name: value
-        for name, value in edit_values.items()
-        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
-    }
-    plan = read_batch(jobs, out_dir, defaults)
+    _check_ray_options(ctx, backend)
+    plan = read_batch(jobs, out_dir, _given_defaults(ctx, edit_values))
     results = plan.out_dir / RESULTS_NAME
     STATE.interrupted_message = (
         f"Interrupted; finished jobs are recorded in {results}: re-run the same command to go on."
@@ -192,18 +184,46 @@ def batch(
     evaluation = Evaluation(clip_model) if evaluate else None
     with quiet_libraries(debug), reporter.live(), reporter.downloads():
         outcome = run_batch(plan, runner, _Events(reporter), evaluation, debug)
+    _report_outcome(outcome, plan.out_dir, reporter, quiet)
+    return outcome.exit_code
+
+
+def _check_ray_options(ctx: click.Context, backend: str) -> None:
+    """The Ray-only options are a usage error with the local backend (not silently ignored)."""
+    if backend == "local":
+        for name in ("ray_address", "cpus_per_worker", "workers"):
+            if ctx.params[name] is not None:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} needs --backend ray", ctx=ctx)
+
+
+def _given_defaults(ctx: click.Context, edit_values: dict[str, Any]) -> dict[str, Any]:
+    """The edit options given explicitly (command line or config file): defaults for every job.
+
+    Options left at their defaults stay out; the edit defaults fill them in last, after the
+    rows and the YAML ``defaults``, as for any option nobody set.
+    """
+    return {
+        name: value
+        for name, value in edit_values.items()
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    }
+
+
+def _report_outcome(outcome: BatchOutcome, out_dir: Path, reporter: Reporter, quiet: bool) -> None:
+    """The closing lines: the counts, the files written, and with --quiet the failures on stderr."""
     counts = outcome.counts
+    results = out_dir / RESULTS_NAME
     reporter.info(
         f"{outcome.total} jobs: {counts['ok']} ok, {counts['skipped']} skipped, "
         f"{counts['failed']} failed in {outcome.seconds:.1f} s "
         f"({outcome.unet_evaluations} UNet evaluations this run)."
     )
-    reporter.info(f"Wrote {results} and {plan.out_dir / SUMMARY_NAME}.")
+    reporter.info(f"Wrote {results} and {out_dir / SUMMARY_NAME}.")
     if counts["failed"] and quiet:
         click.echo(
             f"Error: {counts['failed']} of {outcome.total} jobs failed; see {results}.", err=True
         )
-    return outcome.exit_code
 
 
 __all__ = ["batch", "edit_option_defaults", "job_line"]
