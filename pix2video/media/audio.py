@@ -13,7 +13,7 @@ import av
 import numpy as np
 
 from ..errors import VideoError
-from .probe import _existing, _open_input, _reason
+from .probe import existing, open_input, reason
 
 _AAC_RATES = {7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200}
 
@@ -27,10 +27,10 @@ def read_audio_info(path: str | os.PathLike) -> dict | None:
     The duration is the container's (which excludes encoder priming and padding, e.g. AAC's
     1024-sample lead-in) when it records one, else measured by decoding (webm, ogg).
     """
-    path = _existing(path)
+    path = existing(path)
     if path.is_dir():
         return None
-    with _open_input(path) as container:
+    with open_input(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
@@ -43,9 +43,7 @@ def read_audio_info(path: str | os.PathLike) -> dict | None:
                 for frame in container.decode(stream):
                     samples += frame.samples
             except av.FFmpegError as exc:
-                raise VideoError(
-                    f"The audio of {path} cannot be decoded ({_reason(exc)})."
-                ) from exc
+                raise VideoError(f"The audio of {path} cannot be decoded ({reason(exc)}).") from exc
             duration = samples / rate if rate else 0.0
         return {
             "sample_rate": rate,
@@ -64,7 +62,7 @@ def _decode_audio_segment(
     that range. Silence is prepended where the audio starts after ``start`` so sample 0 of the
     result always lines up with ``start``.
     """
-    with _open_input(path) as container:
+    with open_input(path) as container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
@@ -117,7 +115,8 @@ def _decode_audio_segment(
     return np.ascontiguousarray(segment), rate, layout
 
 
-def _add_audio_stream(container, codec: str, audio: tuple[np.ndarray, int, str]):
+def add_audio_stream(container, codec: str, audio: tuple[np.ndarray, int, str]):
+    """An audio stream in `container` for `audio`, at a rate the codec accepts (else 48 kHz)."""
     samples, rate, layout = audio
     allowed = _OPUS_RATES if "opus" in codec else _AAC_RATES
     out_rate = rate if rate in allowed else 48000
@@ -127,7 +126,7 @@ def _add_audio_stream(container, codec: str, audio: tuple[np.ndarray, int, str])
     return stream
 
 
-class _AudioFeed:
+class AudioFeed:
     """Encodes the audio segment alongside the video so the file is interleaved by time.
 
     Audio starts at pts 0 (with the first frame) and is cut where the video ends, so the two
@@ -160,7 +159,8 @@ class _AudioFeed:
             self.container.mux(packet)
 
 
-def _audio_for_output(source: Path, start: float, end: float | None):
+def audio_for_output(source: Path, start: float, end: float | None):
+    """The audio of `source` between `start` and `end` for the output (None: a frame folder)."""
     if not source.exists():
         raise VideoError(f"The audio source {source} does not exist.")
     if not math.isfinite(start) or start < 0 or (end is not None and end <= start):

@@ -23,19 +23,19 @@ from ..errors import VideoError
 from .probe import (
     DEFAULT_FOLDER_FPS,
     IMAGE_EXTENSIONS,
-    _Decoder,
-    _existing,
-    _load_image,
-    _open_input,
-    _reason,
-    _stream_fps,
-    _to_rgb,
-    _upright_size,
-    _video_stream,
-    _warn_of_other_streams,
-    _warn_of_transparency,
+    Decoder,
+    existing,
     fps_fraction,
     list_image_files,
+    load_image,
+    open_input,
+    reason,
+    stream_fps,
+    to_rgb,
+    upright_size,
+    video_stream,
+    warn_of_other_streams,
+    warn_of_transparency,
 )
 from .reader import Clip, ClipReader
 from .seek import (
@@ -46,7 +46,7 @@ from .seek import (
     prime_decoder,
     stream_seconds,
 )
-from .selection import _beyond_error, _check_count, _select, parse_position
+from .selection import beyond_error, check_count, parse_position, select
 from .timing import folder_times, uneven_times
 
 
@@ -99,9 +99,9 @@ def open_clip(
     `_VideoReader`), otherwise the reader decodes from the start. ``seek=False`` always
     decodes from the first frame (slower, for comparison and as a last resort).
     """
-    path = _existing(path)
-    stride = _check_count(stride, "--stride")
-    max_frames = _check_count(max_frames, "--max-frames", allow_none=True)
+    path = existing(path)
+    stride = check_count(stride, "--stride")
+    max_frames = check_count(max_frames, "--max-frames", allow_none=True)
     start_pos = parse_position(start)
     end_pos = parse_position(end)
     if path.is_dir():
@@ -124,11 +124,11 @@ class _FolderReader(ClipReader):
             raise VideoError(
                 f"The folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})."
             )
-        sel = _select(start_pos, end_pos, stride, max_frames, fps)
+        sel = select(start_pos, end_pos, stride, max_frames, fps)
         if sel.start >= len(files):
-            raise _beyond_error(start_pos, len(files), fps)
+            raise beyond_error(start_pos, len(files), fps)
         stop = len(files) if sel.stop is None else min(sel.stop, len(files))
-        first = _load_image(files[sel.start])
+        first = load_image(files[sel.start])
         self.source_path, self.source_fps, self.has_audio = folder, fps, False
         self.stride, self.start_index = stride, sel.start
         self.source_size = (first.shape[1], first.shape[0])
@@ -143,7 +143,7 @@ class _FolderReader(ClipReader):
         w, h = self.source_size
         first_name = self._files[self.start_index].name
         for index in list(self._indices or ()):
-            frame = _load_image(self._files[index])
+            frame = load_image(self._files[index])
             if frame.shape[:2] != (h, w):
                 raise VideoError(
                     f"All images must have the same size, but {self._files[index].name} is "
@@ -156,7 +156,7 @@ class _PassState:
     """What one pass over a video has seen, for the report when it ends."""
 
     def __init__(self) -> None:
-        self.decoder: _Decoder | None = None  # the one used after a possible fall back
+        self.decoder: Decoder | None = None  # the one used after a possible fall back
         self.indices: list[int] = []  # selected frames yielded so far
         self.times: list[float | None] = []  # their presentation times, in seconds
         self.count = 0  # frames output before the current one, counting from frame 0
@@ -184,12 +184,12 @@ class _VideoReader(ClipReader):
         self._warned = False
         self._point: SeekPoint | None = None
         self._primed: tuple[_PassState, Iterator] | None = None
-        with _open_input(path) as container:
-            stream = _video_stream(container, path)
-            self.source_fps = _stream_fps(stream)
+        with open_input(path) as container:
+            stream = video_stream(container, path)
+            self.source_fps = stream_fps(stream)
             self.has_audio = bool(container.streams.audio)
             self._expected = stream.frames or 0
-            self._sel = _select(start_pos, end_pos, stride, max_frames, self.source_fps)
+            self._sel = select(start_pos, end_pos, stride, max_frames, self.source_fps)
             self.start_index = self._sel.start
             duration = stream_seconds(container, stream)
             self._estimate = self._expected or (
@@ -197,15 +197,15 @@ class _VideoReader(ClipReader):
             )
             if seek and self._sel.start >= SEEK_MIN_FRAMES:
                 self._point = find_seek_point(container, stream, path, self._sel.start)
-            _warn_of_other_streams(path, container)
+            warn_of_other_streams(path, container)
         state = _PassState()
         frames = self._selected_frames(state)
         first = next(frames, None)
         if first is None:
             self._finish_pass(state, stacklevel=3)  # raises: beyond the clip, no frames, ...
         assert first is not None
-        self.source_size = _upright_size(first[1])
-        _warn_of_transparency(path, first[1])
+        self.source_size = upright_size(first[1])
+        warn_of_transparency(path, first[1])
         self._primed = (state, _prepend([first], frames))
 
     def __length_hint__(self) -> int:
@@ -228,7 +228,7 @@ class _VideoReader(ClipReader):
             state, frames = primed  # the pass opening started, suspended at the first frame
         with contextlib.closing(frames):
             for index, frame in frames:
-                yield index, (_to_rgb(frame) if convert else frame)
+                yield index, (to_rgb(frame) if convert else frame)
         self._finish_pass(state, stacklevel)
 
     def _selected_frames(self, state: _PassState) -> Iterator[tuple[int, av.VideoFrame]]:
@@ -248,19 +248,19 @@ class _VideoReader(ClipReader):
         """``(index, frame)`` from the seek point (or frame 0) to the end of the stream."""
         point = self._point
         if point is not None:
-            with _open_input(self.source_path) as container:
+            with open_input(self.source_path) as container:
                 stream = _decoding_stream(container)
                 prime_decoder(container, stream)
-                state.decoder = _Decoder(container, stream)
+                state.decoder = Decoder(container, stream)
                 frames = frames_from_point(container, stream, state.decoder, point)
                 if frames is not None:
                     for offset, frame in enumerate(frames):
                         yield point.index + offset, frame
                     return
             self._point = None  # the seek did not land as planned: from now on, from frame 0
-        with _open_input(self.source_path) as container:
+        with open_input(self.source_path) as container:
             stream = _decoding_stream(container)
-            state.decoder = _Decoder(container, stream)
+            state.decoder = Decoder(container, stream)
             yield from enumerate(state.decoder)
 
     def _finish_pass(self, state: _PassState, stacklevel: int) -> None:
@@ -271,7 +271,7 @@ class _VideoReader(ClipReader):
         if problem is not None or stopped_early:
             if not indices and count == 0 and problem is not None:
                 raise VideoError(
-                    f"{path} is damaged: no frame could be decoded ({_reason(problem)})."
+                    f"{path} is damaged: no frame could be decoded ({reason(problem)})."
                 ) from problem
             if indices and not self._warned:
                 self._warned = True
@@ -285,7 +285,7 @@ class _VideoReader(ClipReader):
         if not indices:
             if count == 0:
                 raise VideoError(f"{path} has no video frames.")
-            raise _beyond_error(self._start_pos, count, self.source_fps)
+            raise beyond_error(self._start_pos, count, self.source_fps)
         self._indices = indices
         self._times = uneven_times(state.times, self.fps)
 

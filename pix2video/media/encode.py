@@ -18,9 +18,9 @@ from PIL import Image
 
 from ..atomic import atomic_path
 from ..errors import VideoError
-from .audio import _add_audio_stream, _audio_for_output, _AudioFeed
-from .probe import _reason, fps_fraction
-from .sizes import _as_rgb_frame
+from .audio import AudioFeed, add_audio_stream, audio_for_output
+from .probe import fps_fraction, reason
+from .sizes import as_rgb_frame
 
 # Output container by extension: (FFmpeg muxer, video encoder, audio encoder or None).
 VIDEO_EXTENSIONS: dict[str, tuple[str, str, str | None]] = {
@@ -92,13 +92,13 @@ def write_video(
     first = next(iterator, None)
     if first is None:
         raise VideoError(f"Cannot write {path}: there are no frames to write.")
-    first = _as_rgb_frame(first, 0, None)
+    first = as_rgb_frame(first, 0, None)
 
     audio = None
     if audio_from is not None and not folder_output:
         audio_codec = VIDEO_EXTENSIONS[path.suffix.lower()][2]
         if audio_codec is not None:
-            audio = _audio_for_output(Path(audio_from), audio_start, audio_end)
+            audio = audio_for_output(Path(audio_from), audio_start, audio_end)
 
     if folder_output:
         return _write_png_folder(path, first, iterator)
@@ -131,10 +131,10 @@ def _write_png_folder(path: Path, first: np.ndarray, rest: Iterator) -> Path:
             shape = first.shape[:2]
             Image.fromarray(first).save(tmp / "000000.png", compress_level=4)
             for i, frame in enumerate(rest, start=1):
-                arr = _as_rgb_frame(frame, i, shape)
+                arr = as_rgb_frame(frame, i, shape)
                 Image.fromarray(arr).save(tmp / f"{i:06d}.png", compress_level=4)
     except OSError as exc:
-        raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
+        raise VideoError(f"Cannot write {path} ({reason(exc)}).") from exc
     return path
 
 
@@ -168,7 +168,7 @@ def _write_container(path, first, rest, timing: _Timing, crf: int, audio) -> Pat
         with atomic_path(path) as tmp:
             _encode(tmp, muxer, video_codec, audio_codec, first, rest, timing, crf, audio)
     except (av.FFmpegError, OSError) as exc:
-        raise VideoError(f"Cannot write {path} ({_reason(exc)}).") from exc
+        raise VideoError(f"Cannot write {path} ({reason(exc)}).") from exc
     return path
 
 
@@ -181,11 +181,11 @@ def _encode(tmp, muxer, video_codec, audio_codec, first, rest, timing, crf, audi
         stream = _add_video_stream(container, video_codec, first, timing, crf)
         feed = None
         if audio is not None and audio_codec is not None:
-            feed = _AudioFeed(container, _add_audio_stream(container, audio_codec, audio), audio)
+            feed = AudioFeed(container, add_audio_stream(container, audio_codec, audio), audio)
         shape = first.shape[:2]
         # Frames are validated as they come, so a bad frame fails the write, not a later read.
         frames = itertools.chain(
-            [first], (_as_rgb_frame(f, i, shape) for i, f in enumerate(rest, start=1))
+            [first], (as_rgb_frame(f, i, shape) for i, f in enumerate(rest, start=1))
         )
         count = 0
         for count, arr in enumerate(frames, start=1):

@@ -76,7 +76,8 @@ def _natural_key(path: Path) -> tuple:
     return key + ((0, 0, path.name),)
 
 
-def _existing(path: str | os.PathLike) -> Path:
+def existing(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or a `VideoError` saying that it does not exist."""
     path = Path(path)
     if not path.exists():
         raise VideoError(f"The input {path} does not exist.")
@@ -108,7 +109,7 @@ class DecodeStats:
 DECODE_STATS = DecodeStats()
 
 
-def _load_image(path: Path) -> np.ndarray:
+def load_image(path: Path) -> np.ndarray:
     """Load any Pillow-readable image as upright 8-bit RGB."""
     DECODE_STATS.frames_decoded += 1
     DECODE_STATS.frames_converted += 1
@@ -123,22 +124,24 @@ def _load_image(path: Path) -> np.ndarray:
         raise VideoError(f"Cannot read the image {path} ({exc}).") from exc
 
 
-def _open_input(path: Path) -> av.container.InputContainer:
+def open_input(path: Path) -> av.container.InputContainer:
+    """`path` opened with PyAV; every way of failing is one `VideoError` sentence."""
     try:
         return av.open(str(path), mode="r")
     except PermissionError as exc:
         raise VideoError(f"{path} cannot be read (permission denied).") from exc
     except av.FFmpegError as exc:
-        raise VideoError(f"{path} is not a video FFmpeg can read ({_reason(exc)}).") from exc
+        raise VideoError(f"{path} is not a video FFmpeg can read ({reason(exc)}).") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise VideoError(f"{path} cannot be opened ({exc}).") from exc
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """The short cause of `exc` for an error sentence (its strerror, message or type)."""
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def _stream_rate(stream) -> Fraction | None:
+def stream_rate(stream) -> Fraction | None:
     """The container's frame rate, exactly (None when it has no plausible one)."""
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate and 0 < float(rate) < 1000:
@@ -146,9 +149,9 @@ def _stream_rate(stream) -> Fraction | None:
     return None
 
 
-def _stream_fps(stream) -> float:
+def stream_fps(stream) -> float:
     """Frame rate from the container, or from the duration when the container has none."""
-    rate = _stream_rate(stream)
+    rate = stream_rate(stream)
     if rate is not None:
         return float(rate)
     if stream.frames and stream.duration and stream.time_base:
@@ -160,12 +163,13 @@ def _stream_fps(stream) -> float:
 
 def _first_frame_rotation(container, stream) -> int:
     """Display rotation (degrees) of the first frame; phones store portrait video sideways."""
-    for frame in _Decoder(container, stream):
+    for frame in Decoder(container, stream):
         return _quarter_turns(frame) * 90
     return 0
 
 
-def _video_stream(container, path: Path):
+def video_stream(container, path: Path):
+    """The first video stream of `container`, or a `VideoError` when it has none."""
     if not container.streams.video:
         raise VideoError(f"{path} has no video stream.")
     return container.streams.video[0]
@@ -179,13 +183,13 @@ def _quarter_turns(frame: av.VideoFrame) -> int:
         return 0
 
 
-def _upright_size(frame: av.VideoFrame) -> tuple[int, int]:
-    """(width, height) of the frame as `_to_rgb` returns it, without converting it."""
+def upright_size(frame: av.VideoFrame) -> tuple[int, int]:
+    """(width, height) of the frame as `to_rgb` returns it, without converting it."""
     w, h = frame.width, frame.height
     return (h, w) if _quarter_turns(frame) % 2 else (w, h)
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """Any pixel format (yuv420p, yuv444p, pal8, 10-bit...) to upright RGB24."""
     DECODE_STATS.frames_converted += 1
     rgb = frame.to_ndarray(format="rgb24")
@@ -195,7 +199,7 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def _warn_of_other_streams(path: Path, container) -> None:
+def warn_of_other_streams(path: Path, container) -> None:
     """The edit carries the first video stream only: say so where there are more."""
     others = len(container.streams.video) - 1
     if others:
@@ -206,7 +210,7 @@ def _warn_of_other_streams(path: Path, container) -> None:
         )
 
 
-def _warn_of_transparency(path: Path, frame: av.VideoFrame) -> None:
+def warn_of_transparency(path: Path, frame: av.VideoFrame) -> None:
     """The output is opaque: say so where the first frame has transparent pixels (a format
     with alpha alone is not enough: GIF decodes to BGRA, almost always opaque)."""
     name = frame.format.name
@@ -221,7 +225,7 @@ def _warn_of_transparency(path: Path, frame: av.VideoFrame) -> None:
             )
 
 
-class _Decoder:
+class Decoder:
     """Decodes packet by packet so one damaged packet costs one frame, not the whole clip.
 
     ``errors`` counts packets that failed to decode; ``fatal`` holds the error that stopped
@@ -272,14 +276,14 @@ def probe(path: str | os.PathLike, folder_fps: float = DEFAULT_FOLDER_FPS) -> di
     when it has one (mp4, avi), otherwise it is estimated from the duration (mkv, webm);
     `read_clip` gives the exact count.
     """
-    path = _existing(path)
+    path = existing(path)
     if path.is_dir():
         files = list_image_files(path)
         if not files:
             raise VideoError(
                 f"The folder {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})."
             )
-        first = _load_image(files[0])
+        first = load_image(files[0])
         fps = float(fps_fraction(folder_fps))
         return {
             "fps": fps,
@@ -289,9 +293,9 @@ def probe(path: str | os.PathLike, folder_fps: float = DEFAULT_FOLDER_FPS) -> di
             "has_audio": False,
             "duration": len(files) / fps,
         }
-    with _open_input(path) as container:
-        stream = _video_stream(container, path)
-        fps = _stream_fps(stream)
+    with open_input(path) as container:
+        stream = video_stream(container, path)
+        fps = stream_fps(stream)
         duration = None
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import av
 
-from .probe import DECODE_STATS, _Decoder, _stream_rate
+from .probe import DECODE_STATS, Decoder, stream_rate
 
 # Below this start index, decoding from the first frame costs about what a seek would (the
 # seek lands on the keyframe before the start, and GOPs are typically 1 to 10 s long).
@@ -85,7 +85,7 @@ def find_seek_point(container, stream, path: Path, target: int) -> SeekPoint | N
         return None  # nothing decodes: the first pass reports it
     origin = first.pts
     del first
-    rate = _stream_rate(stream)
+    rate = stream_rate(stream)
     if rate is not None and origin is not None and _constant_rate(container, stream, rate):
         trusted, point = _seek_by_timestamps(container, stream, target, rate, origin)
         if trusted:
@@ -117,7 +117,7 @@ def _seek_by_timestamps(
             return True, None
         point: SeekPoint | None = None
         previous = None
-        for frame in _Decoder(container, stream):
+        for frame in Decoder(container, stream):
             if frame.is_corrupt:
                 return True, None  # frames decoded after a seek are not whole: no seeking
             index = _timestamp_index(frame, origin, rate)
@@ -153,7 +153,7 @@ def _seek_by_scan(container, stream, path: Path, target: int) -> SeekPoint | Non
             seek_video(container, stream, seek_to)
         except _SEEK_ERRORS:
             return None
-        first = next(iter(_Decoder(container, stream)), None)
+        first = next(iter(Decoder(container, stream)), None)
         if first is None:
             continue  # past the end (some demuxers land late): seek further back
         if first.key_frame and first.pts in ranks:
@@ -173,7 +173,7 @@ def prime_decoder(container, stream) -> av.VideoFrame | None:
     (x264, 4:4:4) decode as flat green frames, with no error. A seek flushes the decoder's
     pictures but keeps what it learned.
     """
-    return next(iter(_Decoder(container, stream)), None)
+    return next(iter(Decoder(container, stream)), None)
 
 
 def seek_video(container, stream, pts: int) -> None:
@@ -182,7 +182,7 @@ def seek_video(container, stream, pts: int) -> None:
     container.seek(int(pts), stream=stream, backward=True, any_frame=False)
 
 
-def frames_from_point(container, stream, decoder: _Decoder, point: SeekPoint):
+def frames_from_point(container, stream, decoder: Decoder, point: SeekPoint):
     """Frames from the seek point on, or None unless the first one is exactly that keyframe."""
     try:
         seek_video(container, stream, point.seek_to)

@@ -91,7 +91,8 @@ def _position_to_index(pos: tuple[str, float], fps: float) -> int:
     return max(0, math.ceil(pos[1] * fps - 1e-6))
 
 
-def _check_count(value: int | None, name: str, allow_none: bool = False) -> int | None:
+def check_count(value: int | None, name: str, allow_none: bool = False) -> int | None:
+    """`value` as an int of at least 1 (or None with `allow_none`); `name` is the option."""
     if value is None and allow_none:
         return None
     try:
@@ -118,7 +119,8 @@ class _Selection:
         return self.stop is not None and index >= self.stop
 
 
-def _select(start_pos, end_pos, stride: int, max_frames: int | None, fps: float) -> _Selection:
+def select(start_pos, end_pos, stride: int, max_frames: int | None, fps: float) -> _Selection:
+    """The `_Selection` that --start, --end, --stride and --max-frames make at `fps`."""
     start = _position_to_index(start_pos, fps) if start_pos else 0
     stop = _position_to_index(end_pos, fps) if end_pos else None
     if stop is not None and start >= stop:
@@ -132,7 +134,8 @@ def _select(start_pos, end_pos, stride: int, max_frames: int | None, fps: float)
     return _Selection(start, stop, stride)
 
 
-def _beyond_error(start_pos, count: int, fps: float) -> VideoError:
+def beyond_error(start_pos, count: int, fps: float) -> VideoError:
+    """The error for a --start past the last of `count` frames."""
     return VideoError(
         f"--start {_describe(start_pos)} is beyond the clip's {count} frames / {count / fps:.2f} s."
     )

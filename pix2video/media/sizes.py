@@ -72,7 +72,7 @@ def _round_size(n: int) -> int:
     return max(MIN_SIDE, int(math.floor(n / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE)
 
 
-def _as_rgb_frame(frame, index: int, shape: tuple[int, int] | None) -> np.ndarray:
+def as_rgb_frame(frame, index: int, shape: tuple[int, int] | None) -> np.ndarray:
     """Validate one output frame: HxWx3 uint8 (grey HxW and RGBA are converted)."""
     arr = np.asarray(frame)
     if arr.dtype != np.uint8:
@@ -107,7 +107,7 @@ def resize_frames(frames: Iterable[np.ndarray], size: tuple[int, int]) -> list[n
         raise VideoError(f"Invalid size {w}x{h}: width and height must be positive.")
     out = []
     for i, frame in enumerate(frames):
-        arr = _as_rgb_frame(frame, i, None)
+        arr = as_rgb_frame(frame, i, None)
         if arr.shape[:2] == (h, w):
             out.append(arr)
             continue
@@ -128,7 +128,7 @@ def side_by_side(left: list[np.ndarray], right: list[np.ndarray]) -> list[np.nda
         )
     out = []
     for i, (a, b) in enumerate(zip(left, right, strict=True)):
-        a, b = _as_rgb_frame(a, i, None), _as_rgb_frame(b, i, None)
+        a, b = as_rgb_frame(a, i, None), as_rgb_frame(b, i, None)
         height = b.shape[0]
         if a.shape[0] != height:
             width = max(2, 2 * round(a.shape[1] * height / a.shape[0] / 2))
