@@ -27,11 +27,12 @@ from PIL import Image
 
 from pix2video import cli
 from pix2video.cli.errors import INTERRUPTED
+from pix2video.core.options import ATTEND_MODES
 from pix2video.errors import InputError
 from pix2video.job import EditResult, edit_clip
 from pix2video.media import probe, read_audio_info, read_clip
 from pix2video.models import DEFAULT_MODEL
-from pix2video.settings import ATTEND_MODES, EditSettings
+from pix2video.settings import EditSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"

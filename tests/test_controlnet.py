@@ -15,8 +15,8 @@ from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetP
 from PIL import Image
 
 from pix2video.errors import InputError
-from pix2video.pipelines.backbone import reference_scheduler
 from pix2video.pipelines.control import canny_image, depth_image
+from pix2video.pipelines.scheduler import reference_scheduler
 from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
 PROMPT, SOURCE = "a red sports car", "a swan on a lake"

@@ -20,7 +20,7 @@ from PIL import Image
 from test_job import generated_clip
 
 from pix2video import EditSettings, edit_clip
-from pix2video.core.editing import trajectory_rows
+from pix2video.core.edit_loop import trajectory_rows
 from pix2video.errors import EditCancelled
 from pix2video.job import PipelineCache
 from pix2video.job.frame_store import BytesTracker, FrameArrays, Scratch

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pix2video.pipelines.sd2_depth import default_inversion_batch
+from pix2video.pipelines.frame_batch import default_inversion_batch
 
 TOL_INVERTED = 5e-3  # the reference's tolerance for x_T (../shared/reference/README.md)
 FRAMES = 2

@@ -18,11 +18,11 @@ from PIL import Image
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
+from pix2video.core.inversion import source_trajectory
 from pix2video.errors import EditCancelled
 from pix2video.job import PipelineCache
 from pix2video.media import fit_size, read_clip, resize_frames
 from pix2video.pipelines.masks import binarize, composite, latent_mask, mask_alpha
-from pix2video.pipelines.sd2_depth import source_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT / "examples" / "cockatoo.mp4"

@@ -22,8 +22,8 @@ from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.errors import EditCancelled
 from pix2video.job import EditJob, PipelineCache
-from pix2video.pipelines.backbone import reference_scheduler
 from pix2video.pipelines.control import canny_image, depth_image
+from pix2video.pipelines.scheduler import reference_scheduler
 from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline, pack_text, unpack_text
 
 PROMPT, SOURCE = "a red sports car", "a swan on a lake"

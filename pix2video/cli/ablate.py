@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..core.options import MAX_STEPS
 from ..errors import InputError
 from ..job import check_writable_folder, resolve_device
 from ..quiet import quiet_libraries, silence_libraries
-from ..settings import MAX_STEPS
 from .errors import set_debug
 from .options import (
     DEFAULTS,

@@ -6,16 +6,10 @@ from typing import Any
 
 import click
 
+from ..core.options import ANCHORS, ATTEND_MODES, MAX_STEPS
 from ..job import EditResult, edit_clip
 from ..quiet import quiet_libraries
-from ..settings import (
-    ANCHORS,
-    ATTEND_MODES,
-    FEATURE_STORE_DTYPES,
-    MAX_STEPS,
-    WORKER_BACKENDS,
-    EditSettings,
-)
+from ..settings import FEATURE_STORE_DTYPES, WORKER_BACKENDS, EditSettings
 from .errors import INTERRUPTED_NO_CACHE, STATE
 from .options import (
     backbone_options,

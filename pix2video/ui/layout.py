@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from ..settings import ANCHORS, ATTEND_MODES, EditSettings
+from ..core.options import ANCHORS, ATTEND_MODES
+from ..settings import EditSettings
 from .form import FORM_FIELDS
 from .texts import SOURCE_PLACEHOLDER
 
