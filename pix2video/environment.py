@@ -116,7 +116,8 @@ def models() -> Section:
     """The hub (reachable?), its local cache, and the bundled models."""
     from huggingface_hub import constants
 
-    from .hub import cached_models, endpoint, format_size, hub_reachable, offline_mode
+    from .hub import endpoint, hub_reachable, offline_mode
+    from .hub_cache import cached_models, format_size
     from .models import BUNDLED_MODELS
 
     if offline_mode():

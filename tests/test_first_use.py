@@ -85,7 +85,7 @@ def standin():
 
 
 def test_download_shows_progress_checks_files_and_second_call_finds_them(standin, tmp_path):
-    from pix2video.hub import format_size
+    from pix2video.hub_cache import format_size
 
     env = hub_env(tmp_path, standin.url)
     size = format_size(
@@ -169,7 +169,7 @@ def test_interrupted_download_resumes_where_it_stopped(standin, tmp_path):
 def test_download_offline_says_what_is_cached_and_what_is_missing(standin, tmp_path):
     online = pix2video(["download", "tiny/blip"], hub_env(tmp_path, standin.url))
     assert online.returncode == 0, online.stderr
-    from pix2video.hub import format_size
+    from pix2video.hub_cache import format_size
 
     on_disk = format_size(sum(p.stat().st_size for p in blobs(tmp_path, "tiny/blip").iterdir()))
     offline_env = hub_env(tmp_path, closed_port_url())

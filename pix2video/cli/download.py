@@ -92,7 +92,8 @@ def _get_model(name: str, what: str, online: bool, reporter: Reporter) -> bool:
     The caller gathers the missing ones into one error at the end, so that an offline
     run still lists every model the cache does hold.
     """
-    from ..hub import cached_model, download_model, format_size, is_hub_id
+    from ..hub import download_model, is_hub_id
+    from ..hub_cache import cached_model, format_size
     from ..models import BUNDLED_MODELS
 
     if name in BUNDLED_MODELS:
@@ -118,7 +119,7 @@ def _get_model(name: str, what: str, online: bool, reporter: Reporter) -> bool:
 
 def _download_sentence(name: str, fetched: ModelDownload) -> str:
     """What a download did: all cached already, partly fetched, or fetched whole."""
-    from ..hub import format_size
+    from ..hub_cache import format_size
 
     size = format_size(fetched.total_bytes)
     files = f"{len(fetched.files)} files checked"
