@@ -1,5 +1,5 @@
 """Joining or starting Ray, for every part that runs on it (`batch --backend ray`, one clip's
-workers in `job.workers`), and what both need to know about the cluster's nodes: how many
+workers in `job.chain_driver`), and what both need to know about the cluster's nodes: how many
 workers of what shape fit (`worker_shape`), where a worker runs, whether its node is still
 alive, a message queue that no other node's loss can take away. Ray is imported only when
 one of them runs.

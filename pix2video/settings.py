@@ -58,7 +58,7 @@ SEQUENCE_FIELDS: tuple[str, ...] = ("controlnet", "control", "control_scale", "l
 WORKER_BACKENDS: tuple[str, ...] = ("local", "ray")
 """Where the workers of one clip run: processes on this machine, or Ray actors."""
 WORKER_FIELDS: tuple[str, ...] = ("workers", "devices", "backend", "ray_address", "cpus_per_worker")
-"""Options that split one clip across workers (`job.workers`); they never change the result."""
+"""Options that split one clip across workers (`job.chain_driver`); they never change the result."""
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 

@@ -1,4 +1,4 @@
-"""One clip split across workers, end to end (`--workers`, `--backend ray`; `job.workers`).
+"""One clip split across workers, end to end (`--workers`, `--backend ray`; `job.chain_driver`).
 
 The one-process baseline runs with one torch thread, as each of two CPU workers does on this
 2-core machine: the same kernels on the same shapes, so a split edit equals it bit for bit

@@ -6,7 +6,7 @@ Each stage is a function of its own module that takes what the previous ones ret
 `keys` (cache keys), `latents` (inversion and editing), `output` (decoding and writing).
 `JobContext` carries what every stage may use (settings, callbacks, cache, clocks).
 `preparation` runs everything before the per-frame stages; split across workers, depth,
-inversion and editing run in `workers` instead.
+inversion and editing run in `chain_driver` instead.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class EditJob:
         ctx, s = self.ctx, self.settings
         split = s.split_across_workers
         if split:
-            from .workers import check_workers
+            from .chain_driver import check_workers
 
             check_workers(s)  # in seconds, before any model is loaded
         p = self.prepare(load_model=not split)  # split: the workers load it, and decode
@@ -118,7 +118,7 @@ class EditJob:
         inverted, decode = None, None
         tic = time.perf_counter()
         if final is None and split:
-            from .workers import edit_on_workers  # depth, inversion, editing, decoding, split
+            from .chain_driver import edit_on_workers  # depth, inversion, editing, decoding, split
 
             final, inverted, frames = edit_on_workers(ctx, p, result)
             decode = frames.read

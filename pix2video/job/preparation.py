@@ -3,7 +3,7 @@
 Checks the paths, reads the clip (one pass), makes its conditioning, loads the model, encodes
 the prompts (captioning the anchor frame if needed), prepares a local edit's masks and the
 cache keys, and hands all of it on as a `PreparedEdit`. The job (`edit_job`) runs it once; so
-does each worker of a clip split across workers (`worker`), for its own model and frames.
+does each worker of a clip split across workers (`chain_worker`), for its own model and frames.
 The driver of those workers prepares without the model (`load_model=False`): the workers
 load it on their devices, and a second copy on a worker's GPU may not fit.
 """

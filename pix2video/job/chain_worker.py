@@ -1,7 +1,7 @@
 """One worker of a clip split across workers: its frames' depth and inversion, then its runs
 of the frame chain (`core.frame_chain`), in a process of its own.
 
-The driver (`workers`) starts one per device (a local process or a Ray actor) with a
+The driver (`chain_driver`) starts one per device (a local process or a Ray actor) with a
 `WorkerTask`. The worker opens the clip and loads the model like any job, computes depth
 (or control images) and inversion for its own frames only (cached per frame, as always),
 joins the workers' `torch.distributed` process group and edits its positions, exchanging
@@ -153,7 +153,7 @@ def _edit_part(task: WorkerTask, outbox):
 
 
 def _stats(result, store, evaluations: int, decoded: int) -> dict:
-    """What the driver adds up from each worker (`workers.edit_on_workers`)."""
+    """What the driver adds up from each worker (`chain_driver.edit_on_workers`)."""
     counts = store.exchange.counts
     return {
         "depth_cached": result.depth_cached,

@@ -3,7 +3,7 @@
 The driver is the job: it has checked the input, resolved the source prompt and the cache
 keys (`EditJob.prepare`), and it writes the output. Here it splits the clip's positions
 into runs of consecutive positions dealt to the workers in turn (`core.frame_chain.
-ChainSplit.dealt`, one UNet call long), starts the workers (`worker`: a local process per
+ChainSplit.dealt`, one UNet call long), starts the workers (`chain_worker`: a local process per
 device, or a Ray actor per GPU or per `--cpus-per-worker` CPUs), and
 supervises them: it adds up their progress, puts their step checkpoints together and saves
 them to its cache as a one-process edit does (the same key: a split edit resumes a
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import EditCancelled, Pix2VideoError
 from ..ray_cluster import connect, driver_queue, import_ray, this_node, worker_shape
+from .chain_worker import WorkerTask, run_worker
 from .context import JobContext
 from .latents import checkpointer, latent_shape, resume_point
 from .results import EditResult
-from .worker import WorkerTask, run_worker
 from .worker_frames import DecodedFrames
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def edit_on_workers(
 
 
 def _add_up(result: EditResult, stats: list[dict], nodes: list[str]) -> None:
-    """The result's counts: the workers' `worker._stats`, summed (peaks: the largest)."""
+    """The result's counts: the workers' `chain_worker._stats`, summed (peaks: the largest)."""
     result.workers = len(stats)
     result.worker_nodes = list(nodes)
     for name in ("depth_cached", "depth_computed", "inversion_cached", "inversion_computed",
@@ -367,7 +367,7 @@ class LocalWorkers:
 
 
 class ChainWorkerActor:
-    """A Ray actor running one `worker.run_worker` (kept apart so Ray can restart none)."""
+    """A Ray actor running one `chain_worker.run_worker` (kept apart so Ray can restart none)."""
 
     def address(self) -> str:
         """A rendezvous on this actor's node, for the process group (rank 0 hosts it)."""
