@@ -4,7 +4,7 @@ A mask says where the edit goes (white) and what must stay exactly as it was (bl
 acts twice (blended latent diffusion, Avrahami et al. 2022/2023):
 
 1. in the latent loop, after every step, the latent outside the *latent mask* is replaced by
-   the frame's own DDIM-inversion latent at the same noise level (`pipeline.edit`), so the
+   the frame's own DDIM-inversion latent at the same noise level (`edit_loop.MaskBlend`), so the
    background follows the source and the edited region grows into it seamlessly;
 2. after decoding, the frame is composited with the source frame through the *alpha*
    (the mask grown by `dilate` pixels, then softened over `feather` pixels), so every pixel
