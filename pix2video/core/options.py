@@ -103,6 +103,7 @@ class EditOptions:
             check_choice("feature_store_dtype", self.feature_store_dtype, FEATURE_STORE_DTYPES)
         if self.feature_store_device is not None:
             object.__setattr__(self, "feature_store_device", str(self.feature_store_device))
+        self.guidance_targets  # noqa: B018 - checks the target (a malformed one even when off)
         if self.schedule == "step" and self.frame_major:
             raise InputError(FUTURE_TARGET_NEEDS_FRAME_ORDER)
 
