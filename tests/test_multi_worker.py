@@ -145,6 +145,7 @@ def test_split_edit_found_cached_is_decoded_by_the_driver_alone(tmp_path, mask_f
     assert output_frames(s.output) == output_frames(baseline.output)
 
 
+@pytest.mark.integration
 def test_two_ray_workers_from_the_cli(tmp_path, mask_file, one_process, report_measurement):
     _, expected = one_process
     s = settings(tmp_path, mask_file)
@@ -178,6 +179,7 @@ def _wait_for_checkpoint(cache: Path, process: subprocess.Popen, newer_than: flo
     raise AssertionError("no editing checkpoint appeared")
 
 
+@pytest.mark.integration
 def test_ctrl_c_then_a_lost_worker_end_as_an_uninterrupted_edit(tmp_path, mask_file):
     """Ctrl-C stops every worker and keeps the cache; the same command then resumes, loses a
     worker (SIGKILL) after another step, restarts on the one that remains, and its result
