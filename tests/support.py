@@ -58,16 +58,25 @@ def same_frames(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def make_frames(n: int, height: int = 64, width: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """`n` synthetic frames with structure (a moving wave) and a little noise: enough texture
-    for edges, depth and attention to differ between frames; the same for the same seed."""
+def make_frames(
+    n: int,
+    height: int = 64,
+    width: int = 64,
+    seed: int = 0,
+    amplitude: float = 90,
+    periods: tuple[float, float] = (6.0, 8.0),
+    noise: int = 10,
+) -> list[np.ndarray]:
+    """`n` synthetic frames: a wave of `amplitude` grey levels (x and y `periods` in pixels)
+    moving 3 px a frame, plus uniform noise of +-`noise`: enough texture for edges, depth
+    and attention to differ between frames; the same frames for the same arguments."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     frames = []
     for i in range(n):
-        wave = 90 * np.sin((xx + 3 * i) / 6.0) * np.cos(yy / 8.0)
-        noise = rng.integers(-10, 10, (height, width, 3))
-        frames.append((120 + wave[..., None] + noise).clip(0, 255).astype(np.uint8))
+        wave = amplitude * np.sin((xx + 3 * i) / periods[0]) * np.cos(yy / periods[1])
+        jitter = rng.integers(-noise, noise, (height, width, 3))
+        frames.append((120 + wave[..., None] + jitter).clip(0, 255).astype(np.uint8))
     return frames
 
 

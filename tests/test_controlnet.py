@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
 from PIL import Image
+from support import make_frames
 
 from pix2video.errors import InputError
 from pix2video.pipelines.backbone import reference_scheduler
@@ -21,17 +22,6 @@ from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
 PROMPT, SOURCE = "a red sports car", "a swan on a lake"
 STEPS = 3
-
-
-def make_frames(n: int, height: int = 64, width: int = 64, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    frames = []
-    for i in range(n):
-        wave = 90 * np.sin((xx + 3 * i) / 6.0) * np.cos(yy / 8.0)
-        noise = rng.integers(-10, 10, (height, width, 3))
-        frames.append((120 + wave[..., None] + noise).clip(0, 255).astype(np.uint8))
-    return frames
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 from hub_standin import COMMIT, StandInHub, wait_until
+from support import COCKATOO
 
 from pix2video.models import BUNDLED_MODELS
 
 TINY_BLIP = BUNDLED_MODELS["tiny-blip"]
 BLIP = "Salesforce/blip-image-captioning-base"
-COCKATOO = Path(__file__).resolve().parents[1] / "examples" / "cockatoo.mp4"
 MiB = 1 << 20
 
 

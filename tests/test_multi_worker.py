@@ -22,14 +22,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from support import cockatoo_settings
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.job import PipelineCache
 from pix2video.media import read_clip
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
 FRAMES, STEPS, SIZE = 7, 4, "64"
 TOLERANCE = 1e-5
 
@@ -47,22 +46,11 @@ def mask_file(tmp_path_factory) -> Path:
 def settings(folder: Path, mask: Path, **changes) -> EditSettings:
     """A local edit, anchor last, guided: the modes a split must get right together."""
     folder.mkdir(parents=True, exist_ok=True)
-    return EditSettings(
-        input=COCKATOO,
-        prompt="a cockatoo made of blue crystal",
-        output=folder / "out.mp4",
-        source_prompt="a white cockatoo",
-        model="tiny",
-        size=SIZE,
-        max_frames=FRAMES,
-        steps=STEPS,
-        dtype="float32",  # compared with float32 pipelines
-        mask=mask,
-        anchor="last",
-        cache_dir=folder / "cache",
-        save_latents=folder / "latents",
-        checkpoint_interval=0,
-    ).replace(**changes)
+    base = cockatoo_settings(
+        folder, output=folder / "out.mp4", size=SIZE, max_frames=FRAMES, steps=STEPS, mask=mask,
+        anchor="last", save_latents=folder / "latents", checkpoint_interval=0,
+    )  # fmt: skip
+    return base.replace(**changes)
 
 
 def cli_args(s: EditSettings) -> list[str]:

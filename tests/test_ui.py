@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from support import COCKATOO, TINY_BLIP
 
 from pix2video import cli
 from pix2video.media import probe, read_clip
@@ -34,9 +35,6 @@ from pix2video.media import probe, read_clip
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client", reason="the test extra installs gradio")
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
-TINY_BLIP = ROOT.parent / "shared" / "models" / "tiny-blip"
 CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 CHROMIUM_ARGS = [
     "--no-sandbox",
