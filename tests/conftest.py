@@ -184,6 +184,29 @@ def tiny_sd15(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """Tiny random SDXL family, built in code and saved once (`tiny_sdxl.py`): `model` (folder),
+    `single_file` (original layout), `controlnets` (two SDXL ControlNets), `lora`."""
+    from types import SimpleNamespace
+
+    from tiny_sdxl import (
+        build_sdxl,
+        build_sdxl_controlnet,
+        build_sdxl_lora,
+        save_original_sdxl_checkpoint,
+    )
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    model = build_sdxl(root / "sdxl")
+    return SimpleNamespace(
+        model=model,
+        single_file=save_original_sdxl_checkpoint(model, root / "tiny-sdxl.safetensors"),
+        controlnets=[build_sdxl_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
+        lora=build_sdxl_lora(model, root / "loras" / "style.safetensors"),
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_lora(tiny_sd15, tmp_path_factory) -> Path:
     """A random LoRA for the tiny SD 1.5 UNet, one .safetensors file (made with peft)."""
     pytest.importorskip("peft", reason="LoRA loading needs peft (a project dependency)")

@@ -134,11 +134,15 @@ def test_split_edit_found_cached_is_decoded_by_the_driver_alone(tmp_path, mask_f
 
 
 @pytest.mark.integration
-def test_two_ray_workers_from_the_cli(tmp_path, mask_file, one_process, report_measurement):
+def test_two_ray_workers_from_the_cli(
+    tmp_path, mask_file, one_process, ray_address, report_measurement
+):
+    """Two workers on the run's Ray instance (conftest's `ray_address`, joined as a cluster)."""
     _, expected = one_process
     s = settings(tmp_path, mask_file)
+    ray = ["--backend", "ray", "--ray-address", ray_address, "--workers", "2"]
     run = subprocess.run(
-        [sys.executable, "-m", "pix2video", *cli_args(s), "--backend", "ray", "--workers", "2"],
+        [sys.executable, "-m", "pix2video", *cli_args(s), *ray],
         capture_output=True,
         text=True,
         timeout=300,
