@@ -33,7 +33,7 @@ def run_one(args: argparse.Namespace) -> dict:
     """One N in this process: warm up, then time `pipe.edit` and count UNet calls."""
     import torch
 
-    from pix2video.settings import parse_frame_batch
+    from pix2video.core.options import parse_frame_batch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     torch.set_num_threads(args.threads)

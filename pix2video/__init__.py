@@ -11,7 +11,8 @@ The Pix2Video method (Ceylan, Huang, Mitra, ICCV 2023) on current diffusers. The
   (`pipelines.sd15_controlnet`, SD 1.5 + ControlNets), `Pix2VideoSDXLControlNetPipeline`
   (`pipelines.sdxl`, SDXL + ControlNets): the algorithm top to bottom on in-memory frames;
   `load_pipeline` picks the one a checkpoint needs (`pipelines.checkpoints`).
-- `core.editing`: the (frame, step) loop over a noise predictor, shared by every backbone;
+- `core.edit_loop`: the (frame, step) loop over a noise predictor, shared by every backbone
+  (`core.options.EditOptions`: the method's options, checked once);
   `core.attention`: the anchor frame, the previous frame, the feature store and the injection
   processor; `core.guidance`: the guided latent update; `core.inversion`: DDIM step and
   inversion.
@@ -35,7 +36,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "EditSettings": "settings",
-    "ATTEND_MODES": "settings",
+    "ATTEND_MODES": "core.options",
     "edit_clip": "job",
     "preview_anchor": "job",
     "suggest_source_prompt": "job",
@@ -46,7 +47,8 @@ _LAZY = {
     "Pix2VideoPipeline": "pipelines.sd2_depth",
     "Pix2VideoControlNetPipeline": "pipelines.sd15_controlnet",
     "Pix2VideoSDXLControlNetPipeline": "pipelines.sdxl",
-    "Pix2VideoOutput": "pipelines.sd2_depth",
+    "Pix2VideoOutput": "pipelines.backbone",
+    "EditOptions": "core.options",
     "load_pipeline": "pipelines.checkpoints",
 }
 
@@ -69,10 +71,12 @@ __all__ = [  # the errors, then the names of _LAZY
     "Pix2VideoControlNetPipeline",
     "Pix2VideoSDXLControlNetPipeline",
     "Pix2VideoOutput",
+    "EditOptions",
     "load_pipeline",
 ]
 
 if TYPE_CHECKING:
+    from .core.options import ATTEND_MODES, EditOptions
     from .job import (
         AnchorPreview,
         EditJob,
@@ -82,11 +86,12 @@ if TYPE_CHECKING:
         preview_anchor,
         suggest_source_prompt,
     )
+    from .pipelines.backbone import Pix2VideoOutput
     from .pipelines.checkpoints import load_pipeline
-    from .pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline
+    from .pipelines.sd2_depth import Pix2VideoPipeline
     from .pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
     from .pipelines.sdxl import Pix2VideoSDXLControlNetPipeline
-    from .settings import ATTEND_MODES, EditSettings
+    from .settings import EditSettings
 
 
 def __getattr__(name: str) -> Any:

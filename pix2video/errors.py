@@ -17,6 +17,22 @@ class InputError(Pix2VideoError, ValueError):
     """The input (frames, video, depth maps, prompt, option values) cannot be used."""
 
 
+class OptionError(InputError):
+    """A bad value of one named option.
+
+    The option is named the way the caller spelled it (`num_inference_steps` for the
+    pipeline, `--steps` for the command line and config files): a front end re-names it
+    with `named` instead of checking the value a second time.
+    """
+
+    def __init__(self, option: str, problem: str) -> None:
+        self.option, self.problem = option, problem
+        super().__init__(f"{option} {problem}")
+
+    def named(self, option: str) -> OptionError:
+        return OptionError(option, self.problem)
+
+
 class VideoError(InputError):
     """A video or image sequence cannot be read, or an output video cannot be written."""
 

@@ -1,7 +1,8 @@
 """Joining or starting Ray, for every part that runs on it (`batch --backend ray`, one clip's
-workers in `job.workers`), and what both need to know about the cluster's nodes: where a
-worker runs, whether its node is still alive, a message queue that no other node's loss can
-take away. Ray is imported only when one of them runs.
+workers in `job.workers`), and what both need to know about the cluster's nodes: how many
+workers of what shape fit (`worker_shape`), where a worker runs, whether its node is still
+alive, a message queue that no other node's loss can take away. Ray is imported only when
+one of them runs.
 
 A lost node (its raylet dead, the machine gone) is noticed by Ray's GCS health check: a node
 that misses `health_check_failure_threshold` checks, `health_check_period_ms` apart (Ray's
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .errors import Pix2VideoError
 
@@ -103,6 +106,41 @@ def _keep_loopback() -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    """What one worker reserves on the cluster (one GPU and some CPUs, or CPUs only), and how
+    many such workers the alive nodes have room for."""
+
+    gpus: bool
+    cpus: float
+    fits: int
+
+    @property
+    def actor_options(self) -> dict[str, float]:
+        """`ray.remote(...).options(...)` of such a worker."""
+        return {"num_cpus": float(self.cpus), "num_gpus": 1.0 if self.gpus else 0.0}
+
+    @property
+    def unit(self) -> str:
+        return "GPU" if self.gpus else f"{self.cpus:g} CPUs"
+
+
+def worker_shape(
+    cpus_per_worker: float | None,
+    default_cpus: Callable[[list[dict]], float],
+    use_gpus: bool = True,
+) -> WorkerShape:
+    """One GPU each (and `cpus_per_worker`, default 1 CPU) where the cluster has GPUs and
+    `use_gpus`; else `cpus_per_worker` CPUs, default `default_cpus(nodes' resources)`."""
+    nodes = [n["Resources"] for n in import_ray().nodes() if n.get("Alive")]
+    if use_gpus and any(r.get("GPU", 0) >= 1 for r in nodes):
+        cpus = cpus_per_worker or 1.0
+        fits = sum(min(int(r.get("GPU", 0)), int(r.get("CPU", 0) // cpus)) for r in nodes)
+        return WorkerShape(True, float(cpus), fits)
+    cpus = cpus_per_worker or default_cpus(nodes)
+    return WorkerShape(False, float(cpus), sum(int(r.get("CPU", 0) // cpus) for r in nodes))
 
 
 def this_node() -> str:

@@ -18,29 +18,28 @@ from typing import Any
 
 import platformdirs
 
-from .errors import InputError
+from .checks import check_choice, check_integer, check_number
+from .core.options import MAX_GUIDANCE_SCALE, EditOptions  # the method's options live there
+from .errors import InputError, OptionError
 from .models import DEFAULT_CAPTIONER, DEFAULT_MASK_MODEL, DEFAULT_MODEL
 
-ATTEND_MODES: tuple[str, ...] = ("anchor+previous", "anchor", "previous", "anchor+random", "none")
-"""Which edited frames the decoder self-attention reads: the paper's choice, then its ablations."""
-ANCHORS: tuple[str, ...] = ("first", "last")
-"""The anchor frame; `last` processes the clip from its end."""
-SCHEDULES: tuple[str, ...] = ("auto", "step", "frame")
-"""Processing order (same result): all frames step by step, or each frame to the end."""
+METHOD = EditOptions()
+"""The method's defaults (`core.options`), which the settings' defaults are."""
 CONTROL_KINDS: tuple[str, ...] = ("canny", "depth")
-"""Control images computed per frame for a ControlNet; anything else given is a path."""
+"""Control images computed per frame for a ControlNet; anything else given is a path. Each
+has its class in `job.conditioning.CONTROL_KIND_CLASSES` (tests/test_layout.py checks both
+name the same kinds); the command line and the error texts list these."""
 AUTO_DTYPE = "auto"
 DTYPES: tuple[str, ...] = (AUTO_DTYPE, "float32", "float16", "bfloat16")
 """Model precisions; auto: float16 on CUDA, bfloat16 on a CPU that has it natively, else
 float32 (`precision.choose_dtype`)."""
 FEATURE_STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
+"""--feature-store-dtype: float32 keeps the features as the model computes them."""
 DEFAULT_CACHE_DIR = str(platformdirs.user_cache_path("pix2video"))
 AUTO_SIZE = "auto"
 """--size default: the long side the model family was trained at (`LONG_SIDES`)."""
 LONG_SIDES: dict[str, int] = {"sd": 512, "sdxl": 1024}
 """Default processing long side per model family: SD2-depth and SD 1.5 at 512, SDXL at 1024."""
-MAX_STEPS = 1000  # the scheduler's training timesteps
-MAX_GUIDANCE_SCALE = 100.0
 MAX_MASK_GROWTH = 512  # pixels of --mask-dilate / --mask-feather
 MAX_CANNY_THRESHOLD = 1000  # OpenCV's Canny works on gradient magnitudes, which can pass 255
 BACKBONE_FIELDS: tuple[str, ...] = (
@@ -100,19 +99,19 @@ class EditSettings:
     mask_dilate: int = 8  # pixels the mask grows by
     mask_feather: int = 8  # pixels over which the edit fades into the source
     save_masks: str | os.PathLike | None = None
-    steps: int = 50
-    guidance_scale: float = 7.5
-    seed: int = 0
-    attend: str = "anchor+previous"
-    anchor: str = "first"
-    latent_guidance_weight: float = 100.0
-    latent_guidance_steps: int | None = None
-    latent_guidance_target: str = "same-step"
+    steps: int = METHOD.num_inference_steps
+    guidance_scale: float = METHOD.guidance_scale
+    seed: int = METHOD.seed
+    attend: str = METHOD.attend
+    anchor: str = METHOD.anchor
+    latent_guidance_weight: float = METHOD.latent_guidance_weight
+    latent_guidance_steps: int | None = METHOD.latent_guidance_steps
+    latent_guidance_target: str = METHOD.latent_guidance_target
     feature_store_dtype: str = "float32"
     offload_features: bool = False
     vae_tiling: bool = False
     inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
-    frame_batch: int | str = "auto"  # frames per editing UNet call, or "auto" (parse_frame_batch)
+    frame_batch: int | str = "auto"  # frames per editing UNet call; "auto": the device's best
     compile: bool = False  # torch.compile the UNet (pays off on a GPU for long clips)
     workers: int = 1  # processes (or Ray actors) that share the clip's frame chain
     devices: tuple[str, ...] = ()  # one local worker per device, e.g. ("cuda:0", "cuda:1")
@@ -179,7 +178,6 @@ class EditSettings:
 
         Returns self, so `EditSettings(...).validate()` reads naturally.
         """
-        from .core.guidance import latent_guidance_schedule
         from .media import parse_position, parse_size
 
         for name in ("input", "output"):
@@ -191,23 +189,15 @@ class EditSettings:
             raise InputError("The source prompt must be text (or omitted to caption the clip).")
         if not isinstance(self.negative_prompt, str):
             raise InputError("The negative prompt must be text.")
-        _choice("attend", self.attend, ATTEND_MODES)
-        _choice("anchor", self.anchor, ANCHORS)
         _choice("dtype", self.dtype, DTYPES)
         _choice("feature-store-dtype", self.feature_store_dtype, FEATURE_STORE_DTYPES)
-        _integer("steps", self.steps, 1, MAX_STEPS)
+        self.edit_options()  # checks the method's options
         _integer("stride", self.stride, 1)
-        _integer("seed", self.seed, -(2**63), 2**63 - 1)
         if self.max_frames is not None:
             _integer("max-frames", self.max_frames, 1)
         if self.inversion_batch is not None:
             _integer("inversion-batch", self.inversion_batch, 1)
-        parse_frame_batch(self.frame_batch)
         _number("checkpoint-interval", self.checkpoint_interval, 0.0)
-        if self.latent_guidance_steps is not None:
-            _integer("latent-guidance-steps", self.latent_guidance_steps, 0)
-        _number("guidance-scale", self.guidance_scale, 0.0, MAX_GUIDANCE_SCALE)
-        _number("latent-guidance-weight", self.latent_guidance_weight, 0.0)
         if self.mask is not None and self.mask_prompt is not None:
             raise InputError("Give --mask or --mask-prompt, not both.")
         if self.mask is not None and not str(self.mask).strip():
@@ -227,17 +217,32 @@ class EditSettings:
             parse_size(self.size)
         parse_position(self.start)
         parse_position(self.end)
-        latent_guidance_schedule(
-            self.steps,
-            self.latent_guidance_weight,
-            self.latent_guidance_steps,
-            self.latent_guidance_target,
-        )
         if not str(self.model).strip():
             raise InputError("The model name is empty: use a hub id, a folder or 'tiny'.")
         self._validate_backbone()
         self._validate_workers()
         return self
+
+    def edit_options(self) -> EditOptions:
+        """The method's options of this edit (`core.options`), checked; a bad value is named
+        by its option (`--steps`). The frame batch may still be "auto"."""
+        try:
+            return EditOptions(
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                attend=self.attend,
+                anchor=self.anchor,
+                latent_guidance_weight=self.latent_guidance_weight,
+                latent_guidance_steps=self.latent_guidance_steps,
+                latent_guidance_target=self.latent_guidance_target,
+                seed=self.seed,
+                frame_batch=self.frame_batch,
+                feature_store_dtype=None if self.feature_store_dtype == "float32" else "float16",
+                feature_store_device="cpu" if self.offload_features else None,
+            )
+        except OptionError as exc:
+            name = {"num_inference_steps": "steps"}.get(exc.option, exc.option)
+            raise exc.named("--" + name.replace("_", "-")) from None
 
     @property
     def worker_count(self) -> int:
@@ -250,7 +255,7 @@ class EditSettings:
 
     def _validate_workers(self) -> None:
         """--workers, --devices, --backend, --ray-address, --cpus-per-worker."""
-        from .core.guidance import UNSPLITTABLE, latent_guidance_schedule, needs_frame_major
+        from .core.guidance import UNSPLITTABLE
 
         _choice("backend", self.backend, WORKER_BACKENDS)
         _integer("workers", self.workers, 1)
@@ -275,13 +280,7 @@ class EditSettings:
             raise InputError("The --ray-address is empty: use HOST:PORT or auto.")
         if self.cpus_per_worker is not None:
             _number("cpus-per-worker", self.cpus_per_worker, 0.01)
-        schedule = latent_guidance_schedule(
-            self.steps,
-            self.latent_guidance_weight,
-            self.latent_guidance_steps,
-            self.latent_guidance_target,
-        )
-        if self.split_across_workers and needs_frame_major(schedule):
+        if self.split_across_workers and not self.edit_options().splittable:
             raise InputError(UNSPLITTABLE)
 
     def _validate_backbone(self) -> None:
@@ -296,11 +295,11 @@ class EditSettings:
             raise InputError("--control needs a --controlnet to read it; add --controlnet ID.")
         if n and len(self.control) != n:
             raise InputError(
-                f"Give one --control (canny, depth or a folder/video of control frames) per "
+                f"Give one --control ({_control_choices()}) per "
                 f"--controlnet, in the same order: {n} ControlNet(s), {len(self.control)} --control."
             )
         if any(not str(c).strip() for c in self.control):
-            raise InputError("A --control is empty: use canny, depth or a folder/video path.")
+            raise InputError(f"A --control is empty: use {_control_choices()}.")
         if self.control_scale and len(self.control_scale) != n:
             raise InputError(
                 f"Give one --control-scale per --controlnet ({n}), or none for 1.0 each; got "
@@ -337,23 +336,6 @@ def processing_size(size: str | int, sdxl: bool = False) -> int | tuple[int, int
     return parse_size(size)
 
 
-def parse_frame_batch(value: Any) -> int | str:
-    """`--frame-batch`: "auto" or a whole number >= 1 (config files and CSV cells give text).
-
-    Frames that share one editing UNet call (step-by-step order; the result equals one at a
-    time up to float rounding). "auto": on a GPU as many as fit its free memory, on a CPU
-    what measured fastest (`pipelines.backbone.auto_frame_batch`).
-    """
-    text = str(value).strip().lower() if isinstance(value, str) else value
-    if text == "auto":
-        return "auto"
-    if isinstance(text, str) and text.isdigit():
-        text = int(text)
-    if isinstance(text, bool) or not isinstance(text, int) or text < 1:
-        raise InputError(f"--frame-batch must be 'auto' or a whole number >= 1; got {value!r}.")
-    return text
-
-
 def parse_lora(text: str) -> tuple[str, float]:
     """`PATH_OR_ID[:SCALE]` -> (path or id, scale); the scale defaults to 1.0.
 
@@ -375,24 +357,19 @@ def parse_lora(text: str) -> tuple[str, float]:
     return name.strip(), scale
 
 
+def _control_choices() -> str:
+    """"canny, depth or a folder/video of control frames": what --control takes."""
+    *rest, last = CONTROL_KINDS
+    return f"{', '.join(rest)}, {last} or a folder/video of control frames"
+
+
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"--{name} must be one of {', '.join(choices)}; got {value!r}.")
+    check_choice(f"--{name}", value, choices)
 
 
 def _integer(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"--{name} must be a whole number; got {value!r}.")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise InputError(f"--{name} must be {bound}; got {value}.")
+    check_integer(f"--{name}", value, lo, hi)
 
 
 def _number(name: str, value: Any, lo: float, hi: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"--{name} must be a number; got {value!r}.")
-    if not math.isfinite(value):
-        raise InputError(f"--{name} must be a finite number; got {value}.")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo:g} and {hi:g}" if hi is not None else f"at least {lo:g}"
-        raise InputError(f"--{name} must be {bound}; got {value:g}.")
+    check_number(f"--{name}", value, lo, hi)

@@ -36,8 +36,8 @@ from support import COCKATOO, PROMPT, SOURCE, cockatoo_settings, make_frames, pn
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.errors import EditCancelled
-from pix2video.pipelines.backbone import reference_scheduler
 from pix2video.pipelines.control import canny_image, depth_image
+from pix2video.pipelines.scheduler import reference_scheduler
 from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pix2video.core.edit_loop import EditCheckpoint
 from pix2video.job.cache import (
     CACHE_VERSION,
     Cache,
@@ -22,7 +23,6 @@ from pix2video.job.cache import (
     model_fingerprint,
 )
 from pix2video.models import BUNDLED_MODELS
-from pix2video.pipelines.sd2_depth import EditCheckpoint
 
 
 def entries(root: Path) -> list[str]:

@@ -29,11 +29,12 @@ from support import BLACKSWAN, COCKATOO, G1, REALSHORT, TINY_BLIP, need, png_fra
 
 from pix2video import cli
 from pix2video.cli.common import INTERRUPTED
+from pix2video.core.options import ATTEND_MODES
 from pix2video.errors import InputError
 from pix2video.job import EditResult, edit_clip
 from pix2video.media import probe, read_audio_info, read_clip
 from pix2video.models import DEFAULT_MODEL
-from pix2video.settings import ATTEND_MODES, EditSettings
+from pix2video.settings import EditSettings
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pix2video"
 

@@ -21,7 +21,7 @@ from support import png_frames
 from test_job import generated_clip
 
 from pix2video import EditSettings, edit_clip
-from pix2video.core.editing import trajectory_rows
+from pix2video.core.edit_loop import trajectory_rows
 from pix2video.errors import EditCancelled
 from pix2video.job.frame_store import BytesTracker, FrameArrays, Scratch
 from pix2video.media import fit_size, read_clip, resize_frames

@@ -22,12 +22,12 @@ from support import cockatoo_settings
 from pix2video import EditSettings, edit_clip, load_pipeline
 from pix2video.cli import main
 from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
-from pix2video.core.editing import chunked_calls, processing_order
+from pix2video.core.edit_loop import chunked_calls
 from pix2video.core.frame_chain import chunks_of
+from pix2video.core.options import EditOptions, parse_frame_batch
 from pix2video.errors import InputError
-from pix2video.pipelines.backbone import frames_that_fit, model_rows
+from pix2video.pipelines.frame_batch import frames_that_fit, model_rows
 from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
-from pix2video.settings import parse_frame_batch
 
 FRAMES, STEPS = 7, 3  # 7 is a multiple of none of the chunk sizes below
 BATCHES = (2, 3, 8)
@@ -221,7 +221,7 @@ ELEMENT = torch.zeros(2, 4, 8)  # one layer's input of one frame (2 CFG branches
 def drive(store: FeatureStore, frames: int, steps: int) -> list[int]:
     """Step-major chunks through the store with fake features; returns nbytes after each call."""
     trace = []
-    order = processing_order(frames, steps, "step", {})
+    order = EditOptions(num_inference_steps=steps, schedule="step").processing_order(frames)
     for positions, step in chunked_calls(order, chunks_of(range(frames), store.chunk_size)):
         with store.chunk_step(positions, step):
             store.put("a", torch.zeros(2 * len(positions), 4, 8))
@@ -279,7 +279,7 @@ def test_store_refuses_a_chunk_whose_earlier_reference_is_missing():
 
 
 def test_chunked_calls_group_step_major_order_only():
-    step_major = processing_order(7, 2, "step", {})
+    step_major = EditOptions(num_inference_steps=2, schedule="step").processing_order(7)
     assert chunked_calls(step_major, chunks_of(range(7), 3)) == [
         (range(0, 3), 0),
         (range(3, 6), 0),
@@ -288,7 +288,7 @@ def test_chunked_calls_group_step_major_order_only():
         (range(3, 6), 1),
         (range(6, 7), 1),
     ]
-    frame_major = processing_order(3, 2, "frame", {})
+    frame_major = EditOptions(num_inference_steps=2, schedule="frame").processing_order(3)
     assert chunked_calls(frame_major, chunks_of(range(3), 3)) == [
         (range(p, p + 1), s) for p, s in frame_major
     ]

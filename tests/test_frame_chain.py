@@ -21,8 +21,9 @@ import torch.multiprocessing as mp
 
 from pix2video import load_pipeline
 from pix2video.core.attention import ATTEND_MODES
-from pix2video.core.editing import EditCheckpoint, anchor_order
+from pix2video.core.edit_loop import EditCheckpoint
 from pix2video.core.frame_chain import ChainPlace, ChainSplit, _reading_order, chunks_of
+from pix2video.core.options import anchor_order
 
 FRAMES, STEPS = 7, 4
 TOLERANCE = 1e-5  # the bound on final latents

@@ -10,8 +10,8 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler
 
+from pix2video.core.edit_loop import EditCheckpoint
 from pix2video.core.inversion import alpha_bar, ddim_invert, ddim_sample_step, ddim_step
-from pix2video.pipelines.sd2_depth import EditCheckpoint
 
 
 def _rand(*shape, seed):

@@ -6,6 +6,8 @@ Every `import` counts, the lazy ones inside functions too (they are still depend
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "pix2video"
 
 LAYERS = {  # bottom to top; the package root is layer 0 and shared by all
@@ -20,10 +22,11 @@ LAYERS = {  # bottom to top; the package root is layer 0 and shared by all
     "cli": 6,  # the command line starts the web page and the batch runner
 }
 ALLOWED_UPWARD = {
-    # the settings validate positions, sizes and the guidance schedule with the functions
-    # that define them (leaf modules that import nothing above the root)
+    # the settings validate positions, sizes and the method's options with the code that
+    # defines them (modules that import nothing above the root and core, and not torch)
     ("settings", "media"),
     ("settings", "core.guidance"),
+    ("settings", "core.options"),
 }
 
 
@@ -100,3 +103,54 @@ def test_each_layer_imports_only_the_layers_below():
             ):
                 wrong.append(f"{module} -> {target}")
     assert wrong == []
+
+
+# ---------------------------------------------------------------------------- sizes
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+LONG_FUNCTIONS = {
+    # diffusers-style: every argument of the method in one numbered, documented signature
+    "pipelines/backbone.py::__call__",
+    # a Gradio layout reads top to bottom as the page does
+    "ui/layout.py::build_page",
+}
+
+
+def test_modules_hold_one_concern_each():
+    """A module over 500 lines holds several concerns: split it by what each part holds."""
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_functions_fit_on_a_screen():
+    """Functions (with their docstrings) stay under 60 lines, but for the allowed ones."""
+    long = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{path.relative_to(PACKAGE)}::{node.name}"
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and name not in LONG_FUNCTIONS:
+                    long[name] = lines
+    assert long == {}
+    for name in LONG_FUNCTIONS:  # the allow-list names functions that exist
+        module, function = name.split("::")
+        tree = ast.parse((PACKAGE / module).read_text())
+        assert any(getattr(node, "name", None) == function for node in ast.walk(tree)), name
+
+
+def test_control_kinds_are_named_once():
+    """Every --control name the settings list has its class, and every class its name."""
+    from pix2video.errors import InputError
+    from pix2video.job.conditioning import CONTROL_KIND_CLASSES
+    from pix2video.settings import CONTROL_KINDS, EditSettings
+
+    assert tuple(CONTROL_KIND_CLASSES) == CONTROL_KINDS
+    bad = EditSettings("in.mp4", "p", "out.mp4", controlnet=("c",), control=("",))
+    with pytest.raises(InputError) as error:
+        bad.validate()
+    assert all(kind in str(error.value) for kind in CONTROL_KINDS)  # listed from the registry

@@ -19,10 +19,10 @@ from support import COCKATOO, cockatoo_settings, png_frames
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
+from pix2video.core.inversion import source_trajectory
 from pix2video.errors import EditCancelled
 from pix2video.media import fit_size, read_clip, resize_frames
 from pix2video.pipelines.masks import binarize, composite, latent_mask, mask_alpha
-from pix2video.pipelines.sd2_depth import source_trajectory
 
 FRAMES, STEPS, SIZE = 3, 2, "128"
 

@@ -15,9 +15,9 @@ from diffusers import DDIMScheduler, StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
 from pix2video.core.attention import ATTEND_MODES, reference_plan
+from pix2video.core.edit_loop import EditCheckpoint
 from pix2video.errors import InputError
 from pix2video.pipelines.depth import check_depth_map, normalize_depth
-from pix2video.pipelines.sd2_depth import EditCheckpoint
 
 N_FRAMES, STEPS = 4, 3
 PROMPT, SOURCE = "a red sports car", "a swan on a lake"

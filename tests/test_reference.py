@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 
 from pix2video.pipelines.checkpoints import load_pipeline
-from pix2video.pipelines.sd2_depth import Pix2VideoPipeline, default_inversion_batch
+from pix2video.pipelines.frame_batch import default_inversion_batch
+from pix2video.pipelines.sd2_depth import Pix2VideoPipeline
 
 TOL_INVERTED = 5e-3
 TOL_FINAL = 5e-2

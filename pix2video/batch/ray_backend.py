@@ -21,7 +21,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Pix2VideoError, describe_failure
-from ..ray_cluster import connect, import_ray, node_verdict, this_node
+from ..ray_cluster import (
+    WorkerShape,
+    connect,
+    import_ray,
+    node_verdict,
+    this_node,
+    worker_shape,
+)
 from .runner import Evaluation, JobRunner, PendingJob
 
 DEFAULT_CPUS_PER_WORKER = 4
@@ -55,13 +62,10 @@ class RayBackend:
         started = self._connect(ray, debug)
         actors: list[Any] = []
         try:
-            count, resources = self._worker_shape(ray, len(pending))
-            events.info(
-                f"Ray: {count} worker{'s' if count != 1 else ''}, each "
-                + ", ".join(f"{v:g} {k}" for k, v in resources.items())
-                + "."
-            )
-            remote = ray.remote(NodeJobRunner).options(**_ray_options(resources))
+            count, shape = self._worker_shape(len(pending))
+            each = f"1 GPU, {shape.cpus:g} CPU" if shape.gpus else f"{shape.cpus:g} CPU"
+            events.info(f"Ray: {count} worker{'s' if count != 1 else ''}, each {each}.")
+            remote = ray.remote(NodeJobRunner).options(**shape.actor_options)
             actors = [remote.remote(evaluation, debug) for _ in range(count)]
             nodes = ray.get([actor.node.remote() for actor in actors])
             idle = list(range(count))  # worker slots; a dead worker's slot gets a new actor
@@ -109,25 +113,20 @@ class RayBackend:
         """Join `address`, or start a local instance; True when this call started Ray."""
         return connect(self.address, debug)
 
-    def _worker_shape(self, ray, jobs: int) -> tuple[int, dict[str, float]]:
-        """How many workers fit the cluster, and what each one reserves."""
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        if any(r.get("GPU", 0) >= 1 for r in nodes):
-            cpus = self.cpus_per_worker or 1
-            fits = [min(int(r.get("GPU", 0)), int(r.get("CPU", 0) // cpus)) for r in nodes]
-            resources = {"GPU": 1.0, "CPU": float(cpus)}
-        else:
+    def _worker_shape(self, jobs: int) -> tuple[int, WorkerShape]:
+        """How many workers fit the cluster (and the jobs), and what each one reserves."""
+
+        def default(nodes: list[dict]) -> float:  # at most the largest node's CPUs
             largest = max((r.get("CPU", 0) for r in nodes), default=0)
-            cpus = self.cpus_per_worker or min(DEFAULT_CPUS_PER_WORKER, largest) or 1
-            fits = [int(r.get("CPU", 0) // cpus) for r in nodes]
-            resources = {"CPU": float(cpus)}
-        count = sum(fits)
-        if count == 0:
+            return min(DEFAULT_CPUS_PER_WORKER, largest) or 1
+
+        shape = worker_shape(self.cpus_per_worker, default)
+        if shape.fits == 0:
             raise Pix2VideoError(
-                f"No node of the Ray cluster has {cpus:g} CPUs for a worker; lower "
+                f"No node of the Ray cluster has {shape.cpus:g} CPUs for a worker; lower "
                 "--cpus-per-worker."
             )
-        return min(count, self.workers or count, jobs), resources
+        return min(shape.fits, self.workers or shape.fits, jobs), shape
 
 
 class NodeJobRunner(JobRunner):
@@ -157,10 +156,6 @@ def _next_job(queue: list[PendingJob], read: set[str], busy: set[str]) -> int:
             if wanted(name):
                 return index
     return 0
-
-
-def _ray_options(resources: dict[str, float]) -> dict[str, Any]:
-    return {"num_cpus": resources["CPU"], "num_gpus": resources.get("GPU", 0.0)}
 
 
 def _worker_died(exc: BaseException) -> str:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..core.options import MAX_STEPS
 from ..errors import InputError
 from ..job import check_writable_folder, resolve_device
-from ..settings import MAX_STEPS
 from .common import (
     DEFAULTS,
     Reporter,

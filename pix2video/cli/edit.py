@@ -6,15 +6,9 @@ from typing import Any
 
 import click
 
+from ..core.options import ANCHORS, ATTEND_MODES, MAX_STEPS
 from ..job import EditResult, edit_clip
-from ..settings import (
-    ANCHORS,
-    ATTEND_MODES,
-    FEATURE_STORE_DTYPES,
-    MAX_STEPS,
-    WORKER_BACKENDS,
-    EditSettings,
-)
+from ..settings import FEATURE_STORE_DTYPES, WORKER_BACKENDS, EditSettings
 from .common import (
     _STATE,
     INTERRUPTED_NO_CACHE,

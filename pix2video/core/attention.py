@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from ..settings import ATTEND_MODES  # noqa: F401 - re-exported: the modes live in settings
-from .frame_chain import chunks_of
+from .frame_chain import NoExchange, chunks_of
+from .options import ATTEND_MODES
 
 if TYPE_CHECKING:
     from .frame_chain import ChainExchange
@@ -107,7 +107,7 @@ class FeatureStore:
         device: torch.device | str | None = None,
         chunk_size: int = 1,
         chunks: list[range] | None = None,
-        exchange: ChainExchange | None = None,
+        exchange: ChainExchange | NoExchange | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -121,7 +121,7 @@ class FeatureStore:
         if chunks is None:
             chunks = chunks_of(range(len(plan)), chunk_size)
         self._chunk_of = {position: chunk for chunk in chunks for position in chunk}
-        self.exchange = exchange
+        self.exchange = exchange if exchange is not None else NoExchange()
         self._readers = [0] * len(plan)  # readers in later chunks (here: this worker's)
         for position in self._chunk_of:
             for ref in plan[position]:
@@ -199,7 +199,7 @@ class FeatureStore:
             return
         rows = split_rows(hidden_states, len(self.positions))
         for j, position in enumerate(self.positions):
-            if self.exchange is not None and self.exchange.has_readers(position):
+            if self.exchange.has_readers(position):
                 self.exchange.send_features(
                     position, layer, rows[:, j].to(self.dtype or rows.dtype)
                 )

@@ -99,15 +99,20 @@ def chunks_of(run: range, chunk_size: int) -> list[range]:
 
 @dataclass
 class ChainPlace:
-    """Where one worker stands in a split chain: what `editing.edit_frames` is given.
+    """Where one worker stands in a split chain: what `edit_loop.EditLoop` is given.
 
     `group` is the `torch.distributed` process group of the workers (None: the default
-    one), whose rank r holds `split.runs(r)`.
+    one), whose rank r holds `split.runs(r)`. The worker's rows (latents, masks, results)
+    are its positions' rows, in processing order.
     """
 
     split: ChainSplit
     rank: int
     group: object | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.split.num_frames
 
     @property
     def runs(self) -> list[range]:
@@ -117,6 +122,17 @@ class ChainPlace:
     def positions(self) -> list[int]:
         return self.split.positions(self.rank)
 
+    def rows_in_processing_order(self, rows: torch.Tensor, clip_order: list[int]) -> torch.Tensor:
+        return rows  # a worker is given its positions' rows
+
+    def rows_as_given(self, rows: torch.Tensor, clip_order: list[int]) -> torch.Tensor:
+        return rows
+
+    def exchange(
+        self, plan: list[tuple[int, ...]], layers: list[str], chunk_size: int, x0_steps: set[int]
+    ) -> ChainExchange:
+        return ChainExchange(self, plan, layers, chunk_size, x0_steps)
+
     def agree_on_chunk_size(self, chunk_size: int, device: torch.device) -> int:
         """The smallest of the workers' frame batches: every worker must cut its runs the same
         way, since a sender orders its messages by the receiver's chunks."""
@@ -125,6 +141,42 @@ class ChainPlace:
         value = torch.tensor([chunk_size], dtype=torch.int64, device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.group)
         return int(value.item())
+
+
+@dataclass
+class WholeClip:
+    """One process editing the whole clip: the `ChainPlace` of a chain nobody shares.
+
+    Its rows come and go in clip order; nothing is exchanged (`NoExchange`).
+    """
+
+    num_frames: int
+
+    @property
+    def runs(self) -> list[range]:
+        return [range(self.num_frames)]
+
+    @property
+    def positions(self) -> list[int]:
+        return list(range(self.num_frames))
+
+    def agree_on_chunk_size(self, chunk_size: int, device: torch.device) -> int:
+        return chunk_size
+
+    def rows_in_processing_order(self, rows: torch.Tensor, clip_order: list[int]) -> torch.Tensor:
+        return rows[clip_order]
+
+    def rows_as_given(self, rows: torch.Tensor, clip_order: list[int]) -> torch.Tensor:
+        """Rows in processing order back in clip order."""
+        inverse = [0] * len(clip_order)
+        for position, index in enumerate(clip_order):
+            inverse[index] = position
+        return rows[inverse]
+
+    def exchange(
+        self, plan: list[tuple[int, ...]], layers: list[str], chunk_size: int, x0_steps: set[int]
+    ) -> NoExchange:
+        return NoExchange()
 
 
 @dataclass
@@ -261,6 +313,34 @@ class ChainExchange:
         self.counts.bytes_received += buffer.numel() * buffer.element_size()
         self.counts.messages_received += 1
         return buffer
+
+
+class NoExchange:
+    """The exchange of a chain nobody shares: no frame is another worker's, nothing crosses."""
+
+    def __init__(self) -> None:
+        self.counts = ExchangeCounts()
+
+    def begin_step(self, step: int) -> None:
+        pass
+
+    def end_step(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def has_readers(self, position: int) -> bool:
+        return False
+
+    def send_x0(self, position: int, x0: torch.Tensor) -> None:
+        pass
+
+    def is_remote(self, position: int) -> bool:
+        return False
+
+    def receive(self, position: int, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
+        raise RuntimeError(f"frame position {position} is nobody's: the whole clip is here")
 
 
 def _reading_order(

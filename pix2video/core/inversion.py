@@ -1,4 +1,5 @@
-"""DDIM steps and DDIM inversion as small pure functions (k-diffusion style).
+"""DDIM steps and DDIM inversion as small pure functions (k-diffusion style), and the
+inversion of a clip's frames over a batched noise predictor (`invert_frames`).
 
 Conventions follow the reference implementation (see docs in `ALGORITHM.md`): with N steps
 over T = 1000 training steps the schedule is t = T - k, ..., k, 0 with k = T // N (the
@@ -11,6 +12,7 @@ x_T sits at the largest schedule timestep.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -73,3 +75,87 @@ def ddim_sample_step(
     """One DDIM sampling step from t to t - k: returns (x_{t-k}, predicted x0)."""
     alpha_to = alpha_bar(alphas_cumprod, final_alpha_cumprod, t - step_ratio)
     return ddim_step(x, eps, alphas_cumprod[t], alpha_to)
+
+
+ProgressCallback = Callable[[str, int, int], None]
+"""progress(stage, done, total), stage "inversion" (frames) or "editing" (frame-steps)."""
+
+BatchPredictor = Callable[[torch.Tensor, slice, int], torch.Tensor]
+"""eps = predict(x, frames, t): unguided noise of the frames `frames` (a slice of the clip)."""
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """What a DDIM walk needs from a scheduler: its timesteps and cumulative alphas."""
+
+    timesteps: list[int]  # descending, e.g. 980, 960, ..., 0
+    step_ratio: int
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: torch.Tensor
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_steps: int, device: torch.device) -> DDIMSchedule:
+        scheduler.set_timesteps(num_steps)
+        return cls(
+            timesteps=[int(t) for t in scheduler.timesteps],
+            step_ratio=scheduler.config.num_train_timesteps // num_steps,
+            alphas_cumprod=scheduler.alphas_cumprod.to(device),
+            final_alpha_cumprod=scheduler.final_alpha_cumprod.to(device),
+        )
+
+
+def invert_frames(
+    predict: BatchPredictor,
+    latents: torch.Tensor,
+    schedule: DDIMSchedule,
+    batch_size: int = 1,
+    trajectory: bool = False,
+    progress: ProgressCallback | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """DDIM-invert every frame's clean latent, `batch_size` frames per prediction.
+
+    Returns x_T (N, 4, h, w); with `trajectory`, also (N, steps, 4, h, w): at index s, the
+    latent at the noise level that editing step s lands on (`source_trajectory`).
+    """
+    inverted, trajectories = [], []
+    for start in range(0, len(latents), batch_size):
+        chunk = slice(start, start + batch_size)
+
+        def predict_chunk(x: torch.Tensor, t: int, chunk: slice = chunk) -> torch.Tensor:
+            return predict(x, chunk, t)
+
+        x = latents[chunk]
+        levels = [x]  # the clean latent, then each inversion step's result
+
+        def record(i: int, t: int, latent: torch.Tensor, levels: list = levels) -> None:
+            levels.append(latent)
+
+        inverted.append(
+            ddim_invert(
+                predict_chunk,
+                x,
+                schedule.timesteps,
+                schedule.alphas_cumprod,
+                schedule.final_alpha_cumprod,
+                record if trajectory else None,
+            )
+        )
+        if trajectory:
+            trajectories.append(source_trajectory(levels))
+        if progress:
+            progress("inversion", min(start + batch_size, len(latents)), len(latents))
+    if trajectory:
+        return torch.cat(inverted), torch.cat(trajectories)
+    return torch.cat(inverted)
+
+
+def source_trajectory(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N, steps, 4, h, w) from an inversion's latents, ordered as editing visits noise levels.
+
+    `levels` = [clean latent, after inversion step 0, ..., after the last step (x_T)], each
+    (N, 4, h, w). Editing step s starts at the level inversion reached after its step
+    steps-1-s and lands on the one before it: index s holds `levels[steps - 1 - s]` (the
+    last step lands on the clean latent).
+    """
+    steps = len(levels) - 1
+    return torch.stack([levels[steps - 1 - s] for s in range(steps)], dim=1)

@@ -25,6 +25,7 @@ depth and DDIM inversion do not depend on the variant, so they run once and are 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -40,8 +41,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import write_output
+from ..core.inversion import ProgressCallback
+from ..core.options import EditOptions
 from ..errors import InputError
-from ..pipelines.sd2_depth import Pix2VideoOutput, Pix2VideoPipeline, ProgressCallback
+from ..pipelines.backbone import Pix2VideoOutput
+from ..pipelines.inputs import check_call_inputs
+from ..pipelines.sd2_depth import Pix2VideoPipeline
 from .metrics import DEFAULT_CLIP_MODEL, ClipScorer, EvalReport, evaluate
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -153,15 +158,18 @@ def _shared_inputs(
     source_prompt: str,
     depth_maps: Any,
     num_inference_steps: int,
-    depth: torch.Tensor | None,
-    inverted_latents: torch.Tensor | None,
+    given: dict[str, Any],
     progress: ProgressCallback | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised depth and inverted noise x_T of every frame (input order), computed once.
+    """Normalised depth and inverted noise x_T of every frame (input order), computed once
+    (unless `given` has them: the caller's `depth`, `inverted_latents`).
 
     Inversion is per frame and conditioned on the *source* prompt, so it is the same for
-    every variant and for either anchor end (the pipeline reorders it itself).
+    every variant and for either anchor end (the pipeline reorders it itself): every variant
+    starts from the same x_T (also why frame 0, the anchor, comes out identical in all
+    variants: it gets ordinary self-attention and no latent update).
     """
+    depth, inverted_latents = given.get("depth"), given.get("inverted_latents")
     if depth is None:
         depth = pipe.prepare_depth(frames, depth_maps)
     if inverted_latents is None:
@@ -204,10 +212,6 @@ def run_ablation(
             overrides win over them. `depth` / `inverted_latents` may be passed to reuse
             precomputed ones.
 
-    Depth and DDIM inversion do not depend on the variant, so they run once and every variant
-    starts from the same x_T (also why frame 0, the anchor, comes out identical in all
-    variants: it gets ordinary self-attention and no latent update).
-
     `seconds_per_frame` of a row = (that variant's editing + decoding time) / N
     + (the shared depth + inversion time) / N, i.e. what one standalone run of that variant
     would cost per frame. Evaluation time is not included.
@@ -220,17 +224,11 @@ def run_ablation(
     scorer.text_embedding(prompt)  # prompts too long for CLIP or the UNet's text encoder
     pipe.encode_prompt(prompt)  # fail here, before the inversion, not after it
 
-    call_kwargs = dict(pipeline_kwargs, num_inference_steps=settings["num_inference_steps"])
+    steps = settings["num_inference_steps"]
+    call_kwargs = dict(pipeline_kwargs, num_inference_steps=steps)
     tic = time.perf_counter()
     call_kwargs["depth"], call_kwargs["inverted_latents"] = _shared_inputs(
-        pipe,
-        frames,
-        source_prompt,
-        depth_maps,
-        settings["num_inference_steps"],
-        pipeline_kwargs.get("depth"),
-        pipeline_kwargs.get("inverted_latents"),
-        progress,
+        pipe, frames, source_prompt, depth_maps, steps, pipeline_kwargs, progress
     )
     shared_seconds = time.perf_counter() - tic
 
@@ -259,16 +257,16 @@ def _check_run(
         )
     _check_pipeline_kwargs(pipe, pipeline_kwargs)
     settings = {**_call_defaults(pipe), **pipeline_kwargs}
-    checked = inspect.signature(pipe.check_inputs).parameters
+    method = {f.name for f in dataclasses.fields(EditOptions)}
+    given = set(inspect.signature(check_call_inputs).parameters) - {
+        "pipe", "frames", "prompt", "source_prompt", "options"
+    }  # fmt: skip
     pipe.check_inputs(
         frames,
         prompt,
         source_prompt,
-        **{
-            k: v
-            for k, v in settings.items()
-            if k in checked and k not in ("prompt", "source_prompt")
-        },
+        EditOptions(**{k: v for k, v in settings.items() if k in method}),
+        **{k: v for k, v in settings.items() if k in given},
     )
     return settings
 

@@ -223,7 +223,7 @@ class Cache:
     # ------------------------------------------------------------------ edit checkpoints
     def load_checkpoint(self, key: str, num_frames: int, num_steps: int):
         """The latest `EditCheckpoint` of the edit ``key``, or None (missing or inconsistent)."""
-        from ..pipelines.sd2_depth import EditCheckpoint
+        from ..core.edit_loop import EditCheckpoint
 
         value = self.load("checkpoint", key)
         try:

@@ -12,8 +12,9 @@ an SD 1.5 model sees one control image per ControlNet (`ControlImages`), each ma
 `ControlKind`: Canny edges, an estimated depth map, or the user's files.
 
 A new kind of control image is one new `ControlKind` subclass, registered in
-`CONTROL_KIND_CLASSES` (and its name in `settings.CONTROL_KINDS`, which the command line
-lists); a new kind of conditioning for another backbone is one new `Conditioning`.
+`CONTROL_KIND_CLASSES` under its name in `settings.CONTROL_KINDS` (which the command line,
+the page and the error texts list; tests/test_layout.py checks the two agree); a new kind
+of conditioning for another backbone is one new `Conditioning`.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ class ControlImages(Conditioning):
 
 
 class ConditioningRows:
-    """The edit's `editing.FrameConditioning`: a few frames' rows, read from disk per call."""
+    """The edit's `edit_loop.FrameConditioning`: a few frames' rows, read from disk per call."""
 
     def __init__(self, conditioning: Conditioning, arrays, keys: list[str], tracker) -> None:
         self.conditioning, self.arrays, self.keys, self.tracker = (

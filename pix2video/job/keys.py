@@ -64,8 +64,7 @@ def make_keys(
     all_frames: bool,
 ) -> StageKeys:
     """The keys of every stage; `compute` is the device type, dtype and VAE tiling."""
-    from ..core.guidance import latent_guidance_schedule
-    from .cache import hash_array, make_key
+    from .cache import make_key
 
     model_id = model_identity(s)
     depth_id = depth_identity(s)
@@ -87,33 +86,10 @@ def make_keys(
         )
         for h, d in zip(source.frame_hashes, depth_keys, strict=True)
     ]
-    guided = len(
-        latent_guidance_schedule(
-            s.steps, s.latent_guidance_weight, s.latent_guidance_steps, s.latent_guidance_target
-        )
-    )
 
     def edit_key(positions: list[int]) -> str:
-        mask_hashes = None
-        if s.masked:  # the latent masks are what the edit depends on
-            mask_hashes = [hash_array(masks.latent[i]) for i in positions]
-        return make_key(
-            "edit",
-            model=model_id,
-            compute=compute,
-            inversions=[inversion_keys[i] for i in positions],
-            masks=mask_hashes,
-            prompt=s.prompt,
-            negative_prompt=s.negative_prompt,
-            steps=s.steps,
-            guidance_scale=float(s.guidance_scale),
-            attend=s.attend,
-            anchor=s.anchor,
-            seed=s.seed,
-            latent_guidance_weight=float(s.latent_guidance_weight) if guided else 0.0,
-            latent_guidance_steps=guided,
-            latent_guidance_target=s.latent_guidance_target if guided else None,
-            feature_store_dtype=s.feature_store_dtype,
+        return _edit_key(
+            s, model_id, compute, [inversion_keys[i] for i in positions], masks, positions
         )
 
     return StageKeys(
@@ -121,4 +97,40 @@ def make_keys(
         inversion=inversion_keys,
         edit=edit_key(list(range(source.num_frames))) if all_frames else None,
         preview=edit_key([source.anchor_position]),
+    )
+
+
+def _edit_key(
+    s: EditSettings,
+    model_id,
+    compute: dict,
+    inversion_keys: list[str],
+    masks: LocalEditMasks | None,
+    positions: list[int],
+) -> str:
+    """The edit's key over the frames at `positions` (with their inversions' keys): what the
+    method's result depends on, guidance settings only where guidance is on."""
+    from .cache import hash_array, make_key
+
+    guided = len(s.edit_options().guidance_targets)
+    mask_hashes = None
+    if s.masked:  # the latent masks are what the edit depends on
+        mask_hashes = [hash_array(masks.latent[i]) for i in positions]
+    return make_key(
+        "edit",
+        model=model_id,
+        compute=compute,
+        inversions=inversion_keys,
+        masks=mask_hashes,
+        prompt=s.prompt,
+        negative_prompt=s.negative_prompt,
+        steps=s.steps,
+        guidance_scale=float(s.guidance_scale),
+        attend=s.attend,
+        anchor=s.anchor,
+        seed=s.seed,
+        latent_guidance_weight=float(s.latent_guidance_weight) if guided else 0.0,
+        latent_guidance_steps=guided,
+        latent_guidance_target=s.latent_guidance_target if guided else None,
+        feature_store_dtype=s.feature_store_dtype,
     )

@@ -13,7 +13,6 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from ..settings import parse_frame_batch
 from .conditioning import Conditioning, ConditioningRows
 from .context import JobContext
 from .frame_store import BytesTracker, FrameArrays
@@ -24,7 +23,7 @@ from .results import EditResult
 from .source import SourceClip
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 class FrameRows:
@@ -58,7 +57,7 @@ class FrameRows:
 
 
 class TrajectoryRows:
-    """The edit's `editing.SourceLatents`: a step's source latents of a few frames, from disk."""
+    """The edit's `edit_loop.SourceLatents`: a step's source latents of a few frames, from disk."""
 
     def __init__(self, arrays: FrameArrays, keys: list[str], tracker: BytesTracker) -> None:
         self.arrays, self.keys, self.tracker = arrays, keys, tracker
@@ -95,34 +94,105 @@ def depth_and_inversion(
     lead-in, a frozen stretch, a repeated frame) are decoded, conditioned and inverted once,
     at the first of them; the others take its rows, so they are exactly equal.
     """
-    import torch
+    run = InversionPass(ctx, pipe, source, conditioning, keys, prompts, positions)
+    run.compute(inversion_batch)
+    if result is not None:
+        run.report(result)
+    return run.readers()
 
-    s = ctx.settings
-    depth, inverted, trajectories = _cached_rows(ctx, pipe, source, conditioning, keys, positions)
-    first_of = _first_positions(keys, positions)
-    shared_by = Counter(first_of.values())  # positions each computed frame serves
-    depth_hits = sum(keys.depth[i] in depth for i in positions)
-    inversion_hits = len(inverted)
-    served = {"depth": depth_hits, "inversion": inversion_hits}  # positions with their rows
-    todo = [
-        i for i in positions
-        if first_of[i] == i and (keys.depth[i] not in depth or i not in inverted)
-    ]  # fmt: skip
-    timer = {"depth": 0.0, "inversion": 0.0}
-    computed = {"depth": 0, "inversion": 0}
-    evaluations = pipe.unet_evaluations
-    ctx.progress("depth", depth_hits, len(positions))
-    ctx.progress("inversion", inversion_hits, len(positions))
-    batch: list[tuple[int, torch.Tensor]] = []  # (position, VAE latent) waiting to invert
 
-    def invert_batch() -> None:
+class InversionPass:
+    """One `depth_and_inversion` pass: what the cache has, then one decoding pass for the
+    rest; counts what was served, computed and reused, for progress and the result."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        pipe,
+        source: SourceClip,
+        conditioning: Conditioning,
+        keys: StageKeys,
+        prompts: Prompts,
+        positions: list[int],
+    ) -> None:
+        self.ctx, self.pipe, self.source, self.conditioning = ctx, pipe, source, conditioning
+        self.keys, self.prompts, self.positions = keys, prompts, positions
+        self.depth, self.inverted, self.trajectories = _cached_rows(
+            ctx, pipe, source, conditioning, keys, positions
+        )
+        self.first_of = _first_positions(keys, positions)
+        self.shared_by = Counter(self.first_of.values())  # positions each computed frame serves
+        self.cached = {
+            "depth": sum(keys.depth[i] in self.depth for i in positions),
+            "inversion": len(self.inverted),
+        }
+        self.served = dict(self.cached)  # positions with their rows
+        self.computed = {"depth": 0, "inversion": 0}
+        self.seconds = {"depth": 0.0, "inversion": 0.0}
+        self.evaluations = pipe.unet_evaluations
+        self.batch: list = []  # (position, VAE latent) waiting to invert
+
+    def compute(self, inversion_batch: int) -> None:
+        """Decode the frames missing a row (the first of identical ones), condition and invert
+        them, `inversion_batch` per inversion call; identical frames then share rows."""
+        ctx, keys = self.ctx, self.keys
+        todo = [
+            i for i in self.positions
+            if self.first_of[i] == i and (keys.depth[i] not in self.depth or i not in self.inverted)
+        ]  # fmt: skip
+        ctx.progress("depth", self.served["depth"], len(self.positions))
+        ctx.progress("inversion", self.served["inversion"], len(self.positions))
+        decoded = 0
+        for i, _frame, small in self.source.frames(ctx, todo) if todo else ():
+            ctx.check_cancelled()
+            decoded += 1
+            if keys.depth[i] not in self.depth:
+                self._condition(i, small)
+            if i not in self.inverted:
+                self._encode(i, small)
+                if len(self.batch) == inversion_batch:
+                    self._invert_batch()
+            del small
+        if self.batch:
+            self._invert_batch()
+        if decoded < len(todo):
+            raise InputError(  # the file changed or lost frames since it was first read
+                f"{ctx.settings.input} gave fewer frames on a second reading than on the first; "
+                "is it being written to?"
+            )
+        for i in self.positions:
+            if i not in self.inverted:  # an identical frame's inversion, exactly
+                self.inverted[i] = self.inverted[self.first_of[i]]
+        ctx.seconds.update(self.seconds)
+
+    def _condition(self, i: int, small) -> None:
+        """Frame `i`'s depth (or control images), stored on disk at once."""
         tic = time.perf_counter()
-        rows = conditioning.to_model(depth.read([keys.depth[i] for i, _ in batch]))
-        with ctx.cancellable(pipe):
-            values = pipe.invert(
+        row = self.conditioning.frame(self.pipe, i, small)
+        self.depth.put(self.keys.depth[i], self.ctx.bytes_held.track(row))
+        self.computed["depth"] += 1
+        self.served["depth"] += self.shared_by[i]
+        self.seconds["depth"] += time.perf_counter() - tic
+        self.ctx.progress("depth", self.served["depth"], len(self.positions))
+
+    def _encode(self, i: int, small) -> None:
+        tic = time.perf_counter()
+        with self.ctx.cancellable(self.pipe):
+            self.batch.append((i, self.pipe.encode_frames([small])))
+        self.seconds["inversion"] += time.perf_counter() - tic
+
+    def _invert_batch(self) -> None:
+        """Invert the waiting frames in one call; each x_T (and trajectory) is stored at once."""
+        import torch
+
+        ctx, keys, s, batch = self.ctx, self.keys, self.ctx.settings, self.batch
+        tic = time.perf_counter()
+        rows = self.conditioning.to_model(self.depth.read([keys.depth[i] for i, _ in batch]))
+        with ctx.cancellable(self.pipe):
+            values = self.pipe.invert(
                 torch.cat([latent for _, latent in batch]),
                 ctx.bytes_held.track(rows),
-                prompts.source,
+                self.prompts.source,
                 s.steps,
                 batch_size=len(batch),
                 trajectory=s.masked,
@@ -130,56 +200,34 @@ def depth_and_inversion(
         if s.masked:
             values, paths = values
             for (i, _), path in zip(batch, ctx.bytes_held.track(paths.float().cpu()), strict=True):
-                trajectories.put(keys.inversion[i], path.numpy())
+                self.trajectories.put(keys.inversion[i], path.numpy())
         for (i, _), value in zip(batch, values.float().cpu(), strict=True):
-            inverted[i] = value[None]
+            self.inverted[i] = value[None]
             ctx.save("inversion", keys.inversion[i], value[None])
-        computed["inversion"] += len(batch)
-        served["inversion"] += sum(shared_by[i] for i, _ in batch)
+        self.computed["inversion"] += len(batch)
+        self.served["inversion"] += sum(self.shared_by[i] for i, _ in batch)
         batch.clear()
-        timer["inversion"] += time.perf_counter() - tic
-        ctx.progress("inversion", served["inversion"], len(positions))
+        self.seconds["inversion"] += time.perf_counter() - tic
+        ctx.progress("inversion", self.served["inversion"], len(self.positions))
 
-    decoded = 0
-    for i, _frame, small in source.frames(ctx, todo) if todo else ():
-        ctx.check_cancelled()
-        decoded += 1
-        if keys.depth[i] not in depth:
-            tic = time.perf_counter()
-            depth.put(keys.depth[i], ctx.bytes_held.track(conditioning.frame(pipe, i, small)))
-            computed["depth"] += 1
-            served["depth"] += shared_by[i]
-            timer["depth"] += time.perf_counter() - tic
-            ctx.progress("depth", served["depth"], len(positions))
-        if i not in inverted:
-            tic = time.perf_counter()
-            with ctx.cancellable(pipe):
-                batch.append((i, pipe.encode_frames([small])))
-            timer["inversion"] += time.perf_counter() - tic
-            if len(batch) == inversion_batch:
-                invert_batch()
-        del small
-    if batch:
-        invert_batch()
-    if decoded < len(todo):
-        raise InputError(  # the file changed or lost frames since it was first read
-            f"{s.input} gave fewer frames on a second reading than on the first; is it being "
-            "written to?"
+    def report(self, result: EditResult) -> None:
+        result.frames_reused = sum(self.first_of[i] != i for i in self.positions)
+        result.depth_cached, result.depth_computed = self.cached["depth"], self.computed["depth"]
+        result.inversion_cached = self.cached["inversion"]
+        result.inversion_computed = self.computed["inversion"]
+        result.unet_evaluations_inversion = self.pipe.unet_evaluations - self.evaluations
+
+    def readers(self):
+        """(conditioning reader, x_T tensor, trajectory reader or None): `depth_and_inversion`."""
+        keys, held = self.keys, self.ctx.bytes_held
+        rows = ConditioningRows(
+            self.conditioning, self.depth, [keys.depth[i] for i in self.positions], held
         )
-    for i in positions:
-        if i not in inverted:  # an identical frame's inversion, exactly
-            inverted[i] = inverted[first_of[i]]
-    ctx.seconds.update(timer)
-    if result is not None:
-        result.frames_reused = sum(first_of[i] != i for i in positions)
-        result.depth_cached, result.depth_computed = depth_hits, computed["depth"]
-        result.inversion_cached, result.inversion_computed = inversion_hits, computed["inversion"]
-        result.unet_evaluations_inversion = pipe.unet_evaluations - evaluations
-    rows = ConditioningRows(conditioning, depth, [keys.depth[i] for i in positions], ctx.bytes_held)
-    paths = None
-    if s.masked:
-        paths = TrajectoryRows(trajectories, [keys.inversion[i] for i in positions], ctx.bytes_held)
-    return rows, inverted.tensor, paths
+        paths = None
+        if self.ctx.settings.masked:
+            inversion_keys = [keys.inversion[i] for i in self.positions]
+            paths = TrajectoryRows(self.trajectories, inversion_keys, held)
+        return rows, self.inverted.tensor, paths
 
 
 def _first_positions(keys: StageKeys, positions: list[int]) -> dict[int, int]:
@@ -252,45 +300,39 @@ def edit_latents(
     `depth` and `trajectories` are `depth_and_inversion`'s readers. Resumes from a step
     checkpoint; a local edit passes the frames' `trajectories`.
     """
-    import torch
 
     s = ctx.settings
+    options = s.edit_options()
     num_frames = inverted.shape[0]
-    step_major, resume = resume_point(ctx, key, num_frames, shape)
-    frame_batch = parse_frame_batch(s.frame_batch) if step_major else 1
-    if not step_major and parse_frame_batch(s.frame_batch) not in ("auto", 1):
-        ctx.warn(
-            f"--frame-batch {s.frame_batch} is not used: a guidance target at a later step "
-            f"({s.latent_guidance_target}) edits the frames one at a time."
-        )
+    notice = options.unused_frame_batch(num_frames, "--frame-batch")
+    if notice:
+        ctx.warn(notice)
+        options = options.with_frame_batch(1)
+    resume = resume_point(ctx, key, options, num_frames, shape)
     if resume is not None and result is not None:
         result.editing = "resumed"
         result.resumed_from_step = resume.step
     total = num_frames * s.steps
     ctx.progress("editing", 0 if resume is None else (resume.step + 1) * num_frames, total)
     on_step_end = None
-    if step_major and ctx.cache.enabled:
+    if options.step_major(num_frames) and ctx.cache.enabled:
         on_step_end = checkpointer(ctx, key, result)
-    evaluations = pipe.unet_evaluations
-    torch.manual_seed(s.seed)
-    with ctx.cancellable(pipe):
-        final, store = pipe.edit(
-            inverted.to(pipe.device),
-            depth,
-            prompts.edit,
-            prompts.negative,
-            **edit_options(s, pipe),
-            progress=ctx.progress,
-            resume=resume,
-            on_step_end=on_step_end,
-            masks=masks.latent_masks(positions or list(range(num_frames)))
-            if masks is not None
-            else None,
-            source_latents=trajectories,
-            frame_batch=frame_batch,
-        )
+    final, store, evaluations = run_edit(
+        ctx,
+        pipe,
+        inverted,
+        depth,
+        prompts,
+        options,
+        resume=resume,
+        on_step_end=on_step_end,
+        masks=masks.latent_masks(positions or list(range(num_frames)))
+        if masks is not None
+        else None,
+        source_latents=trajectories,
+    )
     if result is not None:
-        result.unet_evaluations_editing = pipe.unet_evaluations - evaluations
+        result.unet_evaluations_editing = evaluations
         result.feature_store_peak_bytes = store.peak_nbytes
         result.frame_batch = store.chunk_size
     final = final.float().cpu()
@@ -299,37 +341,35 @@ def edit_latents(
     return final
 
 
-def edit_options(s, pipe) -> dict:
-    """The keyword arguments of `pipe.edit` that come from the settings alone."""
-    return {
-        "num_inference_steps": s.steps,
-        "guidance_scale": s.guidance_scale,
-        "attend": s.attend,
-        "anchor": s.anchor,
-        "latent_guidance_weight": s.latent_guidance_weight,
-        "latent_guidance_steps": s.latent_guidance_steps,
-        "latent_guidance_target": s.latent_guidance_target,
-        "seed": s.seed,
-        "feature_store_dtype": _feature_store_dtype(s.feature_store_dtype, pipe),
-        "feature_store_device": "cpu" if s.offload_features else None,
-    }
+def run_edit(ctx: JobContext, pipe, inverted, conditioning, prompts: Prompts, options, **loop):
+    """(final latents, feature store, UNet evaluations) of `pipe.edit` in a job: seeded,
+    cancellable, reporting progress; `loop` are `edit`'s other keywords (resume, masks...)."""
+    import torch
+
+    evaluations = pipe.unet_evaluations
+    torch.manual_seed(options.seed)
+    with ctx.cancellable(pipe):
+        final, store = pipe.edit(
+            inverted.to(pipe.device),
+            conditioning,
+            prompts.edit,
+            prompts.negative,
+            options,
+            progress=ctx.progress,
+            **loop,
+        )
+    return final, store, pipe.unet_evaluations - evaluations
 
 
-def resume_point(ctx: JobContext, key: str, num_frames: int, shape: tuple[int, ...]):
-    """(step_major, checkpoint or None): step-major edits save and resume from checkpoints."""
-    from ..core.guidance import latent_guidance_schedule, needs_frame_major
-
-    s = ctx.settings
-    target_of = latent_guidance_schedule(
-        s.steps, s.latent_guidance_weight, s.latent_guidance_steps, s.latent_guidance_target
-    )
-    step_major = num_frames == 1 or not needs_frame_major(target_of)
-    resume = None
-    if step_major and ctx.cache.enabled:
-        resume = ctx.cache.load_checkpoint(key, num_frames, s.steps)
-        if resume is not None and tuple(resume.latents.shape[1:]) != tuple(shape):
-            resume = None
-    return step_major, resume
+def resume_point(ctx: JobContext, key: str, options, num_frames: int, shape: tuple[int, ...]):
+    """The step checkpoint to resume from, or None: step-major edits save and resume from
+    checkpoints (`options` is the job's `EditOptions`)."""
+    if not options.step_major(num_frames) or not ctx.cache.enabled:
+        return None
+    resume = ctx.cache.load_checkpoint(key, num_frames, options.num_inference_steps)
+    if resume is not None and tuple(resume.latents.shape[1:]) != tuple(shape):
+        return None
+    return resume
 
 
 def checkpointer(ctx: JobContext, key: str, result: EditResult | None):
@@ -351,12 +391,3 @@ def checkpointer(ctx: JobContext, key: str, result: EditResult | None):
             result.checkpoint_seconds += time.perf_counter() - t0
 
     return on_step_end
-
-
-def _feature_store_dtype(name: str, pipe):
-    """float16 halves the injected features' memory; float32 keeps them as computed."""
-    import torch
-
-    if name == "float16" and pipe.unet.dtype != torch.float16:
-        return torch.float16
-    return None

@@ -48,6 +48,25 @@ class PreparedEdit:
     dtype_reason: str  # why this precision (`precision.DtypeChoice`)
 
 
+def _inputs(ctx: JobContext, anchor_only: bool):
+    """(paths, source clip, mask files or None, conditioning): the cheap checks and reading
+    the input, before torch is imported."""
+    s = ctx.settings
+    paths = JobPaths.check(s)
+    mask_files = None
+    if s.mask is not None:
+        from ..pipelines.masks import MaskFiles
+
+        mask_files = MaskFiles(s.mask)
+    kinds = control_kinds(s)
+    source = read_source(ctx, anchor_only=anchor_only)
+    if mask_files is not None:
+        mask_files.check_count(source.num_frames)  # a folder's count fails here, early
+    for kind in kinds:
+        kind.check_count(source.num_frames)
+    return paths, source, mask_files, make_conditioning(s, kinds, paths.depth_dir, source)
+
+
 def prepare_edit(
     ctx: JobContext,
     pipelines: PipelineCache,
@@ -62,19 +81,7 @@ def prepare_edit(
     captioner and segmenter run on the CPU unless --device names another.
     """
     s = ctx.settings
-    paths = JobPaths.check(s)
-    mask_files = None
-    if s.mask is not None:
-        from ..pipelines.masks import MaskFiles
-
-        mask_files = MaskFiles(s.mask)
-    kinds = control_kinds(s)
-    source = read_source(ctx, anchor_only=anchor_only)
-    if mask_files is not None:
-        mask_files.check_count(source.num_frames)  # a folder's count fails here, early
-    for kind in kinds:
-        kind.check_count(source.num_frames)
-    conditioning = make_conditioning(s, kinds, paths.depth_dir, source)
+    paths, source, mask_files, conditioning = _inputs(ctx, anchor_only)
     device, precision = resolve_compute(s.device, s.dtype)  # imports torch: after cheap checks
     import torch
 
@@ -83,7 +90,7 @@ def prepare_edit(
     helpers = device if load_model or s.device != "auto" else torch.device("cpu")
     if not (s.source_prompt or "").strip():  # a missing captioner fails before any loading
         check_captioner(source.anchor_source_frame, s.captioner, ctx.cache, s.model)
-    from ..pipelines.backbone import default_inversion_batch
+    from ..pipelines.frame_batch import default_inversion_batch
 
     inversion_batch = s.inversion_batch or default_inversion_batch(device)
     ctx.check_cancelled()

@@ -94,12 +94,8 @@ def _peer_failure(exc: BaseException) -> bool:
 
 def _edit_part(task: WorkerTask, outbox):
     """(final rows, x_T rows or None, stats) of the worker's run, in processing order."""
-    import torch
-
-    from ..core.editing import anchor_order
     from ..core.frame_chain import ChainPlace
-    from ..settings import parse_frame_batch
-    from .latents import depth_and_inversion, edit_options
+    from .latents import depth_and_inversion, run_edit
 
     rank = task.rank
     s = task.settings.validate()
@@ -112,14 +108,15 @@ def _edit_part(task: WorkerTask, outbox):
     )
     try:
         p = prepare_edit(ctx, PipelineCache())
-        n = p.source.num_frames
-        if n != task.split.num_frames:
+        if p.source.num_frames != task.split.num_frames:
             raise Pix2VideoError(
-                f"{s.input} has {n} frames for worker {rank} but {task.split.num_frames} for the "
-                "driver; is it being written to, or not the same file on every node?"
+                f"{s.input} has {p.source.num_frames} frames for worker {rank} but "
+                f"{task.split.num_frames} for the driver; is it being written to, or not the "
+                "same file on every node?"
             )
+        options = s.edit_options()
         place = ChainPlace(task.split, rank)
-        order = anchor_order(n, s.anchor)
+        order = options.clip_order(task.split.num_frames)
         mine = [order[position] for position in place.positions]  # its frames' clip indices
         result = initial_result(ctx, p)
         depth, inverted, trajectories = depth_and_inversion(
@@ -128,53 +125,51 @@ def _edit_part(task: WorkerTask, outbox):
         )  # fmt: skip
         row = {clip: r for r, clip in enumerate(mine)}  # the readers take rows of `mine`
 
-        def conditioning(frames: list[int]):
-            return depth([row[i] for i in frames])
-
-        def source_latents(frames: list[int], step: int):
-            return trajectories([row[i] for i in frames], step)
-
         def on_step_end(checkpoint) -> None:
             x0 = {k: _array(v) for k, v in checkpoint.x0_targets.items()}
             outbox.put(("checkpoint", rank, checkpoint.step, _array(checkpoint.latents), x0))
 
-        torch.manual_seed(s.seed)
-        evaluations = p.pipe.unet_evaluations
-        final, store = p.pipe.edit(
-            inverted.to(p.pipe.device),
-            conditioning,
-            p.prompts.edit,
-            p.prompts.negative,
-            **edit_options(s, p.pipe),
-            progress=ctx.progress,
+        final, store, evaluations = run_edit(
+            ctx,
+            p.pipe,
+            inverted,
+            lambda frames: depth([row[i] for i in frames]),
+            p.prompts,
+            options,
             resume=task.resume,
             on_step_end=on_step_end,
             masks=p.masks.latent_masks(mine) if p.masks is not None else None,
-            source_latents=source_latents if trajectories is not None else None,
-            frame_batch=parse_frame_batch(s.frame_batch),
+            source_latents=(lambda frames, step: trajectories([row[i] for i in frames], step))
+            if trajectories is not None
+            else None,
             chain=place,
         )
         final = _array(final)
         decoded = send_decoded(p.pipe, final, mine, rank, outbox)  # the driver has no VAE
-        counts = store.exchange.counts
-        stats = {
-            "depth_cached": result.depth_cached,
-            "depth_computed": result.depth_computed,
-            "inversion_cached": result.inversion_cached,
-            "inversion_computed": result.inversion_computed,
-            "frames_reused": result.frames_reused,
-            "unet_evaluations_inversion": result.unet_evaluations_inversion,
-            "unet_evaluations_editing": p.pipe.unet_evaluations - evaluations,
-            "feature_store_peak_bytes": store.peak_nbytes,
-            "frame_batch": store.chunk_size,
-            "bytes_sent": counts.bytes_sent,
-            "per_step_bytes_sent": counts.per_step_bytes_sent,
-            "vae_decodes": decoded,
-            "pid": os.getpid(),
-        }
+        stats = _stats(result, store, evaluations, decoded)
         return final, _array(inverted) if task.send_inverted else None, stats
     finally:
         ctx.scratch.close()
+
+
+def _stats(result, store, evaluations: int, decoded: int) -> dict:
+    """What the driver adds up from each worker (`workers.edit_on_workers`)."""
+    counts = store.exchange.counts
+    return {
+        "depth_cached": result.depth_cached,
+        "depth_computed": result.depth_computed,
+        "inversion_cached": result.inversion_cached,
+        "inversion_computed": result.inversion_computed,
+        "frames_reused": result.frames_reused,
+        "unet_evaluations_inversion": result.unet_evaluations_inversion,
+        "unet_evaluations_editing": evaluations,
+        "feature_store_peak_bytes": store.peak_nbytes,
+        "frame_batch": store.chunk_size,
+        "bytes_sent": counts.bytes_sent,
+        "per_step_bytes_sent": counts.per_step_bytes_sent,
+        "vae_decodes": decoded,
+        "pid": os.getpid(),
+    }
 
 
 def _array(tensor):

@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import EditCancelled, Pix2VideoError
-from ..ray_cluster import connect, driver_queue, import_ray, this_node
+from ..ray_cluster import connect, driver_queue, import_ray, this_node, worker_shape
 from .context import JobContext
 from .latents import checkpointer, latent_shape, resume_point
 from .results import EditResult
@@ -62,11 +62,10 @@ def edit_on_workers(
     import numpy as np
     import torch
 
-    from ..core.editing import anchor_order
-
     s = ctx.settings
     n = p.source.num_frames
-    _, resume = resume_point(ctx, p.keys.edit, n, latent_shape(p.source))
+    options = s.edit_options()
+    resume = resume_point(ctx, p.keys.edit, options, n, latent_shape(p.source))
     if resume is not None:
         result.editing, result.resumed_from_step = "resumed", resume.step
     settings = s.replace(
@@ -103,10 +102,20 @@ def edit_on_workers(
                 ctx.warn(f"{str(lost).capitalize()}; editing again {where} on the {remain}.")
     finally:
         pool.close()
-    order = np.argsort(anchor_order(n, s.anchor))  # processing order -> clip order
+    order = np.argsort(options.clip_order(n))  # processing order -> clip order
     final = torch.from_numpy(rows[order])
+    _add_up(result, stats, pool.nodes)
+    if ctx.save("final", p.keys.edit, final):
+        ctx.cache.remove("checkpoint", p.keys.edit)
+    if inverted is None:
+        return final, None, frames
+    return final, torch.from_numpy(inverted[order]), frames
+
+
+def _add_up(result: EditResult, stats: list[dict], nodes: list[str]) -> None:
+    """The result's counts: the workers' `worker._stats`, summed (peaks: the largest)."""
     result.workers = len(stats)
-    result.worker_nodes = list(pool.nodes)
+    result.worker_nodes = list(nodes)
     for name in ("depth_cached", "depth_computed", "inversion_cached", "inversion_computed",
                  "frames_reused", "unet_evaluations_inversion", "unet_evaluations_editing"):  # fmt: skip
         setattr(result, name, sum(part[name] for part in stats))
@@ -114,11 +123,6 @@ def edit_on_workers(
     result.frame_batch = stats[0]["frame_batch"]
     result.bytes_exchanged = sum(part["bytes_sent"] for part in stats)
     result.worker_decodes = [part["vae_decodes"] for part in stats]
-    if ctx.save("final", p.keys.edit, final):
-        ctx.cache.remove("checkpoint", p.keys.edit)
-    if inverted is None:
-        return final, None, frames
-    return final, torch.from_numpy(inverted[order]), frames
 
 
 class Attempt:
@@ -226,7 +230,7 @@ class Attempt:
         """Keep a worker's rows of `step`; once every worker's are in, that is a checkpoint."""
         import torch
 
-        from ..core.editing import EditCheckpoint
+        from ..core.edit_loop import EditCheckpoint
 
         parts = self._pending.setdefault(step, {})
         parts[rank] = (latents, x0_targets)
@@ -249,15 +253,10 @@ GPU_RUN_LENGTH = 8
 
 def run_length(settings, device: str) -> int:
     """Frames per run dealt to a worker (`ChainSplit.dealt`): the frame batch, so that a run
-    is one UNet call and the next worker waits for one call only; `auto` is measured on each
-    worker, after the split, so here it is `GPU_RUN_LENGTH` on GPUs and auto's 1 on CPUs."""
-    from ..pipelines.backbone import CPU_FRAME_BATCH
-    from ..settings import parse_frame_batch
-
-    frame_batch = parse_frame_batch(settings.frame_batch)
-    if frame_batch != "auto":
-        return frame_batch
-    return GPU_RUN_LENGTH if device.startswith("cuda") else CPU_FRAME_BATCH
+    is one UNet call and the next worker waits for one call only; `auto` on a GPU is measured
+    on each worker, after the split, so here it is `GPU_RUN_LENGTH`."""
+    known = settings.edit_options().known_frame_batch(device.split(":")[0])
+    return known if known is not None else GPU_RUN_LENGTH
 
 
 def check_workers(settings) -> None:
@@ -404,25 +403,18 @@ class RayWorkers:
 
     def _shape(self, settings) -> tuple[dict[str, float], str]:
         """What one worker reserves, and its device; one sentence if the cluster is too small."""
-        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
-        gpus = settings.device != "cpu" and any(r.get("GPU", 0) >= 1 for r in nodes)
-        if gpus:
-            cpus = settings.cpus_per_worker or 1.0
-            fits = sum(min(int(r.get("GPU", 0)), int(r.get("CPU", 0) // cpus)) for r in nodes)
-            resources = {"num_gpus": 1.0, "num_cpus": float(cpus)}
-        else:
-            total = sum(r.get("CPU", 0) for r in nodes)
-            cpus = settings.cpus_per_worker or max(total // settings.workers, 1.0)
-            fits = sum(int(r.get("CPU", 0) // cpus) for r in nodes)
-            resources = {"num_gpus": 0.0, "num_cpus": float(cpus)}
-        if fits < settings.workers:
-            unit = "GPU" if gpus else f"{cpus:g} CPUs"
+
+        def share(nodes: list[dict]) -> float:  # the cluster's CPUs shared by the workers
+            return max(sum(r.get("CPU", 0) for r in nodes) // settings.workers, 1.0)
+
+        shape = worker_shape(settings.cpus_per_worker, share, use_gpus=settings.device != "cpu")
+        if shape.fits < settings.workers:
             raise Pix2VideoError(
-                f"The Ray cluster has room for {fits} worker(s) of one {unit}, not "
+                f"The Ray cluster has room for {shape.fits} worker(s) of one {shape.unit}, not "
                 f"{settings.workers}; lower --workers"
-                + (" or --cpus-per-worker." if not gpus else ".")
+                + (" or --cpus-per-worker." if not shape.gpus else ".")
             )
-        return resources, "cuda" if gpus else "cpu"
+        return shape.actor_options, "cuda" if shape.gpus else "cpu"
 
     def start(self, count: int) -> tuple[list[str], str, int | None]:
         ray = self.ray

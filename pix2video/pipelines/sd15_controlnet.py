@@ -7,7 +7,7 @@ or a frame the user gives, `control.py`) and adds its residuals to the UNet's; s
 are summed (`MultiControlNetModel`), each with its conditioning scale. As the reference
 uses depth in both stages, the control images condition inversion *and* editing.
 
-Only the conditioning is this module's: the loop over (frame, step) is `core/editing.py`, the
+Only the conditioning is this module's: the loop over (frame, step) is `core/edit_loop.py`, the
 rest of the method `backbone.Pix2VideoBase`. The injection processors only touch the
 UNet's decoder (`up_blocks`), which a ControlNet does not have, so its attention is
 ordinary self-attention of the current frame, as in diffusers' ControlNet pipeline.
@@ -24,7 +24,8 @@ from diffusers.loaders import FromSingleFileMixin
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from ..errors import InputError
-from .backbone import FrameLike, Pix2VideoBase, reference_scheduler
+from .backbone import FrameLike, Pix2VideoBase
+from .scheduler import reference_scheduler
 
 
 def control_to_float(rows: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,9 @@ code does):
 4. VAE decoding.
 
 This module holds only what is SD2-depth's own: the depth channel concatenated to the
-latent. The loop over (frame, step) is `core/editing.py` (shared by every backbone), the rest of
-the method is `backbone.Pix2VideoBase`; `sd15_controlnet.py` is the SD 1.5 + ControlNet backbone.
-The names that used to live here (`EditCheckpoint`, `source_trajectory`, ...) are
-re-exported.
+latent. The loop over (frame, step) is `core/edit_loop.py` (shared by every backbone), the
+rest of the method is `backbone.Pix2VideoBase`; `sd15_controlnet.py` is the SD 1.5 +
+ControlNet backbone.
 """
 
 from __future__ import annotations
@@ -29,36 +28,10 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ..core.editing import (
-    EditCheckpoint,
-    ProgressCallback,
-    anchor_order,
-    processing_order,
-    source_trajectory,
-)
 from ..errors import InputError
-from .backbone import (
-    FrameLike,
-    Pix2VideoBase,
-    Pix2VideoOutput,
-    default_inversion_batch,
-    reference_scheduler,
-)
+from .backbone import FrameLike, Pix2VideoBase
 from .depth import estimate_depth, normalize_depth
-
-_processing_order = processing_order  # the old private name
-
-__all__ = [
-    "EditCheckpoint",
-    "FrameLike",
-    "Pix2VideoOutput",
-    "Pix2VideoPipeline",
-    "ProgressCallback",
-    "anchor_order",
-    "default_inversion_batch",
-    "reference_scheduler",
-    "source_trajectory",
-]
+from .scheduler import reference_scheduler
 
 
 class Pix2VideoPipeline(Pix2VideoBase):

@@ -1,8 +1,8 @@
 """The Pix2Video pipeline on SDXL-family checkpoints with one or more SDXL ControlNets.
 
 SDXL (base 1.0 and its many fine-tunes) differs from SD 1.5 in its conditioning only, so
-this module is conditioning only; the loop over (frame, step) is `editing.py`, the rest of
-the method `backbone.Pix2VideoBase`, the control images `controlnet.py`'s:
+this module is conditioning only; the loop over (frame, step) is `core/edit_loop.py`, the
+rest of the method `backbone.Pix2VideoBase`, the control images `control.py`'s:
 
 - two text encoders (CLIP ViT-L and OpenCLIP bigG): the prompt embedding is both
   encoders' penultimate hidden states side by side, and the UNet (and every ControlNet)
@@ -34,7 +34,7 @@ from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from ..errors import InputError
-from .backbone import reference_scheduler
+from .scheduler import reference_scheduler
 from .sd15_controlnet import Pix2VideoControlNetPipeline
 
 SDXL_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"

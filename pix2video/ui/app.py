@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import gradio as gr
 import numpy as np
 
+from ..core.options import ANCHORS, ATTEND_MODES
 from ..errors import EditCancelled, ModelNotAvailableError, Pix2VideoError
 from ..hub import DownloadMeter, can_download, offline_reason, reporting_downloads
 from ..job import (
@@ -53,7 +54,7 @@ from ..job import (
     suggest_source_prompt,
 )
 from ..models import resolve_captioner
-from ..settings import ANCHORS, ATTEND_MODES, BACKBONE_FIELDS, EditSettings
+from ..settings import BACKBONE_FIELDS, EditSettings
 from . import ServerOptions
 from .uploads import UploadPreviews, safe_stem
 
