@@ -5,6 +5,10 @@ diffusers/transformers is imported. The tiny pipeline is loaded once per session
 change its state (attention processors) must restore it, which `tiny_pipe` re-checks at the end
 of the session.
 
+Tests outside the `integration` tier run in-process: `pytest_runtest_setup` and
+`pytest_runtest_call` fail any such test (its fixtures included) that starts the CLI, a worker,
+Ray or a browser (`support.in_process_only`); `test_tiers.py` checks the markers statically.
+
 `report_measurement` records a measured figure, in particular one that is reported and not
 asserted on because its value depends on the CPU's kernels (the end-to-end gap to the authors'
 reference latents); every run prints the recorded figures in a "measurements" section at the
@@ -32,6 +36,29 @@ torch.set_num_threads(2)
 _MEASUREMENTS = pytest.StashKey[list]()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _tier_guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _tier_guard(item):
+        return (yield)
+
+
+def _tier_guard(item):
+    """`support.in_process_only` for a test outside the `integration` tier, else nothing."""
+    from contextlib import nullcontext
+
+    from support import in_process_only
+
+    if item.get_closest_marker("integration") is not None:
+        return nullcontext()
+    return in_process_only(item.nodeid)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     """The bundled random-weight SD2-depth pipeline (exact SD2-depth topology), on the CPU."""
@@ -43,6 +70,32 @@ def tiny_pipe():
     after = pipe.unet.attn_processors
     leaked = [name for name, proc in processors.items() if after[name] is not proc]
     assert not leaked, f"a test left foreign attention processors installed: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    """A `PipelineCache` for the module's jobs (as a server keeps its loaded models): the
+    tiny model, or a backbone and its ControlNets, loaded once per module. It keeps two
+    pipelines, so a module alternating two models does not reload them."""
+    from pix2video.job import PipelineCache
+
+    return PipelineCache(size=2)
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray instance (2 CPUs, bound to 127.0.0.1, no dashboard) for the whole run;
+    commands join it with ``--ray-address``. Tests that need a cluster of their own
+    (`test_multi_node.py`) start one themselves."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +180,29 @@ def tiny_sd15(tmp_path_factory):
         single_file=save_original_checkpoint(model, root / "tiny-sd15.safetensors"),
         controlnets=[build_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
         depth_model=build_depth_anything(root / "depth-anything"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """Tiny random SDXL family, built in code and saved once (`tiny_sdxl.py`): `model` (folder),
+    `single_file` (original layout), `controlnets` (two SDXL ControlNets), `lora`."""
+    from types import SimpleNamespace
+
+    from tiny_sdxl import (
+        build_sdxl,
+        build_sdxl_controlnet,
+        build_sdxl_lora,
+        save_original_sdxl_checkpoint,
+    )
+
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    model = build_sdxl(root / "sdxl")
+    return SimpleNamespace(
+        model=model,
+        single_file=save_original_sdxl_checkpoint(model, root / "tiny-sdxl.safetensors"),
+        controlnets=[build_sdxl_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
+        lora=build_sdxl_lora(model, root / "loras" / "style.safetensors"),
     )
 
 

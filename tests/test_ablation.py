@@ -9,11 +9,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub reads it at import
 
 import json  # noqa: E402
 import math  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+from support import REALSHORT, TINY_CLIP  # noqa: E402
 
 from pix2video.core.attention import reference_plan  # noqa: E402
 from pix2video.errors import InputError  # noqa: E402
@@ -36,9 +36,7 @@ from pix2video.evaluation.report import EvalReport  # noqa: E402
 from pix2video.media import read_clip, resize_frames  # noqa: E402
 from pix2video.pipelines.checkpoints import load_pipeline  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY_CLIP = SHARED / "models" / "tiny-clip"
-CLIP_PATH = SHARED / "data" / "videos" / "realshort.mp4"
+CLIP_PATH = REALSHORT
 pytestmark = pytest.mark.skipif(
     not (TINY_CLIP.is_dir() and CLIP_PATH.is_file()),
     reason=f"tiny CLIP ({TINY_CLIP}) or test clip ({CLIP_PATH}) not found",

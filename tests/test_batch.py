@@ -3,7 +3,7 @@
 Runs use the bundled tiny model on examples/cockatoo.mp4 (and a PNG folder cut from it) at
 size 64, 2 frames and 2 steps. The study has 4 jobs, one of them a corrupt file; outputs are
 PNG folders compared bitwise with `pix2video edit` on the same inputs and settings. Ray runs
-join one local Ray instance started for this module (``ray.init(num_cpus=2)``); each command
+join the run's one local Ray instance (conftest's ``ray_address``, 2 CPUs); each command
 runs in a subprocess like a user's, with one torch thread, as the Ray workers have.
 """
 
@@ -18,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from support import COCKATOO, PROMPT, SOURCE, TINY_CLIP, png_frames, same_frames
 
 from pix2video import cli
 from pix2video.atomic import TMP_MARK
@@ -30,15 +29,10 @@ from pix2video.batch import Evaluation, LocalBackend, read_batch, run_batch
 from pix2video.batch.jobs import DEFAULT_SUFFIX
 from pix2video.batch.runner import job_key
 from pix2video.errors import InputError
-from pix2video.job import PipelineCache
 from pix2video.media import read_clip, write_video
 from pix2video.ray_cluster import RAY_MISSING
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
-TINY_CLIP = ROOT.parent / "shared" / "models" / "tiny-clip"
 FAST = ["--model", "tiny", "--size", "64", "--max-frames", "2", "--steps", "2"]
-PROMPT, SOURCE = "a cockatoo made of blue crystal", "a white cockatoo"
 STUDY = f"""input,prompt,source_prompt,output,method,attend,latent_guidance_weight
 clip.mp4,{PROMPT},{SOURCE},full-clip,full,,
 clip.mp4,{PROMPT},{SOURCE},per-frame-clip,per-frame,none,0
@@ -65,7 +59,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     )
 
 
-def pix2video(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_pix2video(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pix2video", *map(str, args)],
         env=env(cwd),
@@ -76,21 +70,16 @@ def pix2video(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedPro
     )
 
 
-def png_frames(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
-
-
 def results(out: Path) -> dict[str, dict]:
     """results.jsonl by output name."""
     lines = (out / "results.jsonl").read_text().splitlines()
     return {r["output"]: r for r in map(json.loads, lines)}
 
 
-def same_frames(a: Path, b: Path) -> bool:
-    fa, fb = png_frames(a), png_frames(b)
-    return len(fa) == len(fb) == 2 and all(
-        np.array_equal(x, y) for x, y in zip(fa, fb, strict=True)
-    )
+def same_outputs(a: Path, b: Path) -> bool:
+    """Whether two 2-frame PNG outputs are equal bit for bit."""
+    fa = png_frames(a)
+    return len(fa) == 2 and same_frames(fa, png_frames(b))
 
 
 def leftovers(out: Path) -> list[str]:
@@ -137,15 +126,6 @@ class _chdir:
         os.chdir(self.old)
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    """A local Ray instance (2 CPUs) that the commands join with --ray-address."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def check_study(study: Path, out: Path) -> dict[str, dict]:
     """The 3 outputs equal `pix2video edit`'s, bitwise; the corrupt clip's sentence recorded."""
     records = results(out)
@@ -158,7 +138,7 @@ def check_study(study: Path, out: Path) -> dict[str, dict]:
     assert records["broken"]["error"] == (study / "broken-error.txt").read_text()
     assert records["broken"]["line"] == 5
     for name in GOOD:
-        assert same_frames(out / name, study / "edit" / name), name
+        assert same_outputs(out / name, study / "edit" / name), name
     assert not (out / "broken").exists() and leftovers(out) == []
     summary = (out / "summary.md").read_text()
     assert "4 jobs: 3 ok, 0 skipped, 1 failed." in summary
@@ -169,12 +149,13 @@ def check_study(study: Path, out: Path) -> dict[str, dict]:
 # --------------------------------------------------------------------------- both backends
 
 
+@pytest.mark.integration
 def test_ray_and_local_backends_match_edit_and_a_rerun_computes_nothing(
     study, ray_address, tmp_path, report_measurement
 ):
     base = [study / "jobs.csv", *FAST]  # the command runs elsewhere: paths are the file's
     tic = time.perf_counter()
-    local = pix2video(
+    local = run_pix2video(
         "batch", *base, "-o", tmp_path / "local", "--cache-dir", tmp_path / "c1", cwd=tmp_path
     )
     local_s = time.perf_counter() - tic
@@ -184,7 +165,7 @@ def test_ray_and_local_backends_match_edit_and_a_rerun_computes_nothing(
     ray_args = [*base, "-o", tmp_path / "ray", "--cache-dir", tmp_path / "c2"]
     ray_args += ["--backend", "ray", "--ray-address", ray_address, "--cpus-per-worker", "1"]
     tic = time.perf_counter()
-    proc = pix2video("batch", *ray_args, cwd=tmp_path)
+    proc = run_pix2video("batch", *ray_args, cwd=tmp_path)
     ray_s = time.perf_counter() - tic
     assert proc.returncode == 1, proc.stderr
     assert "Ray: 2 workers, each 1 CPU" in proc.stderr
@@ -195,14 +176,14 @@ def test_ray_and_local_backends_match_edit_and_a_rerun_computes_nothing(
     assert "failed line 5    broken: " in proc.stderr  # a line per finished job
     assert "3 ok, 0 skipped, 1 failed" in proc.stdout
 
-    again = pix2video("batch", *ray_args, cwd=tmp_path)
+    again = run_pix2video("batch", *ray_args, cwd=tmp_path)
     assert again.returncode == 1, again.stderr
     statuses = {k: r["status"] for k, r in results(tmp_path / "ray").items()}
     assert sorted(statuses.values()) == ["failed", "skipped", "skipped", "skipped"]
     assert "0 ok, 3 skipped, 1 failed" in again.stdout
     assert "(0 UNet evaluations this run)" in again.stdout
     for name in GOOD:
-        assert same_frames(tmp_path / "ray" / name, study / "edit" / name)
+        assert same_outputs(tmp_path / "ray" / name, study / "edit" / name)
     report_measurement(
         "batch of 4 jobs (tiny model), same run",
         f"local {local_s:.1f} s, ray {ray_s:.1f} s (2 workers of 1 CPU, joining a running "
@@ -210,6 +191,7 @@ def test_ray_and_local_backends_match_edit_and_a_rerun_computes_nothing(
     )
 
 
+@pytest.mark.integration
 def test_killed_batch_loses_no_finished_job_and_completes_when_rerun(study, ray_address, tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = [study / "jobs.csv", *FAST, "-o", out, "--cache-dir", cache]
@@ -238,9 +220,9 @@ def test_killed_batch_loses_no_finished_job_and_completes_when_rerun(study, ray_
     assert [r["status"] for r in first.values()].count("ok") == 1 and len(first) < 4
     (done,) = [k for k, r in first.items() if r["status"] == "ok"]
     for name in GOOD:  # an output is complete or absent, never half written
-        assert not (out / name).exists() or same_frames(out / name, study / "edit" / name)
+        assert not (out / name).exists() or same_outputs(out / name, study / "edit" / name)
 
-    again = pix2video("batch", *args, cwd=tmp_path)
+    again = run_pix2video("batch", *args, cwd=tmp_path)
     assert again.returncode == 1, again.stderr
     records = results(out)
     assert records[done]["status"] == "skipped" and records[done]["key"] == first[done]["key"]
@@ -249,10 +231,11 @@ def test_killed_batch_loses_no_finished_job_and_completes_when_rerun(study, ray_
         "broken": "failed",
     }
     for name in GOOD:
-        assert same_frames(out / name, study / "edit" / name)
+        assert same_outputs(out / name, study / "edit" / name)
     assert leftovers(out) == []
 
 
+@pytest.mark.integration
 def test_ctrl_c_stops_at_once_with_130_and_no_half_file(study, tmp_path):
     out = tmp_path / "out"
     args = [study / "jobs.csv", *FAST, "-o", out, "--cache-dir", tmp_path / "cache"]
@@ -276,15 +259,10 @@ def test_ctrl_c_stops_at_once_with_130_and_no_half_file(study, tmp_path):
     assert "Traceback" not in stderr
     assert leftovers(out) == []
     for name in GOOD:
-        assert not (out / name).exists() or same_frames(out / name, study / "edit" / name)
+        assert not (out / name).exists() or same_outputs(out / name, study / "edit" / name)
 
 
 # --------------------------------------------------------------------------- --eval
-
-
-@pytest.fixture(scope="module")
-def pipelines() -> PipelineCache:
-    return PipelineCache()
 
 
 def test_eval_records_metrics_and_the_summary_compares_methods(study, tmp_path, pipelines):

@@ -2,9 +2,11 @@
 
 Runs use the bundled random-weight model (`--model tiny`), tiny sizes and 2-3 steps; the
 pictures are meaningless but every code path (reading, depth, inversion, editing, caching,
-writing with audio) is the real one. Error cases and one end-to-end run go through a real
-subprocess of the console script / `python -m pix2video.cli`; the rest use click's
-CliRunner in-process (faster: torch is imported once).
+writing with audio) is the real one. Commands run in-process through click's CliRunner on
+the real command group (torch is imported once), error cases included: their exit code, one
+sentence and no traceback are what the command group itself prints. A few runs prove the
+installed entry point in a real subprocess (`integration`): the console script's end-to-end
+edit, `--help` and an error exit, and the interruptions (signals to a running process).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from support import BLACKSWAN, COCKATOO, G1, REALSHORT, TINY_BLIP, need, png_frames
 
 from pix2video import cli
 from pix2video.cli.errors import INTERRUPTED
@@ -34,22 +36,9 @@ from pix2video.media import probe, read_audio_info, read_clip
 from pix2video.models import DEFAULT_MODEL
 from pix2video.settings import EditSettings
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = SHARED / "data"
-COCKATOO = DATA / "videos" / "cockatoo.mp4"
-REALSHORT = DATA / "videos" / "realshort.mp4"
-G1 = DATA / "videos" / "g1.avi"
-BLACKSWAN = DATA / "blackswan"
-TINY_BLIP = SHARED / "models" / "tiny-blip"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pix2video"
 
 FAST = ["--model", "tiny", "--steps", "2", "--source-prompt", "a photo"]
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"test data {path} is absent (the shared folder ../shared)")
-    return path
 
 
 def env(tmp_path: Path) -> dict[str, str]:
@@ -93,11 +82,6 @@ def invoke(runner: CliRunner, args, code: int = 0):
     result = runner.invoke(cli.main, [str(a) for a in args])
     assert result.exit_code == code, (result.output, result.exception)
     return result
-
-
-def png_frames(folder: Path) -> list[np.ndarray]:
-    files = sorted(folder.glob("*.png"))
-    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
 
 
 def stats(path: Path) -> dict:
@@ -150,6 +134,7 @@ def test_help_lists_every_option_with_its_default(runner):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.integration
 def test_console_script_cockatoo_mp4_keeps_fps_aspect_audio_and_saves_latents(tmp_path):
     need(COCKATOO)
     if not CONSOLE_SCRIPT.exists():
@@ -537,10 +522,9 @@ ERROR_NAMES = [
 ]
 
 
-@pytest.mark.parametrize("case", ERROR_NAMES)
-def test_errors_are_one_sentence_without_traceback_or_output(tmp_path, case):
-    need(COCKATOO)
-    need(G1)
+def error_args(tmp_path: Path, case: str) -> tuple[list, str, Path]:
+    """The `edit` command line of an error case (fast settings for the rest), the phrase its
+    message must hold, and the output it must not write."""
     args, phrase = _error_cases(tmp_path)[case]
     output = tmp_path / "out.mp4"
     if "-o" not in args:
@@ -549,17 +533,47 @@ def test_errors_are_one_sentence_without_traceback_or_output(tmp_path, case):
         args = [*args, "-p", "a swan"]
     elif None in args:  # the case leaves the prompt out
         args = args[: args.index("-p")] + args[args.index("-p") + 2 :]
-    proc = run_subprocess(
-        ["edit", *args, *_defaults(args), "--cache-dir", tmp_path / "cache"], tmp_path
-    )
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert phrase in proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    return ["edit", *args, *_defaults(args), "--cache-dir", tmp_path / "cache"], phrase, output
+
+
+def assert_one_sentence_exit_2(code: int, stdout: str, stderr: str, phrase: str) -> None:
+    """Exit code 2 and one line on stderr: "Error: ...", a sentence holding `phrase`."""
+    assert code == 2, (stdout, stderr)
+    assert phrase in stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
     assert lines[0].endswith((".", ")")), lines[0]
+
+
+@pytest.mark.parametrize("case", ERROR_NAMES)
+def test_errors_are_one_sentence_without_traceback_or_output(runner, tmp_path, monkeypatch, case):
+    need(COCKATOO)
+    need(G1)
+    monkeypatch.chdir(tmp_path)
+    args, phrase, output = error_args(tmp_path, case)
+    result = runner.invoke(cli.main, [str(a) for a in args])
+    assert isinstance(result.exception, SystemExit), result.exception  # no uncaught error
+    assert_one_sentence_exit_2(result.exit_code, result.stdout, result.stderr, phrase)
     assert not output.exists() and not (tmp_path / "out.avi").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.integration
+def test_installed_entry_point_help_and_an_error_exit(tmp_path):
+    """The console script and `python -m pix2video.cli` as a user starts them: the help, and
+    an error that exits 2 with one sentence from a real process."""
+    need(G1)
+    if not CONSOLE_SCRIPT.exists():
+        pytest.skip(f"console script {CONSOLE_SCRIPT} not installed")
+    proc = run_subprocess(["--help"], tmp_path, script=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "edit" in proc.stdout and "Usage: pix2video" in proc.stdout
+    args, phrase, output = error_args(tmp_path, "missing file")
+    proc = run_subprocess(args, tmp_path)
+    assert_one_sentence_exit_2(proc.returncode, proc.stdout, proc.stderr, phrase)
+    assert "Warning" not in proc.stderr  # the libraries' warnings do not reach the user
+    assert not output.exists()
 
 
 def _defaults(args: list) -> list:
@@ -584,13 +598,14 @@ def test_partly_damaged_video_warns_and_edits_the_frames_that_decode(runner, tmp
     assert f"Edited {decoded} frames" in result.stdout
 
 
-def test_unwritable_output_fails_before_any_work(tmp_path):
+def test_unwritable_output_fails_before_any_work(runner, tmp_path, monkeypatch):
     need(G1)
+    monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
-    proc = run_subprocess(["edit", G1, "-p", "x", "-o", "/nonexistent_dir/out.mp4"], tmp_path)
-    assert proc.returncode == 2
-    assert "the folder /nonexistent_dir does not exist" in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    result = runner.invoke(cli.main, ["edit", str(G1), "-p", "x", "-o", "/nonexistent_dir/out.mp4"])
+    assert result.exit_code == 2
+    assert "the folder /nonexistent_dir does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert time.perf_counter() - start < 30  # no model was loaded, nothing computed
     assert not Path("/nonexistent_dir").exists()
 
@@ -605,14 +620,14 @@ def test_output_over_the_input_is_refused(runner, tmp_path):
     assert "is the input" in result.stderr
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    proc = run_subprocess(
-        ["edit", tmp_path / "missing.mp4", "-p", "x", "-o", "o.mp4", "--debug"], tmp_path
-    )
-    assert proc.returncode == 2
-    assert "Traceback" in proc.stderr and "VideoError" in proc.stderr
+def test_debug_shows_the_traceback(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["edit", tmp_path / "missing.mp4", "-p", "x", "-o", "o.mp4", "--debug"]
+    result = runner.invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "VideoError" in result.stderr
     assert (
-        proc.stderr.strip().splitlines()[-1]
+        result.stderr.strip().splitlines()[-1]
         == f"Error: The input {tmp_path / 'missing.mp4'} does not exist."
     )
 
@@ -673,6 +688,7 @@ def uninterrupted(tmp_path_factory):
     return png_frames(tmp / "out"), stats(tmp / "s.json")
 
 
+@pytest.mark.integration
 @pytest.mark.bitwise
 def test_killed_during_inversion_resumes_without_redoing_finished_frames(tmp_path, uninterrupted):
     cache, out, report = tmp_path / "cache", tmp_path / "out", tmp_path / "s.json"
@@ -694,6 +710,7 @@ def test_killed_during_inversion_resumes_without_redoing_finished_frames(tmp_pat
     assert all(np.array_equal(a, b) for a, b in zip(png_frames(out), frames, strict=True))
 
 
+@pytest.mark.integration
 @pytest.mark.bitwise
 def test_killed_during_editing_resumes_from_the_checkpoint(tmp_path, uninterrupted):
     cache, out, report = tmp_path / "cache", tmp_path / "out", tmp_path / "s.json"
@@ -718,6 +735,7 @@ def test_killed_during_editing_resumes_from_the_checkpoint(tmp_path, uninterrupt
     assert cached(cache, "checkpoint") == [] and len(cached(cache, "final")) == 1
 
 
+@pytest.mark.integration
 def test_ctrl_c_exits_130_with_one_line_and_no_output(tmp_path):
     need(BLACKSWAN)
     cache, out = tmp_path / "cache", tmp_path / "out.mp4"

@@ -1,21 +1,16 @@
-"""`pix2video eval` and `pix2video ablate` end to end, as subprocesses, on real footage."""
+"""`pix2video eval` and `pix2video ablate` end to end on real footage (the command line in
+process, `support.run_cli`: its exit codes, output and files as a user's run gives them)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from support import G1, TINY_CLIP, run_cli
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-G1 = SHARED / "data" / "videos" / "g1.avi"
-TINY_CLIP = SHARED / "models" / "tiny-clip"
 VARIANT_NAMES = [
     "per-frame (SDEdit-like)",
     "anchor only",
@@ -33,18 +28,6 @@ def _need_data():
             pytest.skip(f"test data {path} is absent (the shared folder ../shared)")
 
 
-def pix2video(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "pix2video", *map(str, args)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_eval_of_a_still_clip_against_itself(tmp_path):
     """Known answers: identical consecutive frames give CLIP-Image 1 and PixelMSE 0."""
     from pix2video.media import read_clip, write_video
@@ -52,7 +35,7 @@ def test_eval_of_a_still_clip_against_itself(tmp_path):
     still = tmp_path / "still"
     write_video(still, [read_clip(G1, max_frames=1).frames[0]] * 5, fps=25)
     out = tmp_path / "m.json"
-    proc = pix2video(
+    proc = run_cli(
         "eval", still, "--source", still, "-p", "a person cycling",
         "--clip-model", TINY_CLIP, "--json", out, "--markdown", tmp_path / "m.md",
         "--plot", tmp_path / "m.png", cwd=tmp_path,
@@ -68,7 +51,7 @@ def test_eval_of_a_still_clip_against_itself(tmp_path):
 
 
 def test_eval_of_a_moving_clip_against_itself(tmp_path):
-    proc = pix2video(
+    proc = run_cli(
         "eval", G1, "--source", G1, "-p", "x", "--clip-model", TINY_CLIP,
         "--json", tmp_path / "m.json", cwd=tmp_path,
     )  # fmt: skip
@@ -87,7 +70,7 @@ def test_eval_of_a_moving_clip_against_itself(tmp_path):
 
 
 def test_eval_rejects_clips_of_different_lengths(tmp_path):
-    proc = pix2video(
+    proc = run_cli(
         "eval", G1, "--source", G1, "--max-frames", "3", "-p", "x",
         "--clip-model", TINY_CLIP, "--json", tmp_path / "m.json", cwd=tmp_path,
     )  # fmt: skip
@@ -98,7 +81,7 @@ def test_eval_rejects_clips_of_different_lengths(tmp_path):
 
 def test_ablate_writes_table_and_contact_sheet_for_all_variants(tmp_path):
     out = tmp_path / "ablation"
-    proc = pix2video(
+    proc = run_cli(
         "ablate", G1, "-p", "a robot cycling", "--source-prompt", "a person cycling",
         "--model", "tiny", "--size", "128", "--steps", "3", "--max-frames", "4",
         "--clip-model", TINY_CLIP, "-o", out, "--columns", "3", cwd=tmp_path,
@@ -119,7 +102,7 @@ def test_ablate_writes_table_and_contact_sheet_for_all_variants(tmp_path):
 
 
 def test_ablate_rejects_an_unknown_variant_before_any_work(tmp_path):
-    proc = pix2video(
+    proc = run_cli(
         "ablate", G1, "-p", "x", "--model", "tiny", "--variants", "anchor only,bogus",
         "-o", tmp_path / "a", cwd=tmp_path,
     )  # fmt: skip

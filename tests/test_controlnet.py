@@ -1,9 +1,9 @@
-"""The SD 1.5 + ControlNet pipeline on tiny random models built in code (`tiny_sd15.py`).
-
-The base path (no injection, no latent guidance) is checked against diffusers' own
-`StableDiffusionControlNetPipeline` started from the same x_T, with one and with two
-ControlNets; v-prediction checkpoints against diffusers' DDIM with v-prediction; the
-shared loop's properties (processing orders, resume, masks) with injection on.
+"""What only the SD 1.5 + ControlNet pipeline has, on tiny random models built in code
+(`tiny_sd15.py`): v-prediction checkpoints against diffusers' DDIM with v-prediction (and
+'sample' refused), both inversion and editing reading the control images, a masked edit,
+control-image errors, canny and depth images. The base path against diffusers'
+`StableDiffusionControlNetPipeline` (one and two ControlNets) and the shared loop's orders
+and resume are in `test_backbones.py`, parametrized over the backbone family.
 """
 
 from __future__ import annotations
@@ -11,123 +11,36 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
+from diffusers import DDIMScheduler
 from PIL import Image
+from support import make_frames
+from test_backbones import (  # noqa: F401 (fixtures)
+    EDIT,
+    REFERENCE_STEPS,
+    SCENE,
+    Backbone,
+    clip,
+    controlnets,
+    controls,
+    our_base_path,
+    pipe,
+    sd15,
+)
 
 from pix2video.errors import InputError
 from pix2video.pipelines.control import canny_image, depth_image
-from pix2video.pipelines.scheduler import reference_scheduler
 from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
-PROMPT, SOURCE = "a red sports car", "a swan on a lake"
-STEPS = 3
-
-
-def make_frames(n: int, height: int = 64, width: int = 64, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    frames = []
-    for i in range(n):
-        wave = 90 * np.sin((xx + 3 * i) / 6.0) * np.cos(yy / 8.0)
-        noise = rng.integers(-10, 10, (height, width, 3))
-        frames.append((120 + wave[..., None] + noise).clip(0, 255).astype(np.uint8))
-    return frames
+STEPS = REFERENCE_STEPS  # the shared loop's steps for SD 1.5 too (`sd15().loop_steps`)
 
 
 @pytest.fixture(scope="module")
-def controlnets(tiny_sd15):
-    return [ControlNetModel.from_pretrained(path) for path in tiny_sd15.controlnets]
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_sd15, controlnets):
-    pipe = Pix2VideoControlNetPipeline.from_pretrained(tiny_sd15.model, controlnet=controlnets[0])
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def multi_pipe(tiny_sd15, controlnets):
-    pipe = Pix2VideoControlNetPipeline.from_pretrained(tiny_sd15.model, controlnet=controlnets)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def controls(frames: list[np.ndarray]) -> list[np.ndarray]:
-    return [canny_image(f, 100, 200) for f in frames]
-
-
-def diffusers_reference(pipe, controlnet, images, x_t, scale, **scheduler_changes):
-    """diffusers' ControlNet pipeline on the same components, DDIM as ours, from `x_t`."""
-    theirs = StableDiffusionControlNetPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=pipe.unet,
-        controlnet=controlnet,
-        scheduler=reference_scheduler({**pipe.scheduler.config, **scheduler_changes}),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    theirs.set_progress_bar_config(disable=True)
-    return theirs(
-        PROMPT,
-        image=images,
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        latents=x_t,
-        controlnet_conditioning_scale=scale,
-        output_type="latent",
-    ).images
-
-
-def our_base_path(pipe, x_t, conditioning):
-    final, _ = pipe.edit(
-        x_t,
-        conditioning,
-        pipe.encode_prompt(PROMPT),
-        pipe.encode_prompt(""),
-        num_inference_steps=STEPS,
-        attend="none",
-        latent_guidance_weight=0.0,
-    )
-    return final
+def backbone(tiny_sd15) -> Backbone:
+    """This module's family for the fixtures shared with `test_backbones.py`."""
+    return sd15(tiny_sd15)
 
 
 # ---------------------------------------------------------------------------- base path
-def test_anchor_frame_equals_diffusers_controlnet_pipeline(pipe, controlnets):
-    frame = make_frames(1)[0]
-    control = controls([frame])
-    x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    pipe.set_controlnet_scales([0.8])
-    conditioning = pipe.prepare_conditioning([frame], control_images=control)
-    ours = our_base_path(pipe, x_t, conditioning)
-    theirs = diffusers_reference(pipe, controlnets[0], Image.fromarray(control[0]), x_t, 0.8)
-    gap = (ours - theirs).abs().max().item()
-    assert gap < 1e-4, gap
-    # the ControlNet matters: another control image moves the result far more than that
-    other = pipe.prepare_conditioning([frame], control_images=[np.zeros_like(control[0])])
-    assert (our_base_path(pipe, x_t, other) - ours).abs().max().item() > 1000 * max(gap, 1e-6)
-
-
-def test_two_controlnets_equal_diffusers_multicontrolnet(multi_pipe, controlnets):
-    frame = make_frames(1, seed=4)[0]
-    edges = canny_image(frame, 50, 150)
-    depth = depth_image(torch.from_numpy(frame[..., 0].astype(np.float32)), (64, 64))
-    x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    multi_pipe.set_controlnet_scales([0.7, 1.2])
-    conditioning = multi_pipe.prepare_conditioning([frame], control_images=[[edges, depth]])
-    assert conditioning.shape == (1, 6, 64, 64)
-    ours = our_base_path(multi_pipe, x_t, conditioning)
-    images = [Image.fromarray(edges), Image.fromarray(depth)]
-    theirs = diffusers_reference(multi_pipe, controlnets, images, x_t, [0.7, 1.2])
-    assert (ours - theirs).abs().max().item() < 1e-4
-    evaluations = multi_pipe.controlnet_evaluations
-    our_base_path(multi_pipe, x_t, conditioning)
-    assert multi_pipe.controlnet_evaluations - evaluations == STEPS * 2 * 2  # CFG rows x nets
-
-
 def scheduler(tiny_sd15, prediction_type: str):
     """The checkpoint's scheduler, as a checkpoint trained for `prediction_type` ships it."""
     return DDIMScheduler.from_pretrained(
@@ -135,7 +48,7 @@ def scheduler(tiny_sd15, prediction_type: str):
     )
 
 
-def test_v_prediction_equals_diffusers_ddim_with_v_prediction(tiny_sd15, controlnets):
+def test_v_prediction_equals_diffusers_ddim_with_v_prediction(tiny_sd15, backbone, controlnets):
     """eps = sqrt(a) v + sqrt(1-a) x: the same trajectory as diffusers' DDIM on v."""
     v_pipe = Pix2VideoControlNetPipeline.from_pretrained(
         tiny_sd15.model, controlnet=controlnets[0], scheduler=scheduler(tiny_sd15, "v_prediction")
@@ -146,13 +59,13 @@ def test_v_prediction_equals_diffusers_ddim_with_v_prediction(tiny_sd15, control
     x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     conditioning = v_pipe.prepare_conditioning([frame], control_images=control)
     ours = our_base_path(v_pipe, x_t, conditioning)
-    theirs = diffusers_reference(
+    theirs = backbone.reference(
         v_pipe,
         controlnets[0],
         Image.fromarray(control[0]),
         x_t,
         1.0,
-        prediction_type="v_prediction",
+        scheduler_changes={"prediction_type": "v_prediction"},
     )
     assert (ours - theirs).abs().max().item() < 1e-4
     # and it is not the epsilon reading of the same outputs
@@ -172,50 +85,10 @@ def test_sample_prediction_is_refused_in_one_sentence(tiny_sd15, controlnets):
 
 
 # ---------------------------------------------------------------------------- the shared loop
-@pytest.fixture(scope="module")
-def clip(pipe):
-    frames = make_frames(3, seed=5)
-    pipe.set_controlnet_scales([1.0])
-    conditioning = pipe.prepare_conditioning(frames, control_images=controls(frames))
-    latents = pipe.encode_frames(frames)
-    x_t = pipe.invert(latents, conditioning, pipe.encode_prompt(SOURCE), STEPS)
-    return frames, conditioning, x_t
-
-
-def _edit(pipe, clip, **kwargs):
-    _, conditioning, x_t = clip
-    kwargs.setdefault("num_inference_steps", STEPS)
-    return pipe.edit(
-        x_t, conditioning, pipe.encode_prompt(PROMPT), pipe.encode_prompt(""), **kwargs
-    )[0]
-
-
-@pytest.mark.bitwise
-def test_step_and_frame_order_are_bitwise_identical_with_injection(pipe, clip):
-    processors = dict(pipe.unet.attn_processors)
-    by_step = _edit(pipe, clip, schedule="step")
-    by_frame = _edit(pipe, clip, schedule="frame")
-    assert torch.equal(by_step, by_frame)
-    independent = _edit(pipe, clip, attend="none", latent_guidance_weight=0.0)
-    assert torch.equal(by_step[0], independent[0])  # the anchor attends to nobody
-    assert (by_step[1:] - independent[1:]).abs().max() > 1e-3  # injection changes the others
-    after = pipe.unet.attn_processors
-    assert all(after[name] is processors[name] for name in processors)
-
-
-@pytest.mark.bitwise
-def test_resume_from_a_checkpoint_is_bitwise_identical(pipe, clip):
-    checkpoints = []
-    full = _edit(pipe, clip, on_step_end=checkpoints.append)
-    assert [c.step for c in checkpoints] == list(range(STEPS))
-    resumed = _edit(pipe, clip, resume=checkpoints[0])
-    assert torch.equal(full, resumed)
-
-
 def test_inversion_and_editing_both_read_the_control_images(pipe, clip):
     frames, conditioning, x_t = clip
     blank = torch.zeros_like(conditioning)
-    other_x_t = pipe.invert(pipe.encode_frames(frames), blank, pipe.encode_prompt(SOURCE), STEPS)
+    other_x_t = pipe.invert(pipe.encode_frames(frames), blank, pipe.encode_prompt(SCENE), STEPS)
     assert (other_x_t - x_t).abs().max() > 1e-3
 
 
@@ -225,8 +98,8 @@ def test_masked_edit_keeps_the_source_outside_the_mask(pipe):
     mask[16:48, 16:48] = 1.0
     out = pipe(
         frames,
-        PROMPT,
-        SOURCE,
+        EDIT,
+        SCENE,
         num_inference_steps=STEPS,
         control_images=controls(frames),
         masks=[mask, mask],

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from support import make_frames
+from test_backbones import controls
 from test_gpu_path import FRAMES
 from test_multi_worker import settings
-from test_sdxl import PROMPT, SOURCE, STEPS, controls, make_frames, tiny_sdxl  # noqa: F401
+from test_sdxl import PROMPT, SOURCE, STEPS
 
 from pix2video import edit_clip
 from pix2video.cli import main
@@ -49,7 +51,7 @@ def test_reduced_precision_on_cuda(dtype, cpu_frames, report_measurement):
     assert gap < 40  # the random model amplifies rounding (test_gpu_path.py)
 
 
-def test_sdxl_float16_upcasts_the_vae_on_cuda(tiny_sdxl):  # noqa: F811 - the fixture
+def test_sdxl_float16_upcasts_the_vae_on_cuda(tiny_sdxl):
     from diffusers import ControlNetModel
 
     from pix2video.pipelines.sdxl import Pix2VideoSDXLControlNetPipeline

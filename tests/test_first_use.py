@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 from hub_standin import COMMIT, StandInHub, wait_until
+from support import COCKATOO
 
 from pix2video.models import BUNDLED_MODELS
 
 TINY_BLIP = BUNDLED_MODELS["tiny-blip"]
 BLIP = "Salesforce/blip-image-captioning-base"
-COCKATOO = Path(__file__).resolve().parents[1] / "examples" / "cockatoo.mp4"
 MiB = 1 << 20
 
 
@@ -84,6 +84,7 @@ def standin():
 # --------------------------------------------------------------------------- download
 
 
+@pytest.mark.integration
 def test_download_shows_progress_checks_files_and_second_call_finds_them(standin, tmp_path):
     from pix2video.hub_cache import format_size
 
@@ -127,6 +128,7 @@ def test_download_shows_progress_checks_files_and_second_call_finds_them(standin
     assert loaded.returncode == 0 and loaded.stdout.startswith("'"), loaded.stderr
 
 
+@pytest.mark.integration
 def test_interrupted_download_resumes_where_it_stopped(standin, tmp_path):
     env = hub_env(tmp_path, standin.url)
     standin.stall_after["model.safetensors"] = 11 * MiB  # after one 10 MiB write of the client
@@ -166,6 +168,7 @@ def test_interrupted_download_resumes_where_it_stopped(standin, tmp_path):
     assert "tiny/big: downloaded" in done.stdout and "2 files checked" in done.stdout
 
 
+@pytest.mark.integration
 def test_download_offline_says_what_is_cached_and_what_is_missing(standin, tmp_path):
     online = pix2video(["download", "tiny/blip"], hub_env(tmp_path, standin.url))
     assert online.returncode == 0, online.stderr
@@ -272,6 +275,7 @@ def test_download_meter_says_megabytes_and_speed_at_most_every_interval():
 # --------------------------------------------------------------------------- doctor
 
 
+@pytest.mark.integration
 def test_doctor_works_offline_and_prints_every_section(tmp_path):
     env = hub_env(tmp_path, closed_port_url())
     done = pix2video(["doctor"], env)
@@ -360,6 +364,7 @@ def preview_and_edit(page, frames: int = 2) -> None:
     wait_status(page, f"^Edited {frames} frames")
 
 
+@pytest.mark.integration
 def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
     tmp_path, report_measurement
 ):
@@ -405,6 +410,7 @@ def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
     report_measurement("choosing a clip -> status, hub unreachable, s", f"{seconds:.1f}")
 
 
+@pytest.mark.integration
 def test_tiny_model_page_captions_with_the_bundled_captioner(tmp_path):
     server = unreachable_server(tmp_path)  # --captioner auto: tiny-blip with --model tiny
     try:
@@ -421,6 +427,7 @@ def test_tiny_model_page_captions_with_the_bundled_captioner(tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 def test_edit_downloads_a_missing_model_with_a_bar_then_loads_it_from_the_cache(tmp_path):
     """`pix2video edit --model owner/name` on a hub id not in the cache: fetched with progress
     (only the files a loader reads), then loaded from the cache, and the edit runs."""

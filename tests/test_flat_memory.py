@@ -17,20 +17,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import png_frames
 from test_job import generated_clip
 
 from pix2video import EditSettings, edit_clip
 from pix2video.core.edit_loop import trajectory_rows
 from pix2video.errors import EditCancelled
-from pix2video.job import PipelineCache
 from pix2video.job.frame_store import BytesTracker, FrameArrays, Scratch
 from pix2video.media import fit_size, read_clip, resize_frames
 from pix2video.pipelines.masks import binarize, mask_alpha
-
-
-@pytest.fixture(scope="module")
-def pipelines() -> PipelineCache:
-    return PipelineCache(size=2)
 
 
 @pytest.fixture
@@ -80,10 +75,6 @@ def controlnet_settings(tmp_path: Path, clip: Path, name: str, tiny_sd15, **chan
         cache_dir=tmp_path / "cache",
     )
     return base.replace(**changes)
-
-
-def png_frames(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
 
 
 def held(run) -> dict[int, tuple[int, int]]:

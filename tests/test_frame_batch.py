@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from diffusers import ControlNetModel
+from support import cockatoo_settings
 
 from pix2video import EditSettings, edit_clip, load_pipeline
 from pix2video.cli import main
@@ -25,7 +26,6 @@ from pix2video.core.edit_loop import chunked_calls
 from pix2video.core.frame_chain import chunks_of
 from pix2video.core.options import EditOptions, parse_frame_batch
 from pix2video.errors import InputError
-from pix2video.job import PipelineCache
 from pix2video.pipelines.frame_batch import frames_that_fit, model_rows
 from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
@@ -349,28 +349,13 @@ def test_frame_batch_is_a_batch_column(tmp_path):
         read_batch(jobs, tmp_path / "out")
 
 
-@pytest.fixture(scope="module")
-def pipelines() -> PipelineCache:
-    return PipelineCache()
-
-
 def job_settings(tmp_path, **changes) -> EditSettings:
-    from pathlib import Path
-
-    clip = Path(__file__).resolve().parents[1] / "examples" / "cockatoo.mp4"
-    return EditSettings(
-        input=clip,
-        prompt="a cockatoo made of blue crystal",
-        output=tmp_path / "out.mp4",
-        source_prompt="a white cockatoo",
-        model="tiny",
-        size="64",
-        max_frames=5,
-        steps=3,
-        dtype="float32",  # compared with float32 pipelines
-        cache_dir=tmp_path / "cache",
+    """The cockatoo at 64 px, 5 frames, 3 steps, a checkpoint after every step."""
+    base = cockatoo_settings(
+        tmp_path, output=tmp_path / "out.mp4", size="64", max_frames=5, steps=3,
         checkpoint_interval=0.0,
-    ).replace(**changes)
+    )  # fmt: skip
+    return base.replace(**changes)
 
 
 def test_job_cancelled_with_one_frame_batch_resumes_with_another(tmp_path, pipelines):

@@ -118,6 +118,7 @@ def split_run(request, tmp_path_factory):
     return world, parts
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", list(SPLITS))
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_split_chain_equals_one_process(single, split_run, kind, name, report_measurement):

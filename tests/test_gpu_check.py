@@ -47,6 +47,7 @@ def test_dry_run_writes_every_part(tmp_path):
     assert not list(tmp_path.glob(".*partial"))
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(_has_cuda(), reason="this machine has a GPU")
 def test_without_a_gpu_it_is_one_sentence(tmp_path):
     run = subprocess.run(

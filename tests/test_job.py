@@ -14,48 +14,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from support import COCKATOO, cockatoo_settings, png_frames
 
 from pix2video import EditSettings, Pix2VideoPipeline, edit_clip, load_pipeline, preview_anchor
 from pix2video.cli import main
 from pix2video.errors import EditCancelled, InputError
-from pix2video.job import PipelineCache
 from pix2video.media import fit_size, read_clip, resize_frames
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
 SIZE, FRAMES, STEPS = "128", 3, 2
 
 
-@pytest.fixture(scope="module")
-def pipelines() -> PipelineCache:
-    """One loaded tiny model for every job of this module (as a server keeps it)."""
-    return PipelineCache()
-
-
 def settings(tmp_path: Path, **changes) -> EditSettings:
-    base = EditSettings(
-        input=COCKATOO,
-        prompt="a cockatoo made of blue crystal",
-        output=tmp_path / "out",
-        source_prompt="a white cockatoo",
-        model="tiny",
-        size=SIZE,
-        max_frames=FRAMES,
-        steps=STEPS,
-        dtype="float32",  # compared with float32 pipelines
-        cache_dir=tmp_path / "cache",
-    )
-    return base.replace(**changes)
-
-
-def png_frames(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
+    """The cockatoo at `SIZE`, `FRAMES` frames and `STEPS` steps, in `tmp_path`."""
+    return cockatoo_settings(tmp_path, size=SIZE, max_frames=FRAMES, steps=STEPS).replace(**changes)
 
 
 # --------------------------------------------------------------------------- settings
 
 
+@pytest.mark.integration  # a fresh interpreter: nothing imported yet
 def test_settings_import_without_torch():
     code = (
         "import sys; from pix2video import EditSettings; "

@@ -15,17 +15,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from support import COCKATOO, cockatoo_settings, png_frames
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.core.inversion import source_trajectory
 from pix2video.errors import EditCancelled
-from pix2video.job import PipelineCache
 from pix2video.media import fit_size, read_clip, resize_frames
 from pix2video.pipelines.masks import binarize, composite, latent_mask, mask_alpha
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
 FRAMES, STEPS, SIZE = 3, 2, "128"
 
 
@@ -41,10 +39,6 @@ def distance_to(mask: np.ndarray) -> np.ndarray:
 def blob(height: int, width: int, cy: int, cx: int, r: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-
-
-def png_frames(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
 
 
 def grey_pngs(folder: Path) -> list[np.ndarray]:
@@ -63,11 +57,6 @@ def write_masks(folder: Path, masks: list[np.ndarray]) -> Path:
     for i, m in enumerate(masks):
         Image.fromarray((m * 255).astype(np.uint8)).save(folder / f"m{i:03d}.png")
     return folder
-
-
-@pytest.fixture(scope="module")
-def pipelines() -> PipelineCache:
-    return PipelineCache()
 
 
 # ------------------------------------------------------------------------------ mask maths
@@ -198,19 +187,9 @@ def test_masks_with_reused_inversions_or_wrong_shapes_are_refused(tiny_pipe):
 
 # ------------------------------------------------------------------------------ job and CLI
 def settings(tmp_path: Path, **changes) -> EditSettings:
-    base = EditSettings(
-        input=COCKATOO,
-        prompt="a cockatoo made of blue crystal",
-        output=tmp_path / "out",
-        source_prompt="a white cockatoo",
-        model="tiny",
-        size=SIZE,
-        max_frames=FRAMES,
-        steps=STEPS,
-        dtype="float32",  # compared with float32 pipelines
-        cache_dir=tmp_path / "cache",
-        mask_dilate=3,
-        mask_feather=4,
+    """The cockatoo at `SIZE`, `FRAMES` frames, `STEPS` steps, with a narrow mask edge."""
+    base = cockatoo_settings(
+        tmp_path, size=SIZE, max_frames=FRAMES, steps=STEPS, mask_dilate=3, mask_feather=4
     )
     return base.replace(**changes)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from support import TINY_CLIP
 
 from pix2video.errors import InputError, ModelNotAvailableError
 from pix2video.evaluation.clip_score import ClipScorer
@@ -18,7 +18,6 @@ from pix2video.evaluation.metrics import evaluate
 from pix2video.evaluation.report import EvalReport
 from pix2video.models import DEFAULT_CLIP_MODEL
 
-TINY_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "tiny-clip"
 needs_tiny_clip = pytest.mark.skipif(
     not TINY_CLIP.is_dir(), reason=f"tiny random CLIP not found at {TINY_CLIP}"
 )

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ray_nodes import NOTICE_BOUND_S, add_node, ray_start_cluster, utility_cluster
-from test_batch import COCKATOO, env, png_frames, results
+from support import COCKATOO, png_frames
+from test_batch import env, results
 from test_multi_worker import (  # noqa: F401 - mask_file and one_process: fixtures shared
     FRAMES,
     TOLERANCE,

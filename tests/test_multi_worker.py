@@ -22,14 +22,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from support import cockatoo_settings
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.job import PipelineCache
 from pix2video.media import read_clip
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
 FRAMES, STEPS, SIZE = 7, 4, "64"
 TOLERANCE = 1e-5
 
@@ -47,22 +46,11 @@ def mask_file(tmp_path_factory) -> Path:
 def settings(folder: Path, mask: Path, **changes) -> EditSettings:
     """A local edit, anchor last, guided: the modes a split must get right together."""
     folder.mkdir(parents=True, exist_ok=True)
-    return EditSettings(
-        input=COCKATOO,
-        prompt="a cockatoo made of blue crystal",
-        output=folder / "out.mp4",
-        source_prompt="a white cockatoo",
-        model="tiny",
-        size=SIZE,
-        max_frames=FRAMES,
-        steps=STEPS,
-        dtype="float32",  # compared with float32 pipelines
-        mask=mask,
-        anchor="last",
-        cache_dir=folder / "cache",
-        save_latents=folder / "latents",
-        checkpoint_interval=0,
-    ).replace(**changes)
+    base = cockatoo_settings(
+        folder, output=folder / "out.mp4", size=SIZE, max_frames=FRAMES, steps=STEPS, mask=mask,
+        anchor="last", save_latents=folder / "latents", checkpoint_interval=0,
+    )  # fmt: skip
+    return base.replace(**changes)
 
 
 def cli_args(s: EditSettings) -> list[str]:
@@ -145,11 +133,16 @@ def test_split_edit_found_cached_is_decoded_by_the_driver_alone(tmp_path, mask_f
     assert output_frames(s.output) == output_frames(baseline.output)
 
 
-def test_two_ray_workers_from_the_cli(tmp_path, mask_file, one_process, report_measurement):
+@pytest.mark.integration
+def test_two_ray_workers_from_the_cli(
+    tmp_path, mask_file, one_process, ray_address, report_measurement
+):
+    """Two workers on the run's Ray instance (conftest's `ray_address`, joined as a cluster)."""
     _, expected = one_process
     s = settings(tmp_path, mask_file)
+    ray = ["--backend", "ray", "--ray-address", ray_address, "--workers", "2"]
     run = subprocess.run(
-        [sys.executable, "-m", "pix2video", *cli_args(s), "--backend", "ray", "--workers", "2"],
+        [sys.executable, "-m", "pix2video", *cli_args(s), *ray],
         capture_output=True,
         text=True,
         timeout=300,
@@ -178,6 +171,7 @@ def _wait_for_checkpoint(cache: Path, process: subprocess.Popen, newer_than: flo
     raise AssertionError("no editing checkpoint appeared")
 
 
+@pytest.mark.integration
 def test_ctrl_c_then_a_lost_worker_end_as_an_uninterrupted_edit(tmp_path, mask_file):
     """Ctrl-C stops every worker and keeps the cache; the same command then resumes, loses a
     worker (SIGKILL) after another step, restarts on the one that remains, and its result

@@ -4,8 +4,11 @@ determinism, input errors, processor restoration, the float16 feature store and 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
+import support
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionDepth2ImgPipeline
@@ -21,15 +24,8 @@ PROMPT, SOURCE = "a red sports car", "a swan on a lake"
 
 
 # ---------------------------------------------------------------------------- helpers
-def make_frames(n: int, height: int = 64, width: int = 64, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    frames = []
-    for i in range(n):
-        wave = 60 * np.sin((xx + 3 * i) / 7.0) * np.cos(yy / 9.0)
-        noise = rng.integers(-15, 15, (height, width, 3))
-        frames.append((120 + wave[..., None] + noise).clip(0, 255).astype(np.uint8))
-    return frames
+# a gentler, noisier wave than the other modules' frames (what these tolerances were set on)
+make_frames = partial(support.make_frames, amplitude=60, periods=(7.0, 9.0), noise=15)
 
 
 def make_depth(n: int, height: int = 48, width: int = 48, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
+from support import COCKATOO, PROMPT, SOURCE, png_frames
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
@@ -25,10 +25,7 @@ from pix2video.media import fit_size, read_clip, resize_frames
 from pix2video.pipelines.onednn import OneDNNLinear, onednn_available, use_onednn_linears
 from pix2video.precision import choose_dtype, cpu_flags, native_bfloat16, onednn_isa_limit
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
 SIZE, FRAMES, STEPS = "128", 2, 2
-PROMPT, SOURCE = "a cockatoo made of blue crystal", "a white cockatoo"
 EPYC = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 SAPPHIRE = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
 OLD_XEON = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
@@ -99,10 +96,6 @@ def test_this_machine_resolves_auto_as_its_flags_say():
 
 
 # --------------------------------------------------------------------------- a bfloat16 edit
-
-
-def png_frames(folder: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))]
 
 
 @pytest.mark.bitwise

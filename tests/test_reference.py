@@ -21,7 +21,8 @@ other's; the end-to-end run is checked on x_T (5e-3) and on the decoded frames (
 level); `test_inversion_is_chaotic` is the evidence for the chaos.
 
 The fast tier uses the first 2-3 frames (frame i depends only on frames 0..i); the `slow`
-tier (`pytest -m slow`) checks all 8 frames of every variant.
+tier (`pytest -m slow`) checks all 8 frames of every variant. Inversion batched across frames
+is checked against the end-to-end run's x_T (one frame at a time) and the reference's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 from pix2video.pipelines.checkpoints import load_pipeline
+from pix2video.pipelines.frame_batch import default_inversion_batch
 from pix2video.pipelines.sd2_depth import Pix2VideoPipeline
 
 TOL_INVERTED = 5e-3
@@ -162,6 +164,38 @@ def test_final_latents_match_reference_from_reference_noise(ref_pipe, reference,
         np.stack(out.frames).astype(np.float64) - _ref(reference, variant, "frames", n)
     )
     assert (frame_err.mean(axis=(1, 2, 3)) <= TOL_FRAME_GREY).all()
+
+
+def test_batched_inversion_matches_unbatched_and_the_reference(ref_pipe, end_to_end, reference):
+    """Inversion batched across frames: one UNet call per step for all frames, the same x_T
+    as one frame at a time (the end-to-end run's, batch 1 on the CPU) within the reference
+    tolerance, and as the reference's."""
+    frames, depth_maps = _inputs(reference, 2)
+    _, source = _prompts(reference)
+    depth = ref_pipe.prepare_depth(frames, depth_maps)
+    latents = ref_pipe.encode_frames(frames)
+    embedding = ref_pipe.encode_prompt(source)
+    calls = []
+    hook = ref_pipe.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        ref_pipe.invert(latents, depth, embedding, 3, batch_size=1)  # the calls, not the values
+        n_single = len(calls)
+        batched = ref_pipe.invert(latents, depth, embedding, 50, batch_size=2)
+    finally:
+        hook.remove()
+    assert n_single == 3 * 2 and calls[:n_single] == [1] * n_single
+    assert calls[n_single:] == [2] * 50  # one UNet call per step for all frames
+    assert default_inversion_batch("cpu") == 1  # so the end-to-end run inverted one by one
+    one_by_one = end_to_end.inverted_latents
+    assert (batched - one_by_one).abs().max() <= TOL_INVERTED
+    assert np.abs(batched.numpy() - _ref(reference, "default", "inverted", 2)).max() <= TOL_INVERTED
+    assert not torch.equal(batched[0], batched[1])  # rows are different frames
+
+
+def test_default_inversion_batch_by_device():
+    assert default_inversion_batch("cpu") == 1
+    assert default_inversion_batch("cuda") == 8
+    assert default_inversion_batch(torch.device("cuda", 1)) == 8
 
 
 def test_inversion_is_chaotic(ref_pipe, reference):

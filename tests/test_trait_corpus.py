@@ -24,16 +24,11 @@ from trait_corpus import TRAITS, Trait, write_video
 
 from pix2video import EditSettings
 from pix2video.errors import InputError
-from pix2video.job import PipelineCache, edit_clip
+from pix2video.job import edit_clip
 from pix2video.media import open_clip, resize_frames
 
 STEPS, SIZE = 1, 128
 IDS = [Path(t.file).stem for t in TRAITS]
-
-
-@pytest.fixture(scope="module")
-def pipelines() -> PipelineCache:
-    return PipelineCache()
 
 
 @pytest.fixture(scope="module")

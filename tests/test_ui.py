@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from support import COCKATOO, TINY_BLIP
 
 from pix2video import cli
 from pix2video.media import probe, read_clip
@@ -34,9 +35,6 @@ from pix2video.media import probe, read_clip
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client", reason="the test extra installs gradio")
 
-ROOT = Path(__file__).resolve().parents[1]
-COCKATOO = ROOT / "examples" / "cockatoo.mp4"
-TINY_BLIP = ROOT.parent / "shared" / "models" / "tiny-blip"
 CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -183,6 +181,7 @@ def assert_one_sentence(message: str) -> None:
 # --------------------------------------------------------------------------- the API
 
 
+@pytest.mark.integration
 def test_endpoints_are_named_like_the_edit_options(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(api) == {"/preview", "/edit"}
@@ -213,6 +212,7 @@ def test_endpoints_are_named_like_the_edit_options(client):
     assert defaults["steps"] == 50 and defaults["attend"] == "anchor+previous"
 
 
+@pytest.mark.integration
 def test_preview_then_edit_then_new_prompt_reuses_depth_and_inversion(client, report_measurement):
     handle = gradio_client.handle_file(str(COCKATOO))
     common = dict(video=handle, source_prompt="a white cockatoo", **FAST)
@@ -247,6 +247,7 @@ def test_preview_then_edit_then_new_prompt_reuses_depth_and_inversion(client, re
     report_measurement("ui edit (tiny, 4 frames, 256 px, 2 steps), s", f"{edit_s:.1f}")
 
 
+@pytest.mark.integration
 def test_edit_only_what_the_mask_prompt_names(client):
     handle = gradio_client.handle_file(str(COCKATOO))
     common = dict(video=handle, source_prompt="a white cockatoo", **FAST)
@@ -261,6 +262,7 @@ def test_edit_only_what_the_mask_prompt_names(client):
     assert "Local edit: " in status and "every other pixel is the source's" in status, status
 
 
+@pytest.mark.integration
 def test_bad_requests_are_one_sentence_and_the_server_goes_on(client, tmp_path):
     not_a_video = tmp_path / "notes.txt"
     not_a_video.write_text("not a video\n")
@@ -310,6 +312,7 @@ def test_bad_requests_are_one_sentence_and_the_server_goes_on(client, tmp_path):
     assert "(frame 4)" in status  # frames 2 and 4 (20 fps, from 0.1 s, stride 2); anchor last
 
 
+@pytest.mark.integration
 def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
     import httpx
 
@@ -323,6 +326,7 @@ def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
 # --------------------------------------------------------------------------- the page
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     CHROMIUM is None, reason="/usr/bin/chromium is not installed (.ci/run installs it)"
 )
@@ -491,6 +495,7 @@ def test_browser_shows_an_avi_and_an_mjpeg_mov(server, corpus, tmp_path):
 # --------------------------------------------------------------------------- lifecycle
 
 
+@pytest.mark.integration
 def test_sigterm_stops_the_server_and_removes_its_folder(server, client):
     assert server.folder is not None and server.folder.is_dir()
     assert any(server.folder.iterdir())  # uploads and results were kept there
@@ -499,6 +504,7 @@ def test_sigterm_stops_the_server_and_removes_its_folder(server, client):
     assert "Traceback" not in server.output, server.output
 
 
+@pytest.mark.integration
 def test_unavailable_model_is_one_sentence_and_ctrl_c_stops(tmp_path):
     if not COCKATOO.exists():
         pytest.skip(f"the example clip {COCKATOO} is absent")
@@ -537,6 +543,7 @@ def test_unavailable_model_is_one_sentence_and_ctrl_c_stops(tmp_path):
 # --------------------------------------------------------------------------- the command
 
 
+@pytest.mark.integration
 def test_help_imports_neither_gradio_nor_torch():
     code = (
         "import sys\n"

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from support import BLACKSWAN, COCKATOO, G1, REALSHORT
 
 from pix2video.errors import InputError, VideoError
 from pix2video.media import (
@@ -27,12 +28,6 @@ from pix2video.media import (
     side_by_side,
     write_video,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCKATOO = DATA / "videos" / "cockatoo.mp4"
-REALSHORT = DATA / "videos" / "realshort.mp4"
-G1 = DATA / "videos" / "g1.avi"
-BLACKSWAN = DATA / "blackswan"
 
 
 def need(path: Path) -> Path:

@@ -20,14 +20,12 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from support import COCKATOO
 
 from pix2video.errors import VideoError
 from pix2video.media import DECODE_STATS, ClipReader, open_clip, read_clip, seek
 
 FRAMES, FPS, GOP, W, H = 300, 30, 30, 64, 48
-COCKATOO = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "cockatoo.mp4"
-)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,0 +1,194 @@
+"""What the test modules share: data paths, frame helpers, settings builders, the tier guard.
+
+Plain helpers live here (imported as ``from support import ...``: pytest puts tests/ on the
+path); fixtures live in conftest.py. Nothing here imports torch or the pipelines at import
+time, so helpers stay cheap for the modules that need none of that.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.process
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+if TYPE_CHECKING:
+    from pix2video.settings import EditSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"  # the project's shared folder: models, data, reference
+DATA = SHARED / "data"
+MODELS = SHARED / "models"
+# The real footage every job test edits: 16:9, 20 fps, 280 frames, with a (silent) audio track.
+# The repository ships it (examples/); ../shared/data/videos/cockatoo.mp4 is the same file.
+COCKATOO = ROOT / "examples" / "cockatoo.mp4"
+REALSHORT = DATA / "videos" / "realshort.mp4"
+G1 = DATA / "videos" / "g1.avi"
+BLACKSWAN = DATA / "blackswan"
+TINY_BLIP = MODELS / "tiny-blip"
+TINY_CLIP = MODELS / "tiny-clip"
+
+# The prompts of the cockatoo edits.
+PROMPT, SOURCE = "a cockatoo made of blue crystal", "a white cockatoo"
+
+
+def need(path: Path) -> Path:
+    """`path`, or skip the test when the shared data it names is absent."""
+    if not path.exists():
+        pytest.skip(f"test data {path} is absent (the shared folder ../shared)")
+    return path
+
+
+def png_frames(folder: str | os.PathLike) -> list[np.ndarray]:
+    """The PNG frames of an output folder, in name order, as RGB arrays."""
+    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(Path(folder).glob("*.png"))]
+
+
+def same_frames(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    """Whether two frame lists are equal bit for bit (and equally long)."""
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def make_frames(
+    n: int,
+    height: int = 64,
+    width: int = 64,
+    seed: int = 0,
+    amplitude: float = 90,
+    periods: tuple[float, float] = (6.0, 8.0),
+    noise: int = 10,
+) -> list[np.ndarray]:
+    """`n` synthetic frames: a wave of `amplitude` grey levels (x and y `periods` in pixels)
+    moving 3 px a frame, plus uniform noise of +-`noise`: enough texture for edges, depth
+    and attention to differ between frames; the same frames for the same arguments."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = []
+    for i in range(n):
+        wave = amplitude * np.sin((xx + 3 * i) / periods[0]) * np.cos(yy / periods[1])
+        jitter = rng.integers(-noise, noise, (height, width, 3))
+        frames.append((120 + wave[..., None] + jitter).clip(0, 255).astype(np.uint8))
+    return frames
+
+
+def cockatoo_settings(folder: Path, **values: Any) -> EditSettings:
+    """Edit settings for the cockatoo clip (`PROMPT` from `SOURCE`) with the bundled tiny model
+    in float32 (what the tests compare with float32 pipelines), writing `folder`/out with its
+    cache in `folder`/cache; `values` set or replace any field (size, frames, steps, model,
+    ControlNets, output...). Use ``.replace(**changes)`` on the result for per-test changes."""
+    from pix2video.settings import EditSettings
+
+    base: dict[str, Any] = dict(
+        input=COCKATOO,
+        prompt=PROMPT,
+        output=Path(folder) / "out",
+        source_prompt=SOURCE,
+        model="tiny",
+        dtype="float32",
+        cache_dir=Path(folder) / "cache",
+    )
+    return EditSettings(**{**base, **values})
+
+
+# --------------------------------------------------------------------------- the CLI in-process
+
+
+@dataclass
+class CliRun:
+    """What a run of the command line left: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: Any, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliRun:
+    """``pix2video ARGS`` in this process through click's runner, read as a subprocess's run
+    is read (exit code, stdout, stderr) but without starting Python and torch again.
+
+    The real command group runs in standalone mode (its one-sentence errors and exit codes),
+    in `cwd`, with `env` added to the environment, on one torch thread as the CLI
+    subprocesses ran (OMP_NUM_THREADS=1). The tests that prove the installed entry point
+    start it for real (`integration`).
+    """
+    import torch
+    from click.testing import CliRunner
+
+    from pix2video.cli import main
+
+    environment = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    threads, old_cwd = torch.get_num_threads(), Path.cwd()
+    torch.set_num_threads(1)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner(env=environment).invoke(main, [str(a) for a in args])
+    finally:
+        os.chdir(old_cwd)
+        torch.set_num_threads(threads)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bug in the test or the CLI, not an exit of the CLI
+    return CliRun(result.exit_code, result.stdout, result.stderr)
+
+
+# --------------------------------------------------------------------------- the tier guard
+
+
+class StartedOutsideIntegration(AssertionError):
+    """A test outside the `integration` tier started a process."""
+
+
+def _is_ours(program: str) -> bool:
+    """Whether `program` is this Python, or a program of its environment (the console
+    script, Ray's binaries, Playwright's driver), rather than a system tool."""
+    path = Path(program)
+    if not path.is_absolute():
+        return Path(program).name.startswith("python") or program == "pix2video"
+    candidates = {path, path.resolve()}
+    here = {Path(sys.executable), Path(sys.executable).resolve()}
+    if candidates & here:
+        return True
+    if sys.prefix != sys.base_prefix:  # a virtual environment: anything installed in it
+        prefix = Path(sys.prefix).resolve()
+        return any(p.is_relative_to(prefix) for p in candidates)
+    return False
+
+
+@contextmanager
+def in_process_only(what: str) -> Iterator[None]:
+    """Within the block, starting a Python process (the CLI, a worker, Ray) or a process of
+    the environment (Playwright's browser driver) fails with `StartedOutsideIntegration`
+    naming `what`. System tools a library may call (fc-list, ldconfig) stay allowed."""
+    popen_child = subprocess.Popen._execute_child
+    process_start = multiprocessing.process.BaseProcess.start
+
+    def guarded_child(self, args, executable, *rest, **kwargs):
+        program = executable or (args if isinstance(args, str | bytes | os.PathLike) else args[0])
+        program = os.fsdecode(program)
+        if _is_ours(program):
+            raise StartedOutsideIntegration(
+                f"{what} started {program} but is not marked `integration`"
+            )
+        return popen_child(self, args, executable, *rest, **kwargs)
+
+    def guarded_start(self):
+        raise StartedOutsideIntegration(
+            f"{what} started a {type(self).__name__} but is not marked `integration`"
+        )
+
+    subprocess.Popen._execute_child = guarded_child
+    multiprocessing.process.BaseProcess.start = guarded_start
+    try:
+        yield
+    finally:
+        subprocess.Popen._execute_child = popen_child
+        multiprocessing.process.BaseProcess.start = process_start
