@@ -35,7 +35,7 @@ MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_GUIDANCE_SCALE = 100.0
 CPU_FRAME_BATCH = 1
 """`frame_batch="auto"` on a CPU: what benchmarks/frame_batch.py measured fastest there (on a
-GPU the pipeline measures what fits, `Pix2VideoBase.auto_frame_batch`)."""
+GPU the pipeline measures what fits, `pipelines.frame_batch.measure_frame_batch`)."""
 FUTURE_TARGET_NEEDS_FRAME_ORDER = (
     "Step-by-step processing cannot pull towards a later step's prediction; use schedule='frame'."
 )

@@ -238,7 +238,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         `FrameConditioning` giving it a few frames at a time (a job reads it from disk).
         `options` is the method's `EditOptions`; keyword arguments build one (or change
         the given one): `edit(x_T, depth, text, negative, num_inference_steps=20)`. A
-        frame batch of "auto" is measured here (`auto_frame_batch`). `chain` makes this
+        frame batch of "auto" is measured here (`frame_batch.measure_frame_batch`). `chain` makes this
         one worker of a clip split across workers (`frame_chain`): `inverted_latents`,
         `masks`, `resume`'s latents and the result then hold its positions' rows. Returns
         the final latents (N, 4, h, w) and the feature store (its `chunk_size` is the
@@ -285,8 +285,8 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         text: torch.Tensor,
         chain: ChainPlace | None,
     ) -> int:
-        """`auto_frame_batch` for these rows (a worker's positions, in a split chain); 1 in
-        frame-major order, which edits one frame per call."""
+        """`frame_batch.measure_frame_batch` of these rows (a worker's positions, in a split
+        chain); 1 in frame-major order, which edits one frame per call."""
         num_frames = chain.num_frames if chain is not None else inverted_latents.shape[0]
         if not options.step_major(num_frames):
             return 1
@@ -294,23 +294,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if chain is not None:  # rows are the worker's positions, `conditioning` takes clip indices
             clip, mine = options.clip_order(num_frames), chain.positions
             by_row = lambda index: conditioning([clip[mine[i]] for i in index])  # noqa: E731
-        return self.auto_frame_batch(inverted_latents, by_row, text, options.attend)
-
-    def auto_frame_batch(
-        self,
-        inverted_latents: torch.Tensor,
-        conditioning: FrameConditioning,
-        text: torch.Tensor,
-        attend: str = "anchor+previous",
-    ) -> int:
-        """Frames per editing UNet call for `frame_batch="auto"`, capped by the clip.
-
-        On a CPU, what `benchmarks/frame_batch.py` measured fastest (`CPU_FRAME_BATCH`).
-        On a GPU, the most frames that fit the free memory with a margin: one editing call
-        of 2 and one of 4 frames (with the cross-frame attention, at the clip's size and
-        text rows) measure the memory a frame adds; neither is counted as an evaluation.
-        """
-        return measure_frame_batch(self, inverted_latents, conditioning, text, attend)
+        return measure_frame_batch(self, inverted_latents, by_row, text, options.attend)
 
     # ------------------------------------------------------------------ the whole method
     @torch.inference_mode()
@@ -383,7 +367,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             control_images: ControlNet pipelines: per frame, one RGB control image per
                 ControlNet (`control.py` makes canny and depth images).
             frame_batch: frames per editing model call in step-by-step order (1 = one at
-                a time; "auto": `auto_frame_batch`); the result equals one at a time up
+                a time; "auto": `frame_batch.measure_frame_batch`); the result equals one at a time up
                 to float rounding.
         """
         # 1. check inputs: the method's options once (EditOptions), then the rest
