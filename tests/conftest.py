@@ -18,6 +18,7 @@ end of its summary.
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -32,6 +33,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+# Run in the background (`nohup pytest &`, some CI runners), the suite inherits SIGINT
+# ignored, and so would every process it starts: the Ctrl-C tests then saw their edit run to
+# the end (exit 0) instead of stopping with 130. Handled here, it is default again in children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _MEASUREMENTS = pytest.StashKey[list]()
 
