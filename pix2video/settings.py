@@ -191,7 +191,7 @@ class EditSettings:
             raise InputError("The negative prompt must be text.")
         _choice("dtype", self.dtype, DTYPES)
         _choice("feature-store-dtype", self.feature_store_dtype, FEATURE_STORE_DTYPES)
-        self.edit_options()  # checks the method's options
+        options = self.edit_options()  # checks the method's options
         _integer("stride", self.stride, 1)
         if self.max_frames is not None:
             _integer("max-frames", self.max_frames, 1)
@@ -220,7 +220,7 @@ class EditSettings:
         if not str(self.model).strip():
             raise InputError("The model name is empty: use a hub id, a folder or 'tiny'.")
         self._validate_backbone()
-        self._validate_workers()
+        self._validate_workers(options)
         return self
 
     def edit_options(self) -> EditOptions:
@@ -237,7 +237,9 @@ class EditSettings:
                 latent_guidance_target=self.latent_guidance_target,
                 seed=self.seed,
                 frame_batch=self.frame_batch,
-                feature_store_dtype=None if self.feature_store_dtype == "float32" else "float16",
+                feature_store_dtype=None  # float32: as the model computes them
+                if self.feature_store_dtype == "float32"
+                else self.feature_store_dtype,
                 feature_store_device="cpu" if self.offload_features else None,
             )
         except OptionError as exc:
@@ -253,7 +255,7 @@ class EditSettings:
     def split_across_workers(self) -> bool:
         return self.worker_count > 1 or self.backend == "ray"
 
-    def _validate_workers(self) -> None:
+    def _validate_workers(self, options: EditOptions) -> None:
         """--workers, --devices, --backend, --ray-address, --cpus-per-worker."""
         from .core.guidance import UNSPLITTABLE
 
@@ -280,7 +282,7 @@ class EditSettings:
             raise InputError("The --ray-address is empty: use HOST:PORT or auto.")
         if self.cpus_per_worker is not None:
             _number("cpus-per-worker", self.cpus_per_worker, 0.01)
-        if self.split_across_workers and not self.edit_options().splittable:
+        if self.split_across_workers and not options.splittable:
             raise InputError(UNSPLITTABLE)
 
     def _validate_backbone(self) -> None:
@@ -358,7 +360,7 @@ def parse_lora(text: str) -> tuple[str, float]:
 
 
 def _control_choices() -> str:
-    """"canny, depth or a folder/video of control frames": what --control takes."""
+    """ "canny, depth or a folder/video of control frames": what --control takes."""
     *rest, last = CONTROL_KINDS
     return f"{', '.join(rest)}, {last} or a folder/video of control frames"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from .conditioning import Conditioning, ConditioningRows
@@ -21,9 +20,6 @@ from .masks import LocalEditMasks
 from .prompts import Prompts
 from .results import EditResult
 from .source import SourceClip
-
-if TYPE_CHECKING:
-    pass
 
 
 class FrameRows:
