@@ -301,9 +301,6 @@ class ChainExchange:
             self.counts.messages_sent += 1
 
     # ------------------------------------------------------------------ receiving
-    def is_remote(self, position: int) -> bool:
-        return position not in self.mine
-
     def receive(self, position: int, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
         """The next message from `position`'s worker, which is `position`'s (features or x0)."""
         import torch.distributed as dist
@@ -335,9 +332,6 @@ class NoExchange:
 
     def send_x0(self, position: int, x0: torch.Tensor) -> None:
         pass
-
-    def is_remote(self, position: int) -> bool:
-        return False
 
     def receive(self, position: int, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
         raise RuntimeError(f"frame position {position} is nobody's: the whole clip is here")
