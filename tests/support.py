@@ -58,6 +58,17 @@ def same_frames(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def frame_gap(a: list[np.ndarray], b: list[np.ndarray]) -> int:
+    """The largest difference in grey levels between two equally long frame lists: a number
+    to assert on and report (a failed `==` on frame lists prints every pixel and hides the
+    rest of the log)."""
+    assert len(a) == len(b), f"{len(a)} frames vs {len(b)}"
+    return max(
+        int(np.abs(x.astype(np.int16) - y.astype(np.int16)).max())
+        for x, y in zip(a, b, strict=True)
+    )
+
+
 def make_frames(
     n: int,
     height: int = 64,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ray_nodes import NOTICE_BOUND_S, add_node, ray_start_cluster, utility_cluster
-from support import COCKATOO, png_frames
+from support import COCKATOO, frame_gap, png_frames
 from test_batch import env, results
 from test_multi_worker import (  # noqa: F401 - mask_file and one_process: fixtures shared
     FRAMES,
@@ -29,7 +29,6 @@ from test_multi_worker import (  # noqa: F401 - mask_file and one_process: fixtu
     mask_file,
     one_process,
     one_thread_edit,
-    output_frames,
     settings,
 )
 
@@ -121,7 +120,9 @@ def test_two_workers_on_two_nodes_equal_one_process(
     assert stats["bytes_exchanged"] > 0
     # each node's worker decoded its own frames; they crossed to the driver's node whole
     assert min(stats["worker_decodes"]) > 0 and sum(stats["worker_decodes"]) == FRAMES
-    assert output_frames(tmp_path / "out.mp4") == output_frames(baseline.output)
+    frames = frame_gap(png_frames(tmp_path / "out"), png_frames(baseline.output))
+    report_measurement("2 workers on 2 Ray nodes vs one process: frames' max gap", frames)
+    assert frames <= 1  # as in test_multi_worker: PNG, within one grey level
 
 
 def test_a_lost_node_mid_edit_finishes_on_the_node_that_remains(

@@ -5,6 +5,11 @@ The one-process baseline runs with one torch thread, as each of two CPU workers 
 (the issue's bound is 1e-5). Against a two-thread process the tiny random model turns the
 thread count's rounding (~1e-7) into visible differences; that is the thread count, not the
 split (`test_frame_chain.py` shows the split exact in float64 in every mode).
+
+Output frames are compared as PNG (lossless) within one grey level: latents 1e-5 apart decode
+to frames at most one level apart (measured on the tiny VAE), whereas through H.264 one
+level's change moves the encoder's choices. Processes hold their tensors at other addresses,
+and some CPUs' BLAS paths round by alignment, so bit equality is not asserted across them.
 """
 
 from __future__ import annotations
@@ -22,12 +27,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from support import cockatoo_settings
+from support import cockatoo_settings, frame_gap, png_frames
 
 from pix2video import EditSettings, edit_clip
 from pix2video.cli import main
 from pix2video.job import PipelineCache
-from pix2video.media import read_clip
 
 FRAMES, STEPS, SIZE = 7, 4, "64"
 TOLERANCE = 1e-5
@@ -47,7 +51,7 @@ def settings(folder: Path, mask: Path, **changes) -> EditSettings:
     """A local edit, anchor last, guided: the modes a split must get right together."""
     folder.mkdir(parents=True, exist_ok=True)
     base = cockatoo_settings(
-        folder, output=folder / "out.mp4", size=SIZE, max_frames=FRAMES, steps=STEPS, mask=mask,
+        folder, output=folder / "out", size=SIZE, max_frames=FRAMES, steps=STEPS, mask=mask,
         anchor="last", save_latents=folder / "latents", checkpoint_interval=0,
     )  # fmt: skip
     return base.replace(**changes)
@@ -114,15 +118,15 @@ def test_three_local_workers_equal_one_process(
     assert len(result.worker_decodes) == 3 and min(result.worker_decodes) > 0
     assert sum(result.worker_decodes) == FRAMES
     assert result.peak_frames_held == baseline.peak_frames_held  # read back one at a time
-    assert output_frames(s.output) == output_frames(baseline.output)
-
-
-def output_frames(path) -> list[bytes]:
-    return [frame.tobytes() for frame in read_clip(path).frames]
+    frames = frame_gap(png_frames(s.output), png_frames(baseline.output))
+    report_measurement("3 workers vs one process: output frames' max gap (grey levels)", frames)
+    assert frames <= 1
 
 
 @pytest.mark.bitwise
-def test_split_edit_found_cached_is_decoded_by_the_driver_alone(tmp_path, mask_file, one_process):
+def test_split_edit_found_cached_is_decoded_by_the_driver_alone(
+    tmp_path, mask_file, one_process, report_measurement
+):
     """No worker starts for a cached edit: the driver's copy of the model is the only one."""
     baseline, _ = one_process
     s = settings(tmp_path, mask_file, cache_dir=Path(baseline.output).parent / "cache")
@@ -130,7 +134,9 @@ def test_split_edit_found_cached_is_decoded_by_the_driver_alone(tmp_path, mask_f
     result = one_thread_edit(s.replace(workers=2), pipelines=driver)
     assert result.editing == "cached" and result.worker_decodes == []
     assert len(driver._pipes) == 1
-    assert output_frames(s.output) == output_frames(baseline.output)
+    frames = frame_gap(png_frames(s.output), png_frames(baseline.output))
+    report_measurement("cached split edit vs one process: output frames' max gap", frames)
+    assert frames <= 1
 
 
 @pytest.mark.integration
