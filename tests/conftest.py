@@ -32,14 +32,23 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Two threads, the machine's cores; each of `-n 2`'s workers (pytest-xdist) takes one of them.
+torch.set_num_threads(1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2)
 # Run in the background (`nohup pytest &`, some CI runners), the suite inherits SIGINT
 # ignored, and so would every process it starts: the Ctrl-C tests then saw their edit run to
 # the end (exit 0) instead of stopping with 130. Handled here, it is default again in children.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-_MEASUREMENTS = pytest.StashKey[list]()
+_MEASURED = "measured: "  # the prefix of a measurement among a test's properties
+_measurements: list[tuple[str, str, str]] = []  # (test, name, value), as the tests ended
+
+
+def pytest_configure(config):
+    """`slow` tests run only when a `-m` names them (`support.with_tiers_off_by_default`)."""
+    from support import with_tiers_off_by_default
+
+    config.option.markexpr = with_tiers_off_by_default(config.option.markexpr)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -222,26 +231,35 @@ def tiny_lora(tiny_sd15, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def report_measurement(request, record_property):
+def report_measurement(record_property):
     """`report(name, value)`: print `value` under "measurements" at the end of the run.
 
     For figures worth seeing on every run, above all those that are measured and not asserted
-    (their value is the CPU's choice); also kept as a JUnit XML property of the test.
+    (their value is the CPU's choice); kept as a property of the test ("measured: name"), which
+    is how it reaches the summary from a worker and the JUnit XML.
     """
 
-    def report(name: str, value: str) -> None:
-        measurements = request.config.stash.setdefault(_MEASUREMENTS, [])
-        measurements.append((request.node.nodeid, name, value))
-        record_property(name, value)
+    def report(name: str, value: object) -> None:
+        record_property(f"{_MEASURED}{name}", str(value))
 
     return report
 
 
+def pytest_runtest_logreport(report):
+    """Gathers the measurements from each test's last report (a worker's, under -n, reaches
+    the main process with its properties)."""
+    if report.when != "teardown":
+        return
+    for name, value in report.user_properties:
+        if name.startswith(_MEASURED):
+            entry = (report.nodeid.split("@")[0], name.removeprefix(_MEASURED), value)
+            _measurements.append(entry)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    measurements = config.stash.get(_MEASUREMENTS, [])
-    if not measurements:
+    if not _measurements:
         return
     terminalreporter.section("measurements")
-    for nodeid, name, value in measurements:
+    for nodeid, name, value in _measurements:
         terminalreporter.write_line(f"{name}: {value}")
         terminalreporter.write_line(f"    ({nodeid})")

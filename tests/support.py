@@ -41,6 +41,20 @@ TINY_CLIP = MODELS / "tiny-clip"
 PROMPT, SOURCE = "a cockatoo made of blue crystal", "a white cockatoo"
 
 
+TIERS_OFF_BY_DEFAULT = ("slow",)  # the long numerical runs (all 8 reference frames)
+
+
+def with_tiers_off_by_default(expression: str) -> str:
+    """The `-m` expression a run uses: `expression`, and not `slow` unless it names it. So
+    `pytest` is the suite, `pytest -m "not integration"` a tier as written, `pytest -m slow`
+    the long runs (a `-m` in pyproject's addopts would be replaced by any on the command line)."""
+    off = [tier for tier in TIERS_OFF_BY_DEFAULT if tier not in expression]
+    if not off:
+        return expression
+    clauses = [f"({expression})"] if expression else []
+    return " and ".join([*clauses, *(f"not {tier}" for tier in off)])
+
+
 def need(path: Path) -> Path:
     """`path`, or skip the test when the shared data it names is absent."""
     if not path.exists():

@@ -375,8 +375,11 @@ def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
             tic = time.perf_counter()
             page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
             page.locator("#source-prompt textarea").fill(typed)  # while the caption runs
-            # the captioner is not in the cache and the hub is unreachable: said at once
-            status = wait_status(page, "^No caption", timeout=10_000)
+            # the captioner is not in the cache and the hub is unreachable: said in seconds,
+            # not after the minutes of a hub client retrying. Upload to status through the
+            # browser took 7.9 s alone on our 2-core machine and 10 s beside another test
+            # worker (`-n 2`); the figure is reported
+            status = wait_status(page, "^No caption", timeout=30_000)
             seconds = time.perf_counter() - tic
             assert status == (
                 f"No caption: the captioner {BLIP} is not available offline (the hub "

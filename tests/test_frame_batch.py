@@ -26,7 +26,7 @@ from pix2video.core.edit_loop import chunked_calls
 from pix2video.core.frame_chain import chunks_of
 from pix2video.core.options import EditOptions, parse_frame_batch
 from pix2video.errors import InputError
-from pix2video.pipelines.frame_batch import frames_that_fit, model_rows
+from pix2video.pipelines.frame_batch import default_inversion_batch, frames_that_fit, model_rows
 from pix2video.pipelines.sd15_controlnet import Pix2VideoControlNetPipeline
 
 FRAMES, STEPS = 7, 3  # 7 is a multiple of none of the chunk sizes below
@@ -446,3 +446,9 @@ def test_page_field_becomes_the_setting(tmp_path, field, setting):
     if setting == "x":
         with pytest.raises(InputError, match="--frame-batch"):
             settings.validate()
+
+
+def test_default_inversion_batch_by_device():
+    assert default_inversion_batch("cpu") == 1
+    assert default_inversion_batch("cuda") == 8
+    assert default_inversion_batch(torch.device("cuda", 1)) == 8

@@ -20,8 +20,10 @@ variants) are checked from the reference's own x_T, where every variant matches 
 other's; the end-to-end run is checked on x_T (5e-3) and on the decoded frames (1 grey
 level); `test_inversion_is_chaotic` is the evidence for the chaos.
 
-The fast tier uses the first 2-3 frames (frame i depends only on frames 0..i); the `slow`
-tier (`pytest -m slow`) checks all 8 frames of every variant. Inversion batched across frames
+Every test here is marked `reference` (minutes at the reference's size: left out of the loop
+run while working, in the whole suite and CI). The whole suite uses the first 2-3 frames
+(frame i depends only on frames 0..i); the `slow` tier (`pytest -m slow`) checks all 8
+frames of every variant. Inversion batched across frames
 is checked against the end-to-end run's x_T (one frame at a time) and the reference's.
 """
 
@@ -38,6 +40,7 @@ from pix2video.pipelines.checkpoints import load_pipeline
 from pix2video.pipelines.frame_batch import default_inversion_batch
 from pix2video.pipelines.sd2_depth import Pix2VideoPipeline
 
+pytestmark = pytest.mark.reference
 TOL_INVERTED = 5e-3
 TOL_FINAL = 5e-2
 TOL_FRAME_GREY = 1.0
@@ -190,12 +193,6 @@ def test_batched_inversion_matches_unbatched_and_the_reference(ref_pipe, end_to_
     assert (batched - one_by_one).abs().max() <= TOL_INVERTED
     assert np.abs(batched.numpy() - _ref(reference, "default", "inverted", 2)).max() <= TOL_INVERTED
     assert not torch.equal(batched[0], batched[1])  # rows are different frames
-
-
-def test_default_inversion_batch_by_device():
-    assert default_inversion_batch("cpu") == 1
-    assert default_inversion_batch("cuda") == 8
-    assert default_inversion_batch(torch.device("cuda", 1)) == 8
 
 
 def test_inversion_is_chaotic(ref_pipe, reference):

@@ -1,6 +1,6 @@
 """The test tiers: whatever starts another process, Ray, a browser or a server is `integration`.
 
-The fast tier (``pytest -m "not integration and not slow"``) must stay in-process, so this
+The fast tier (``pytest -n 2 -m "not integration and not reference"``) must stay in-process, so this
 module reads every test module and follows each test through the module's own helpers and
 fixtures (and the shared ones in conftest.py) to the calls that start something: a
 subprocess (``subprocess``, ``sys.executable``), Ray (``ray.init``, a Ray cluster), a browser
@@ -16,6 +16,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from support import with_tiers_off_by_default
 
 TESTS = Path(__file__).resolve().parent
 
@@ -274,3 +275,28 @@ def test_the_guard_undoes_itself():
     with in_process_only("a block"):
         assert subprocess.Popen._execute_child is not before
     assert subprocess.Popen._execute_child is before
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("", "not slow"),
+        ("not integration", "(not integration) and not slow"),
+        ("bitwise or reference", "(bitwise or reference) and not slow"),
+        ("slow", "slow"),
+        ("bitwise and not slow", "bitwise and not slow"),
+    ],
+)
+def test_slow_runs_only_when_a_marker_expression_names_it(given, used):
+    assert with_tiers_off_by_default(given) == used
+
+
+def test_the_tiers_the_readme_names_are_registered(pytestconfig):
+    """The README's commands name markers pytest knows (an unknown one selects nothing)."""
+    import re
+
+    registered = {line.split(":")[0] for line in pytestconfig.getini("markers")}
+    readme = (TESTS.parent / "README.md").read_text()
+    named = set(re.findall(r'pytest[^\n]* -m "?([a-z ]+)"?', readme))
+    words = {w for expr in named for w in expr.split()} - {"not", "and", "or"}
+    assert words and words <= registered
