@@ -1,5 +1,5 @@
-"""The method itself, backbone-free: DDIM inversion (`inversion`), the guided latent update
-(`guidance`), the feature store and the cross-frame attention processor (`attention`), and
+"""The method itself, backbone-free: DDIM inversion (`inversion`), the flow-matching walk of
+FLUX/SD3 models and its inversion (`flow_matching`), the guided latent update (`guidance`), the feature store and the cross-frame attention processor (`attention`), and
 the (frame, step) edit loop over a noise predictor (`edit_loop`); the method's options,
 checked once (`options`); one clip split across workers (`frame_chain`).
 

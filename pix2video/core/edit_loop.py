@@ -1,14 +1,15 @@
-"""The Pix2Video edit loop, written once over a noise predictor (k-diffusion style).
+"""The Pix2Video edit loop, written once over a model predictor (k-diffusion style).
 
 Every backbone only prepares its conditioning and hands `EditLoop` a callable
-``predict(x, frames, t) -> eps``; everything that makes the method is here:
+``predict(x, frames, t) -> eps`` (a flow model's velocity, with a `FlowMatchSchedule`) and
+the `Schedule` its scheduler walks; everything that makes the method is here:
 
 - frames are processed in *anchor order*: position 0 is the **anchor frame** (the clip's
   first, or its last with `anchor="last"`), and position i's decoder self-attention reads
   the stored features of the anchor and of position i-1 at the same step
   (`attention.FeatureStore`, `attention.cross_frame_attention`);
-- after each DDIM step, the guided latent update pulls frame i towards frame i-1's
-  predicted x0 (`guidance.py`), during the first half of the steps;
+- after each sampling step (`Schedule.sample_step`), the guided latent update pulls frame i
+  towards frame i-1's predicted x0 (`guidance.py`), during the first half of the steps;
 - a local edit keeps, outside its mask, each frame's own source latent (`MaskBlend`);
 - step-major order saves a consistent state after every step (`EditCheckpoint`) that a
   resumed edit continues from with the same result.
@@ -44,10 +45,10 @@ from .attention import (
 )
 from .frame_chain import ChainPlace, WholeClip, chunks_of
 from .guidance import UNSPLITTABLE, guided_latent_update
-from .inversion import DDIMSchedule, ProgressCallback, ddim_sample_step
+from .inversion import ProgressCallback, Schedule
 from .options import EditOptions
 
-FramePredictor = Callable[[torch.Tensor, list[int], int], torch.Tensor]
+FramePredictor = Callable[[torch.Tensor, list[int], float], torch.Tensor]
 """eps = predict(x, frames, t): guided noise of the (n, 4, h, w) latents `x` of the clip's
 frames `frames` (one row each, in processing order) at t, in one model call."""
 
@@ -130,7 +131,7 @@ class EditLoop:
     def __init__(
         self,
         predict: FramePredictor,
-        schedule: DDIMSchedule,
+        schedule: Schedule,
         unet: torch.nn.Module,
         options: EditOptions,
         num_frames: int,
@@ -214,7 +215,7 @@ class EditLoop:
         return store, exchange
 
     def _call(self, positions: range, step: int, store: FeatureStore, exchange) -> None:
-        """One UNet call of a chunk of consecutive positions at `step`, and its DDIM step."""
+        """One model call of a chunk of consecutive positions at `step`, and its sampling step."""
         t = self.schedule.timesteps[step]
         if positions.start == self.mine[0]:
             exchange.begin_step(step)
@@ -226,10 +227,7 @@ class EditLoop:
         frames = [self.clip_order[p] for p in positions]
         with store.chunk_step(positions, step):
             eps = self.predict(x, frames, t)
-        s = self.schedule
-        stepped, predicted = ddim_sample_step(
-            x, eps, t, s.step_ratio, s.alphas_cumprod, s.final_alpha_cumprod
-        )
+        stepped, predicted = self.schedule.sample_step(x, eps, step)
         guided = [  # in order: row i reads row i-1's x0 of this call
             self._guide(position, step, stepped[row : row + 1], predicted[row : row + 1], exchange)
             for row, position in enumerate(positions)

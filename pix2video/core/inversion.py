@@ -1,5 +1,7 @@
-"""DDIM steps and DDIM inversion as small pure functions (k-diffusion style), and the
-inversion of a clip's frames over a batched noise predictor (`invert_frames`).
+"""DDIM steps and DDIM inversion as small pure functions (k-diffusion style), the `Schedule`
+a walk over noise levels offers the edit loop (`DDIMSchedule` here, `FlowMatchSchedule` in
+`flow_matching.py`), and the inversion of a clip's frames over a batched predictor
+(`invert_frames`).
 
 Conventions follow the reference implementation (see docs in `ALGORITHM.md`): with N steps
 over T = 1000 training steps the schedule is t = T - k, ..., k, 0 with k = T // N (the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -80,8 +83,39 @@ def ddim_sample_step(
 ProgressCallback = Callable[[str, int, int], None]
 """progress(stage, done, total), stage "inversion" (frames) or "editing" (frame-steps)."""
 
-BatchPredictor = Callable[[torch.Tensor, slice, int], torch.Tensor]
-"""eps = predict(x, frames, t): unguided noise of the frames `frames` (a slice of the clip)."""
+BatchPredictor = Callable[[torch.Tensor, slice, float], torch.Tensor]
+"""eps = predict(x, frames, t): the model output (noise; a flow model's velocity) of the frames
+`frames` (a slice of the clip) at model timestep t, unguided."""
+
+
+StepCallback = Callable[[int, float, torch.Tensor], None]
+"""callback(i, t, x): the latent after inversion step i (at the level of model timestep t)."""
+
+
+class Schedule(Protocol):
+    """A deterministic walk between noise levels, as the edit loop and inversion use it: the
+    model's timestep at each sampling step, one sampling step, and the inversion that sampling
+    undoes. The model's output is what the backbone predicts (DDIM: noise; flow: velocity)."""
+
+    @property
+    def timesteps(self) -> Sequence[float]:
+        """The model timestep of each sampling step, in sampling order (descending)."""
+        ...
+
+    def sample_step(
+        self, x: torch.Tensor, model_output: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling step `step` of `x`: (the latent at the next level, the predicted x0)."""
+        ...
+
+    def invert(
+        self,
+        predict: Callable[[torch.Tensor, float], torch.Tensor],
+        x: torch.Tensor,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Walk clean latents up to the noise sampling maps back to them (x_T)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -103,16 +137,36 @@ class DDIMSchedule:
             final_alpha_cumprod=scheduler.final_alpha_cumprod.to(device),
         )
 
+    def sample_step(
+        self, x: torch.Tensor, model_output: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM from timestep `timesteps[step]` to the next: (x, predicted x0)."""
+        t = self.timesteps[step]
+        return ddim_sample_step(
+            x, model_output, t, self.step_ratio, self.alphas_cumprod, self.final_alpha_cumprod
+        )
+
+    def invert(
+        self,
+        predict: NoisePredictor,
+        x: torch.Tensor,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """`ddim_invert` over this schedule."""
+        return ddim_invert(
+            predict, x, self.timesteps, self.alphas_cumprod, self.final_alpha_cumprod, callback
+        )
+
 
 def invert_frames(
     predict: BatchPredictor,
     latents: torch.Tensor,
-    schedule: DDIMSchedule,
+    schedule: Schedule,
     batch_size: int = 1,
     trajectory: bool = False,
     progress: ProgressCallback | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """DDIM-invert every frame's clean latent, `batch_size` frames per prediction.
+    """Invert every frame's clean latent (`schedule.invert`), `batch_size` frames per call.
 
     Returns x_T (N, 4, h, w); with `trajectory`, also (N, steps, 4, h, w): at index s, the
     latent at the noise level that editing step s lands on (`source_trajectory`).
@@ -121,25 +175,16 @@ def invert_frames(
     for start in range(0, len(latents), batch_size):
         chunk = slice(start, start + batch_size)
 
-        def predict_chunk(x: torch.Tensor, t: int, chunk: slice = chunk) -> torch.Tensor:
+        def predict_chunk(x: torch.Tensor, t: float, chunk: slice = chunk) -> torch.Tensor:
             return predict(x, chunk, t)
 
         x = latents[chunk]
         levels = [x]  # the clean latent, then each inversion step's result
 
-        def record(i: int, t: int, latent: torch.Tensor, levels: list = levels) -> None:
+        def record(i: int, t: float, latent: torch.Tensor, levels: list = levels) -> None:
             levels.append(latent)
 
-        inverted.append(
-            ddim_invert(
-                predict_chunk,
-                x,
-                schedule.timesteps,
-                schedule.alphas_cumprod,
-                schedule.final_alpha_cumprod,
-                record if trajectory else None,
-            )
-        )
+        inverted.append(schedule.invert(predict_chunk, x, record if trajectory else None))
         if trajectory:
             trajectories.append(source_trajectory(levels))
         if progress:

@@ -35,7 +35,7 @@ from PIL import Image
 from ..core.attention import FeatureStore
 from ..core.edit_loop import EditCheckpoint, EditLoop, FrameConditioning, SourceLatents
 from ..core.frame_chain import ChainPlace
-from ..core.inversion import DDIMSchedule, ProgressCallback, invert_frames
+from ..core.inversion import DDIMSchedule, ProgressCallback, Schedule, invert_frames
 from ..core.options import EditOptions
 from ..errors import EditCancelled, InputError
 from .frame_batch import measure_frame_batch, model_rows
@@ -180,7 +180,9 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.scheduler.set_timesteps(num_inference_steps)
         return [int(t) for t in self.scheduler.timesteps]
 
-    def ddim_schedule(self, num_inference_steps: int) -> DDIMSchedule:
+    def sampling_schedule(self, num_inference_steps: int) -> Schedule:
+        """The walk inversion and editing take: DDIM for the UNet backbones (a flow-matching
+        backbone returns a `core.flow_matching.FlowMatchSchedule`)."""
         return DDIMSchedule.from_scheduler(self.scheduler, num_inference_steps, self.device)
 
     @torch.inference_mode()
@@ -209,7 +211,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return invert_frames(
             predict,
             latents.to(self.device),
-            self.ddim_schedule(num_inference_steps),
+            self.sampling_schedule(num_inference_steps),
             batch_size=batch_size,
             trajectory=trajectory,
             progress=progress,
@@ -265,7 +267,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             options = options.with_frame_batch(measured)
         loop = EditLoop(
             predict,
-            self.ddim_schedule(options.num_inference_steps),
+            self.sampling_schedule(options.num_inference_steps),
             self.unet,
             options,
             num_frames,
