@@ -252,8 +252,7 @@ def pytest_runtest_logreport(report):
         return
     for name, value in report.user_properties:
         if name.startswith(_MEASURED):
-            entry = (report.nodeid.split("@")[0], name.removeprefix(_MEASURED), value)
-            _measurements.append(entry)
+            _measurements.append((report.nodeid, name.removeprefix(_MEASURED), value))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -77,9 +77,9 @@ def frame_gap(a: list[np.ndarray], b: list[np.ndarray]) -> int:
     to assert on and report (a failed `==` on frame lists prints every pixel and hides the
     rest of the log)."""
     assert len(a) == len(b), f"{len(a)} frames vs {len(b)}"
+    pairs = zip(a, b, strict=True)
     return max(
-        int(np.abs(x.astype(np.int16) - y.astype(np.int16)).max())
-        for x, y in zip(a, b, strict=True)
+        (int(np.abs(x.astype(np.int16) - y.astype(np.int16)).max()) for x, y in pairs), default=0
     )
 
 
