@@ -1,8 +1,8 @@
 """The test tiers: whatever starts another process, Ray, a browser or a server is `integration`.
 
-The fast tier (``pytest -n 2 -m "not integration and not reference"``) must stay in-process, so this
-module reads every test module and follows each test through the module's own helpers and
-fixtures (and the shared ones in conftest.py) to the calls that start something: a
+The fast tier (``pytest -n 2 -m "not integration and not reference"``) must stay in-process,
+so this module reads every test module and follows each test through the module's own
+helpers and fixtures (and the shared ones in conftest.py) to the calls that start something: a
 subprocess (``subprocess``, ``sys.executable``), Ray (``ray.init``, a Ray cluster), a browser
 (Playwright), spawned workers (``start_method="spawn"``, ``torch.multiprocessing``) or a
 server (a stand-in hub, ``launch(...)``). A test that reaches one must carry the marker, on
