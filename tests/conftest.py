@@ -44,11 +44,38 @@ _MEASURED = "measured: "  # the prefix of a measurement among a test's propertie
 _measurements: list[tuple[str, str, str]] = []  # (test, name, value), as the tests ended
 
 
+LONGEST_MODULES = (
+    "test_reference.py",
+    "test_trait_corpus.py",
+    "test_multi_node.py",
+    "test_multi_worker.py",
+    "test_cli.py",
+    "test_frame_chain.py",
+    "test_first_use.py",
+    "test_ui.py",
+)
+"""The modules that take longest (minutes each with `-n 2`), longest first: they are
+collected first so that `-n 2` starts them first (`--no-loadscope-reorder` keeps the order).
+xdist's default order, by number of tests, sent the longest (`test_reference.py`, 10 tests)
+near the end, and one worker ran it alone while the other had finished."""
+
+
 def pytest_configure(config):
     """`slow` tests run only when a `-m` names them (`support.with_tiers_off_by_default`)."""
     from support import with_tiers_off_by_default
 
     config.option.markexpr = with_tiers_off_by_default(config.option.markexpr)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """The longest modules first (`LONGEST_MODULES`), each module's tests in their order."""
+
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)
 
 
 @pytest.hookimpl(wrapper=True)
