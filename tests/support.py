@@ -217,3 +217,61 @@ def in_process_only(what: str) -> Iterator[None]:
     finally:
         subprocess.Popen._execute_child = popen_child
         multiprocessing.process.BaseProcess.start = process_start
+
+
+CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+"""Debian's chromium (`.ci/run` installs it): Playwright cannot download its own browsers here."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="/usr/bin/chromium is not installed (.ci/run installs it)"
+)
+
+
+@contextmanager
+def browser_page(url: str, height: int = 1000) -> Iterator:
+    """A Playwright page of the server at `url`, loaded, in the system's chromium.
+
+    Requests to any other host are refused and, at the end, asserted absent: the page must
+    work offline."""
+    if CHROMIUM is None:
+        pytest.skip("/usr/bin/chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the test extra installs playwright"
+    )
+    external: list[str] = []
+
+    def local_only(route) -> None:
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.route("**/*", local_only)
+            page.goto(url)
+            page.wait_for_selector("#status textarea")  # Gradio renders the page after load
+            yield page
+        finally:
+            browser.close()
+    assert not external, f"the page requested other hosts: {external}"
+
+
+def wait_status(page, pattern: str, timeout: float = 60_000) -> str:
+    """The page's status text once it matches the regular expression `pattern`."""
+    page.wait_for_function(
+        "p => new RegExp(p).test(document.querySelector('#status textarea').value)",
+        arg=pattern,
+        timeout=timeout,
+    )
+    return page.locator("#status textarea").input_value()

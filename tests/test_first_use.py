@@ -8,7 +8,6 @@ hub cache (``HF_HOME``), since huggingface_hub reads its settings when it is imp
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -17,12 +16,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hub_standin import COMMIT, StandInHub, wait_until
-from support import COCKATOO
+from support import COCKATOO, browser_page, wait_status
 
 from pix2video.models import BUNDLED_MODELS
 
@@ -310,46 +308,6 @@ def unreachable_server(tmp: Path, *args: str):
     return server
 
 
-@contextlib.contextmanager
-def browser_page(server) -> Iterator:
-    from test_ui import CHROMIUM, CHROMIUM_ARGS
-
-    if CHROMIUM is None:
-        pytest.skip("/usr/bin/chromium is not installed (.ci/run installs it)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the test extra installs playwright"
-    )
-    external: list[str] = []
-
-    def local_only(route) -> None:
-        if route.request.url.startswith(server.url):
-            route.continue_()
-        else:
-            external.append(route.request.url)
-            route.abort()
-
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.route("**/*", local_only)
-            page.goto(server.url)
-            page.wait_for_selector("#status textarea")
-            yield page
-        finally:
-            browser.close()
-    assert not external, f"the page requested other hosts: {external}"
-
-
-def wait_status(page, pattern: str, timeout: float = 60_000) -> str:
-    page.wait_for_function(
-        "p => new RegExp(p).test(document.querySelector('#status textarea').value)",
-        arg=pattern,
-        timeout=timeout,
-    )
-    return page.locator("#status textarea").input_value()
-
-
 def preview_and_edit(page, frames: int = 2) -> None:
     page.locator("#prompt textarea").fill("a cockatoo made of gold")
     page.get_by_text("Advanced").click()
@@ -370,7 +328,7 @@ def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
 ):
     server = unreachable_server(tmp_path, "--captioner", BLIP)
     try:
-        with browser_page(server) as page:
+        with browser_page(server.url) as page:
             typed = "a white cockatoo on a perch"
             tic = time.perf_counter()
             page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
@@ -417,7 +375,7 @@ def test_page_with_the_hub_unreachable_says_so_at_once_and_keeps_a_typed_prompt(
 def test_tiny_model_page_captions_with_the_bundled_captioner(tmp_path):
     server = unreachable_server(tmp_path)  # --captioner auto: tiny-blip with --model tiny
     try:
-        with browser_page(server) as page:
+        with browser_page(server.url) as page:
             page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
             status = wait_status(page, "suggested by the captioner|No caption")
             assert status.startswith("Source prompt suggested by the captioner (tiny-blip)"), status

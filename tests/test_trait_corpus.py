@@ -116,7 +116,9 @@ def test_plain_edit_keeps_count_timing_aspect_and_audio(trait, corpus, pipelines
     assert result.uneven_timing == (trait.expected.times is not None)
     # identical decoded frames: one depth map and one inversion serve all of them, exactly
     assert result.frames_reused == trait.expected.repeats
-    assert result.depth_computed == result.inversion_computed == result.frames - result.frames_reused
+    assert (
+        result.depth_computed == result.inversion_computed == result.frames - result.frames_reused
+    )
     inverted = [np.load(p) for p in sorted((latents / "inverted").iterdir())]
     distinct = {a.tobytes() for a in inverted}
     assert len(distinct) == result.frames - trait.expected.repeats
@@ -175,7 +177,9 @@ def test_a_file_that_changes_between_two_readings_is_refused(corpus, pipelines, 
             replaced.append(True)
 
     with pytest.raises(InputError, match="fewer frames on a second reading"):
-        edit_clip(settings(clip, tmp_path / "out.mp4", no_cache=True), progress, pipelines=pipelines)
+        edit_clip(
+            settings(clip, tmp_path / "out.mp4", no_cache=True), progress, pipelines=pipelines
+        )
     assert replaced and not (tmp_path / "out.mp4").exists()
 
 

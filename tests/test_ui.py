@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from support import COCKATOO, TINY_BLIP
+from support import COCKATOO, TINY_BLIP, browser_page, needs_chromium, wait_status
 
 from pix2video import cli
 from pix2video.media import probe, read_clip
@@ -35,15 +35,6 @@ from pix2video.media import probe, read_clip
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client", reason="the test extra installs gradio")
 
-CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ELEM_IDS = (
     "input-video",
     "input-player",
@@ -327,99 +318,67 @@ def test_uploads_over_the_size_limit_are_refused(server, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="/usr/bin/chromium is not installed (.ci/run installs it)"
-)
+@needs_chromium
 def test_browser_preview_edit_cancel(server, tmp_path, report_measurement):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the test extra installs playwright"
-    )
-    external: list[str] = []
+    with browser_page(server.url) as page:
+        for elem_id in ELEM_IDS:  # the names scripts rely on
+            assert page.locator(f"#{elem_id}").count() == 1, elem_id
 
-    def local_only(route) -> None:
-        if route.request.url.startswith(server.url):
-            route.continue_()
-        else:
-            external.append(route.request.url)
-            route.abort()
+        page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
+        # the captioner fills in the source prompt (or says one is needed); wait for it
+        # so that it cannot overwrite what is typed next
+        wait_status(page, "Source prompt suggested|source prompt is needed")
+        page.locator("#prompt textarea").fill("a cockatoo made of gold")
+        page.locator("#source-prompt textarea").fill("a white cockatoo on a perch")
+        page.get_by_text("Advanced").click()
+        page.locator("#steps input").fill("2")
+        page.locator("#max-frames input").fill("4")
+        page.locator("#size textarea").fill("256")
 
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.route("**/*", local_only)
-            page.goto(server.url)
-            page.wait_for_selector("#status textarea")  # Gradio renders the page after load
-            for elem_id in ELEM_IDS:  # the names scripts rely on
-                assert page.locator(f"#{elem_id}").count() == 1, elem_id
-            status = page.locator("#status textarea")
+        tic = time.perf_counter()
+        page.locator("#preview-button").click()
+        page.wait_for_selector("#preview-image img", timeout=60_000)
+        preview_s = time.perf_counter() - tic
+        wait_status(page, "Anchor frame")
 
-            def wait_status(pattern: str, timeout: float = 60_000) -> str:
-                page.wait_for_function(
-                    "p => new RegExp(p).test(document.querySelector('#status textarea').value)",
-                    arg=pattern,
-                    timeout=timeout,
-                )
-                return status.input_value()
+        tic = time.perf_counter()
+        page.locator("#edit-button").click()
+        page.wait_for_selector("#result-video video[src]", timeout=120_000)
+        edit_s = time.perf_counter() - tic
+        text = wait_status(page, "Edited 4 frames")
+        assert "with the source's audio" in text
+        src = page.locator("#result-video video").get_attribute("src")
+        response = page.request.get(src)
+        assert response.ok, src
+        result = tmp_path / "result.mp4"
+        result.write_bytes(response.body())
+        info = probe(result)
+        assert info["fps"] == pytest.approx(probe(COCKATOO)["fps"])
+        assert info["has_audio"]
+        assert len(read_clip(result).frames) == 4
 
-            page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
-            # the captioner fills in the source prompt (or says one is needed); wait for it
-            # so that it cannot overwrite what is typed next
-            wait_status("Source prompt suggested|source prompt is needed")
-            page.locator("#prompt textarea").fill("a cockatoo made of gold")
-            page.locator("#source-prompt textarea").fill("a white cockatoo on a perch")
-            page.get_by_text("Advanced").click()
-            page.locator("#steps input").fill("2")
-            page.locator("#max-frames input").fill("4")
-            page.locator("#size textarea").fill("256")
+        shot = tmp_path / "ui.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("PIX2VIDEO_UI_SCREENSHOT"):
+            target = Path(os.environ["PIX2VIDEO_UI_SCREENSHOT"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(target), full_page=True)
 
-            tic = time.perf_counter()
-            page.locator("#preview-button").click()
-            page.wait_for_selector("#preview-image img", timeout=60_000)
-            preview_s = time.perf_counter() - tic
-            wait_status("Anchor frame")
-
-            tic = time.perf_counter()
-            page.locator("#edit-button").click()
-            page.wait_for_selector("#result-video video[src]", timeout=120_000)
-            edit_s = time.perf_counter() - tic
-            text = wait_status("Edited 4 frames")
-            assert "with the source's audio" in text
-            src = page.locator("#result-video video").get_attribute("src")
-            response = page.request.get(src)
-            assert response.ok, src
-            result = tmp_path / "result.mp4"
-            result.write_bytes(response.body())
-            info = probe(result)
-            assert info["fps"] == pytest.approx(probe(COCKATOO)["fps"])
-            assert info["has_audio"]
-            assert len(read_clip(result).frames) == 4
-
-            shot = tmp_path / "ui.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if os.environ.get("PIX2VIDEO_UI_SCREENSHOT"):
-                target = Path(os.environ["PIX2VIDEO_UI_SCREENSHOT"])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(target), full_page=True)
-
-            # a long edit shows its progress and stops on Cancel; the page then works on
-            page.locator("#steps input").fill("40")
-            page.locator("#max-frames input").fill(str(MAX_FRAMES))
-            page.locator("#edit-button").click()
-            page.wait_for_function(
-                "() => /Inversion|Editing/.test(document.querySelector('#result-video').innerText)",
-                timeout=60_000,
-            )
-            page.locator("#cancel-button").click()
-            assert "cancelled" in wait_status("cancelled", timeout=30_000)
-            page.locator("#steps input").fill("2")
-            page.locator("#max-frames input").fill("2")
-            page.locator("#edit-button").click()
-            wait_status("Edited 2 frames")
-        finally:
-            browser.close()
-    assert not external, f"the page requested other hosts: {external}"
+        # a long edit shows its progress and stops on Cancel; the page then works on
+        page.locator("#steps input").fill("40")
+        page.locator("#max-frames input").fill(str(MAX_FRAMES))
+        page.locator("#edit-button").click()
+        page.wait_for_function(
+            "() => /Inversion|Editing/.test(document.querySelector('#result-video').innerText)",
+            timeout=60_000,
+        )
+        page.locator("#cancel-button").click()
+        assert "cancelled" in wait_status(page, "cancelled", timeout=30_000)
+        page.locator("#steps input").fill("2")
+        page.locator("#max-frames input").fill("2")
+        page.locator("#edit-button").click()
+        wait_status(page, "Edited 2 frames")
     report_measurement("ui browser preview click -> image, s", f"{preview_s:.1f}")
     report_measurement("ui browser edit click -> video, s", f"{edit_s:.1f}")
 
@@ -462,34 +421,27 @@ def open_reader_times(path: Path) -> list[float] | None:
 @pytest.mark.integration
 def test_browser_shows_an_avi_and_an_mjpeg_mov(server, corpus, tmp_path):
     """The input panel plays what the browser cannot: a preview, never "Video not playable"."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the test extra installs playwright"
-    )
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            for name in ("mpeg4.avi", "mjpeg.mov"):
+    with browser_page(server.url, height=900) as page:
+        for i, name in enumerate(("mpeg4.avi", "mjpeg.mov")):
+            if i:  # a fresh page for the next upload
                 page.goto(server.url)
                 page.wait_for_selector("#status textarea")
-                page.locator("#input-video input[type=file]").set_input_files(str(corpus / name))
-                page.wait_for_function(
-                    """() => { const v = document.querySelector('#input-player video');
-                        return v && v.src.includes('preview-') && v.readyState >= 2
-                            && v.videoWidth > 0; }""",
-                    timeout=60_000,
-                )
-                assert "not playable" not in page.locator("body").inner_text()
-                width = page.evaluate("document.querySelector('#input-player video').videoWidth")
-                assert width == 160, width  # the clip's own size (smaller than the cap)
-                shot = tmp_path / f"{name}.png"
-                page.screenshot(path=str(shot), full_page=True)
-                assert shot.stat().st_size > 10_000
-                if os.environ.get("PIX2VIDEO_UI_SCREENSHOT"):
-                    target = Path(os.environ["PIX2VIDEO_UI_SCREENSHOT"]).with_name(f"upload-{name}.png")
-                    page.screenshot(path=str(target), full_page=True)
-        finally:
-            browser.close()
+            page.locator("#input-video input[type=file]").set_input_files(str(corpus / name))
+            page.wait_for_function(
+                """() => { const v = document.querySelector('#input-player video');
+                    return v && v.src.includes('preview-') && v.readyState >= 2
+                        && v.videoWidth > 0; }""",
+                timeout=60_000,
+            )
+            assert "not playable" not in page.locator("body").inner_text()
+            width = page.evaluate("document.querySelector('#input-player video').videoWidth")
+            assert width == 160, width  # the clip's own size (smaller than the cap)
+            shot = tmp_path / f"{name}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("PIX2VIDEO_UI_SCREENSHOT"):
+                target = Path(os.environ["PIX2VIDEO_UI_SCREENSHOT"]).with_name(f"upload-{name}.png")
+                page.screenshot(path=str(target), full_page=True)
 
 
 # --------------------------------------------------------------------------- lifecycle

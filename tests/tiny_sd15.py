@@ -38,31 +38,12 @@ UNET_KWARGS = dict(
 
 
 def build_sd15(folder: Path) -> Path:
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        out_channels=4,
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        **UNET_KWARGS,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[8, 8, 16, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
+    unet = tiny_unet(("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = tiny_vae()
     text_encoder = CLIPTextModel.from_pretrained(ASSETS / "text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(ASSETS / "tokenizer")
     scheduler = DDIMScheduler(
@@ -92,19 +73,51 @@ def build_controlnet(folder: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     controlnet = ControlNetModel(conditioning_embedding_out_channels=(8, 8, 16, 16), **UNET_KWARGS)
+    with_visible_control(controlnet).save_pretrained(folder)
+    return folder
+
+
+def tiny_unet(up_block_types: tuple[str, str], unet_kwargs: dict = UNET_KWARGS):
+    """A 4-channel UNet of 8x8 latents: `unet_kwargs` are the family's (SDXL has its own)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, out_channels=4, up_block_types=up_block_types, **unet_kwargs
+    )
+
+
+def tiny_vae(**config):
+    """A 4-block VAE (latents 1/8 of the frame, as the real ones); `config` adds SDXL's."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[8, 8, 16, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        **config,
+    )
+
+
+def with_visible_control(controlnet):
+    """`controlnet` with random output convolutions (zero-initialised, they have no effect at
+    all) and a control-image embedding scaled so that the image moves the residuals (its
+    conv_out is zero too; the default init of the others shrinks the image's signal below
+    the latent's)."""
     outputs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
     with torch.no_grad():
-        for conv in outputs:  # zero-initialised: no effect at all
+        for conv in outputs:
             conv.weight.normal_(0, 0.3)
             conv.bias.normal_(0, 0.3)
-        # the control image's embedding (its conv_out is zero-initialised too; the default
-        # init of the others shrinks the image's signal below the latent's)
         for conv in controlnet.controlnet_cond_embedding.modules():
             if isinstance(conv, torch.nn.Conv2d):
                 conv.weight.normal_(0, 2 / conv.weight[0].numel() ** 0.5)
                 conv.bias.zero_()
-    controlnet.save_pretrained(folder)
-    return folder
+    return controlnet
 
 
 # --------------------------------------------------------------------------- original layout
@@ -210,6 +223,15 @@ def _vae_to_original(state: dict, config: dict) -> dict:
     return out
 
 
+def _clip_to_original(prefix: str, state: dict) -> dict:
+    """A CLIP text encoder's weights under `prefix` with the original names, which are
+    transformers 4's (`text_model.` first)."""
+    return {
+        prefix + ("" if k.startswith("text_model.") else "text_model.") + k: v
+        for k, v in state.items()
+    }
+
+
 def save_original_checkpoint(folder: Path, path: Path) -> Path:
     """The diffusers pipeline in `folder` as one original-layout `.safetensors` file."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -222,20 +244,16 @@ def save_original_checkpoint(folder: Path, path: Path) -> Path:
     state = {
         **_unet_to_original(unet.state_dict(), dict(unet.config)),
         **_vae_to_original(vae.state_dict(), dict(vae.config)),
-        **{  # the original names are transformers 4's (`text_model.` first)
-            "cond_stage_model.transformer."
-            + ("" if k.startswith("text_model.") else "text_model.")
-            + k: v
-            for k, v in text.state_dict().items()
-        },
+        **_clip_to_original("cond_stage_model.transformer.", text.state_dict()),
     }
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
 
 
 # --------------------------------------------------------------------------- LoRA, depth model
-def build_lora(folder: Path, path: Path) -> Path:
-    """A random rank-4 LoRA on the UNet's attention projections, as one .safetensors file."""
+def build_lora(folder: Path, path: Path, pipeline_class=None) -> Path:
+    """A random rank-4 LoRA on the UNet's attention projections, as one .safetensors file
+    written by `pipeline_class.save_lora_weights` (SD 1.5's, or the family's)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -250,7 +268,7 @@ def build_lora(folder: Path, path: Path) -> Path:
             init_lora_weights=False,  # random B: a LoRA that changes the output
         )
     )
-    StableDiffusionPipeline.save_lora_weights(
+    (pipeline_class or StableDiffusionPipeline).save_lora_weights(
         path.parent,
         unet_lora_layers=get_peft_model_state_dict(unet),
         weight_name=path.name,

@@ -22,12 +22,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tiny_sd15 import ASSETS, _unet_to_original, _vae_to_original
+from tiny_sd15 import (
+    ASSETS,
+    _clip_to_original,
+    _unet_to_original,
+    _vae_to_original,
+    build_lora,
+    tiny_unet,
+    tiny_vae,
+    with_visible_control,
+)
 
 TIME_EMBED = 8  # addition_time_embed_dim: 6 ids (original size, crop, target size) x 8
 VAE_GAIN = 1e5  # the decoder's first activations overflow float16 (max 65504); GroupNorm
 # rescales them further on, so float32 decodes normally: the SDXL VAE's float16 failure
 TEXT_1, TEXT_2 = 16, 32  # hidden sizes: they must differ (diffusers tells them apart by width)
+UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")  # attention in the deeper block only
 UNET_KWARGS = dict(
     block_out_channels=(16, 32),
     layers_per_block=2,
@@ -63,33 +73,12 @@ def _text_config(hidden: int):
 
 
 def build_sdxl(folder: Path) -> Path:
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        out_channels=4,
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        **UNET_KWARGS,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[8, 8, 16, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    unet = tiny_unet(UP_BLOCKS, UNET_KWARGS)
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)
     with torch.no_grad():  # activations beyond float16's range, as in SDXL's own VAE
         vae.decoder.conv_in.weight.mul_(VAE_GAIN)
         vae.decoder.conv_in.bias.mul_(VAE_GAIN)
@@ -116,26 +105,12 @@ def build_sdxl(folder: Path) -> Path:
 
 
 def build_sdxl_controlnet(folder: Path, seed: int) -> Path:
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        out_channels=4,
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        **UNET_KWARGS,
-    )
+    unet = tiny_unet(UP_BLOCKS, UNET_KWARGS)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-    outputs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
-    with torch.no_grad():
-        for conv in outputs:  # zero-initialised: no effect at all
-            conv.weight.normal_(0, 0.3)
-            conv.bias.normal_(0, 0.3)
-        for conv in controlnet.controlnet_cond_embedding.modules():
-            if isinstance(conv, torch.nn.Conv2d):
-                conv.weight.normal_(0, 2 / conv.weight[0].numel() ** 0.5)
-                conv.bias.zero_()
-    controlnet.save_pretrained(folder)
+    with_visible_control(controlnet).save_pretrained(folder)
     return folder
 
 
@@ -193,12 +168,7 @@ def save_original_sdxl_checkpoint(folder: Path, path: Path) -> Path:
         **_unet_to_original(unet_state, dict(unet.config)),
         **added,
         **_vae_to_original(vae.state_dict(), dict(vae.config)),
-        **{
-            "conditioner.embedders.0.transformer."
-            + ("" if k.startswith("text_model.") else "text_model.")
-            + k: v
-            for k, v in text.state_dict().items()
-        },
+        **_clip_to_original("conditioner.embedders.0.transformer.", text.state_dict()),
         **{
             "conditioner.embedders.1.model." + k: v
             for k, v in _open_clip_to_original(text_2.state_dict()).items()
@@ -210,24 +180,6 @@ def save_original_sdxl_checkpoint(folder: Path, path: Path) -> Path:
 
 def build_sdxl_lora(folder: Path, path: Path) -> Path:
     """A random rank-4 LoRA on the SDXL UNet's attention projections, one .safetensors file."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
+    from diffusers import StableDiffusionXLPipeline
 
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    torch.manual_seed(7)
-    unet.add_adapter(
-        LoraConfig(
-            r=4,
-            lora_alpha=4,
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-            init_lora_weights=False,  # random B: a LoRA that changes the output
-        )
-    )
-    StableDiffusionXLPipeline.save_lora_weights(
-        path.parent,
-        unet_lora_layers=get_peft_model_state_dict(unet),
-        weight_name=path.name,
-        safe_serialization=True,
-    )
-    return path
+    return build_lora(folder, path, StableDiffusionXLPipeline)
