@@ -12,6 +12,8 @@ diffusers' `load_lora_weights` and fused into the weights at their scales, so an
 costs the same with or without them. Every failure is one sentence.
 An SDXL-family UNet (`is_sdxl_checkpoint`) also reads 4 channels and needs ControlNets; it
 gets `sdxl.Pix2VideoSDXLControlNetPipeline` (single files: configs of `sdxl.SDXL_CONFIG`).
+An SD3/SD3.5 checkpoint (`is_sd3_checkpoint`: an `SD3Transformer2DModel`, folder or hub id)
+gets `sd3.Pix2VideoSD3ControlNetPipeline` with SD3 ControlNets.
 """
 
 from __future__ import annotations
@@ -92,6 +94,14 @@ def is_sdxl_unet(config) -> bool:
     return dict(config).get("addition_embed_type") == "text_time"
 
 
+def is_sd3_checkpoint(model: str) -> bool:
+    """Whether a folder or hub id holds an SD3-family transformer (not told for single files)."""
+    if is_single_file(model):
+        return False
+    config = _component_config(model, "transformer/config.json")
+    return config is not None and config.get("_class_name") == "SD3Transformer2DModel"
+
+
 def _component_config(model: str, name: str) -> dict | None:
     """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
     config = Path(resolve_model_path(model)).expanduser() / name
@@ -161,8 +171,10 @@ def load_backbone(
 ):
     """The pipeline the checkpoint calls for, with its ControlNets and LoRAs, on `device`."""
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    channels = unet_in_channels(model)
-    if channels == 5:
+    channels = None if is_sd3_checkpoint(model) else unet_in_channels(model)
+    if channels is None and is_sd3_checkpoint(model):
+        pipe = _load_sd3(model, controlnets, kwargs)
+    elif channels == 5:
         if controlnets:
             raise ModelNotAvailableError(
                 f"The model '{model}' is depth-conditioned (SD2-depth) and takes no ControlNet; "
@@ -270,6 +282,40 @@ def _load_controlnet_pipeline(
                 f"({'SDXL' if sdxl else 'SD 1.5'})."
             )
     return pipe
+
+
+def _load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
+    """`sd3.Pix2VideoSD3ControlNetPipeline` with its SD3 ControlNets; one sentence each failure."""
+    from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
+
+    from .sd3 import Pix2VideoSD3ControlNetPipeline, check_not_turbo
+
+    check_not_turbo(model)
+    check_not_few_step(model)
+    if not controlnets:
+        raise ModelNotAvailableError(
+            f"The model '{model}' (SD3) needs an SD3 ControlNet for the video's structure: add "
+            "--controlnet ID --control canny|depth (e.g. "
+            "stabilityai/stable-diffusion-3.5-large-controlnet-depth with --control depth)."
+        )
+    for name in controlnets:
+        config = _component_config(name, "config.json")
+        if config is not None and config.get("_class_name") != "SD3ControlNetModel":
+            raise ModelNotAvailableError(
+                f"The ControlNet '{name}' is a {config.get('_class_name')}, not an SD3 "
+                f"ControlNet, so the SD3 model '{model}' cannot use it."
+            )
+    nets = [
+        load_pretrained(SD3ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
+        for c in controlnets
+    ]
+    return load_pretrained(
+        Pix2VideoSD3ControlNetPipeline.from_pretrained,
+        model,
+        "diffusion model",
+        controlnet=nets,
+        **kwargs,
+    )
 
 
 def _load_single_file(
