@@ -1,0 +1,446 @@
+"""SD3/SD3.5 with SD3 ControlNets (`pipelines/sd3.py`) and the injection in joint attention
+(`core/joint_attention.py`), on tiny random models built in code (`tiny_sd3.py`), offline.
+
+- the base path (injection and guided update off) equals diffusers'
+  `StableDiffusion3ControlNetPipeline` from the same noise, with one, two and an
+  InstantX-kind ControlNet; the gap is reported;
+- invert-then-sample returns the source latents: the gap at 8/28/50 steps is reported
+  and bounded;
+- the joint-attention processor: no references = diffusers' joint attention (bitwise);
+  references = the closed form; frame batches equal one frame at a time (float64) in every
+  attend mode; injection is live; `inject_blocks` chooses the blocks;
+- `load_pipeline` picks the SD3 pipeline for a saved folder, refuses Turbo and a
+  ControlNet of another family, and bad inputs are one sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusion3ControlNetPipeline
+from diffusers.models.attention_processor import JointAttnProcessor2_0
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
+from PIL import Image
+from support import make_frames
+
+from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
+from pix2video.core.joint_attention import (
+    JointAttentionInjection,
+    JointCrossFrameAttnProcessor,
+    default_inject_blocks,
+)
+from pix2video.errors import InputError, ModelNotAvailableError
+from pix2video.pipelines.checkpoints import is_sd3_checkpoint, load_pipeline
+from pix2video.pipelines.control import canny_image
+from pix2video.pipelines.sd3 import Pix2VideoSD3ControlNetPipeline
+
+EDIT, SCENE = "a red sports car", "a swan on a lake"
+HEIGHT, WIDTH = 32, 64  # latents 4 x 8, 2 x 4 image tokens of the patch-2 transformer
+LATENT = (16, HEIGHT // 8, WIDTH // 8)
+REFERENCE_STEPS, GUIDANCE = 3, 5.0
+TOLERANCE = 1e-5  # ours vs diffusers (float32); measured and reported
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3(tmp_path_factory) -> SimpleNamespace:
+    """The tiny SD3.5-topology model and three SD3 ControlNets (the third InstantX-kind)."""
+    from tiny_sd3 import build_sd3, build_sd3_controlnet
+
+    root = tmp_path_factory.mktemp("tiny-sd3")
+    return SimpleNamespace(
+        model=build_sd3(root / "sd3"),
+        controlnets=[build_sd3_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
+        instantx=build_sd3_controlnet(root / "instantx", seed=3, instantx=True),
+    )
+
+
+def our_pipeline(models, *controlnets) -> Pix2VideoSD3ControlNetPipeline:
+    nets = [SD3ControlNetModel.from_pretrained(c) for c in controlnets]
+    pipe = Pix2VideoSD3ControlNetPipeline.from_pretrained(models.model, controlnet=nets)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd3) -> Pix2VideoSD3ControlNetPipeline:
+    return our_pipeline(tiny_sd3, tiny_sd3.controlnets[0])
+
+
+def controls(frames: list[np.ndarray]) -> list[np.ndarray]:
+    return [canny_image(f, 100, 200) for f in frames]
+
+
+def noise(n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(n, *LATENT, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- base path
+def our_base_path(pipe, x_t, conditioning, negative: str = "") -> torch.Tensor:
+    """Our pipeline without injection or guided update: diffusers' path, from `x_t`."""
+    final, _ = pipe.edit(
+        x_t,
+        conditioning,
+        pipe.encode_prompt(EDIT),
+        pipe.encode_negative_prompt(negative),
+        num_inference_steps=REFERENCE_STEPS,
+        guidance_scale=GUIDANCE,
+        attend="none",
+        latent_guidance_weight=0.0,
+    )
+    return final
+
+
+def diffusers_path(pipe, controlnet, images, x_t, scale, **call) -> torch.Tensor:
+    """diffusers' `StableDiffusion3ControlNetPipeline` on `pipe`'s components: final latents."""
+    theirs = StableDiffusion3ControlNetPipeline(
+        transformer=pipe.transformer,
+        scheduler=pipe.scheduler,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        text_encoder_2=pipe.text_encoder_2,
+        tokenizer_2=pipe.tokenizer_2,
+        text_encoder_3=pipe.text_encoder_3,
+        tokenizer_3=pipe.tokenizer_3,
+        controlnet=controlnet,
+    )
+    theirs.set_progress_bar_config(disable=True)
+    return theirs(
+        EDIT,
+        control_image=images,
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=REFERENCE_STEPS,
+        guidance_scale=GUIDANCE,
+        latents=x_t,
+        controlnet_conditioning_scale=scale,
+        output_type="latent",
+        **call,
+    ).images
+
+
+@pytest.fixture
+def posterior_mean(monkeypatch):
+    """diffusers encodes control images with a posterior *sample* drawn without a generator;
+    ours takes the mean (deterministic, cacheable): the comparison makes diffusers' draw the
+    mean. Nothing of ours is replaced."""
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )
+
+
+def test_anchor_frame_equals_diffusers_sd3_controlnet_pipeline(
+    pipe, tiny_sd3, posterior_mean, report_measurement
+):
+    frame = make_frames(1, HEIGHT, WIDTH)[0]
+    control = controls([frame])
+    x_t = noise(1, seed=0)
+    pipe.set_controlnet_scales([0.8])
+    conditioning = pipe.prepare_conditioning([frame], control_images=control)
+    assert conditioning.shape == (1, *LATENT)
+    ours = our_base_path(pipe, x_t, conditioning)
+    image = Image.fromarray(control[0])
+    theirs = diffusers_path(pipe, pipe.controlnet, image, x_t, 0.8)
+    gap = (ours - theirs).abs().max().item()
+    report_measurement(
+        "SD3 anchor vs diffusers (1 ControlNet, 3 steps), max |dlatent|", f"{gap:.2e}"
+    )
+    assert gap < TOLERANCE, gap
+    # a negative prompt is encoded by all three text encoders as diffusers does
+    ours_negative = our_base_path(pipe, x_t, conditioning, negative="blurry")
+    theirs_negative = diffusers_path(
+        pipe, pipe.controlnet, image, x_t, 0.8, negative_prompt="blurry"
+    )
+    assert (ours_negative - theirs_negative).abs().max().item() < TOLERANCE
+    assert (ours_negative - ours).abs().max().item() > 1e-3
+    # the ControlNet matters: another control image moves the result far more than the gap
+    other = pipe.prepare_conditioning([frame], control_images=[np.zeros_like(control[0])])
+    assert (our_base_path(pipe, x_t, other) - ours).abs().max().item() > 1000 * max(gap, 1e-7)
+    pipe.set_controlnet_scales([1.0])
+
+
+def test_two_controlnets_and_the_instantx_kind_equal_diffusers(
+    tiny_sd3, posterior_mean, report_measurement
+):
+    frame = make_frames(1, HEIGHT, WIDTH, seed=4)[0]
+    edges, other = canny_image(frame, 50, 150), canny_image(frame[::-1].copy(), 100, 200)
+    x_t = noise(1, seed=1)
+    multi = our_pipeline(tiny_sd3, *tiny_sd3.controlnets)
+    multi.set_controlnet_scales([0.7, 1.2])
+    conditioning = multi.prepare_conditioning([frame], control_images=[[edges, other]])
+    assert conditioning.shape == (1, 2 * LATENT[0], *LATENT[1:])
+    ours = our_base_path(multi, x_t, conditioning)
+    images = [Image.fromarray(edges), Image.fromarray(other)]
+    theirs = diffusers_path(multi, multi.controlnet, images, x_t, [0.7, 1.2])
+    gaps = {"two ControlNets": (ours - theirs).abs().max().item()}
+    evaluations = multi.controlnet_evaluations
+    our_base_path(multi, x_t, conditioning)
+    assert multi.controlnet_evaluations - evaluations == REFERENCE_STEPS * 2 * 2
+    # InstantX's kind: zero pooled text, control latents without the VAE's shift
+    instantx = our_pipeline(tiny_sd3, tiny_sd3.instantx)
+    conditioning = instantx.prepare_conditioning([frame], control_images=[edges])
+    ours = our_base_path(instantx, x_t, conditioning)
+    theirs = diffusers_path(instantx, instantx.controlnet, images[0], x_t, 1.0)
+    gaps["InstantX-kind ControlNet"] = (ours - theirs).abs().max().item()
+    for name, gap in gaps.items():
+        report_measurement(f"SD3 anchor vs diffusers ({name}), max |dlatent|", f"{gap:.2e}")
+    assert max(gaps.values()) < TOLERANCE, gaps
+
+
+# ---------------------------------------------------------------------------- inversion
+RECONSTRUCTION_BOUND = {8: 0.3, 28: 0.1, 50: 0.05}  # max |dlatent|; measured 0.14, 0.037, 0.020
+
+
+def test_invert_then_sample_returns_the_source_latents(pipe, report_measurement):
+    """Inversion (source prompt, guidance 1) then sampling with the same prompt and guidance:
+    the frame's own latents come back, closer with more steps."""
+    frame = make_frames(1, HEIGHT, WIDTH, seed=2)[0]
+    conditioning = pipe.prepare_conditioning([frame], control_images=controls([frame]))
+    source = pipe.encode_frames([frame])
+    text = pipe.encode_prompt(SCENE)
+    gaps = {}
+    for steps in RECONSTRUCTION_BOUND:
+        x_t = pipe.invert(source, conditioning, text, steps)
+        back, _ = pipe.edit(
+            x_t,
+            conditioning,
+            text,
+            text,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            attend="none",
+            latent_guidance_weight=0.0,
+        )
+        gaps[steps] = (back - source).abs().max().item()
+        report_measurement(
+            f"SD3 invert-then-sample at {steps} steps, max |dlatent| (latents' std "
+            f"{source.std().item():.2f})",
+            f"{gaps[steps]:.2e}",
+        )
+    assert all(gaps[s] < bound for s, bound in RECONSTRUCTION_BOUND.items()), gaps
+    assert gaps[50] < gaps[8], gaps
+
+
+# ---------------------------------------------------------------------------- joint attention
+def joint_attention_inputs(pipe, frames: int, dtype=torch.float64):
+    """A joint block's attention and inputs: (attn, image rows, text rows), CFG-branch-major."""
+    attn = pipe.transformer.transformer_blocks[1].attn
+    g = torch.Generator().manual_seed(7)
+    image = torch.randn(2 * frames, 8, attn.query_dim, generator=g, dtype=dtype)
+    text = torch.randn(2 * frames, 5, attn.query_dim, generator=g, dtype=dtype)
+    return attn, image, text
+
+
+@pytest.fixture(scope="module")
+def pipe64(tiny_sd3) -> Pix2VideoSD3ControlNetPipeline:
+    """The tiny SD3 pipeline in float64 (batch-invariant CPU kernels)."""
+    return our_pipeline(tiny_sd3, tiny_sd3.controlnets[0]).to(dtype=torch.float64)
+
+
+def test_a_frame_without_references_gets_diffusers_joint_attention(pipe64):
+    attn, image, text = joint_attention_inputs(pipe64, frames=1)
+    store = FeatureStore(reference_plan(1, "anchor+previous"))
+    processor = JointCrossFrameAttnProcessor(store, "layer")
+    with torch.inference_mode(), store.frame_step(0, 0):
+        ours = processor(attn, image, text)
+    theirs = JointAttnProcessor2_0()(attn, image, text)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+def test_references_add_their_image_tokens_to_the_image_queries_only(pipe64):
+    """Frame 1 attends to frame 0; with frame 0's input equal to frame 1's, its image keys
+    appear twice: the closed form is joint attention with log 2 added to the image keys'
+    logits. Its text queries attend to its own tokens only: plain joint attention."""
+    attn, image, text = joint_attention_inputs(pipe64, frames=2)
+    image[[1, 3]] = image[[0, 2]]  # rows (branch, frame): frame 1 = frame 0 in both branches
+    store = FeatureStore(reference_plan(2, "anchor"), chunk_size=2)
+    processor = JointCrossFrameAttnProcessor(store, "layer")
+    with torch.inference_mode(), store.chunk_step(range(2), 0):
+        image_out, text_out = processor(attn, image, text)
+    rows = [1, 3]  # frame 1 in both branches
+    plain_image, plain_text = JointAttnProcessor2_0()(attn, image[rows], text[rows])
+    assert (text_out[rows] - plain_text).abs().max().item() < 1e-12
+    assert (image_out[rows] - plain_image).abs().max().item() > 1e-3
+    expected = closed_form_doubled_image_keys(attn, image[rows], text[rows])
+    assert (image_out[rows] - expected).abs().max().item() < 1e-12
+    assert torch.equal(
+        image_out[[0, 2]], JointAttnProcessor2_0()(attn, image[[0, 2]], text[[0, 2]])[0]
+    )
+
+
+def closed_form_doubled_image_keys(attn, image, text) -> torch.Tensor:
+    """Image-query joint attention where every image key counts twice (logit + log 2)."""
+
+    def heads(x):
+        return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+
+    query = attn.norm_q(heads(attn.to_q(image)))
+    key = torch.cat(
+        [attn.norm_k(heads(attn.to_k(image))), attn.norm_added_k(heads(attn.add_k_proj(text)))],
+        dim=2,
+    )
+    value = torch.cat([heads(attn.to_v(image)), heads(attn.add_v_proj(text))], dim=2)
+    bias = torch.zeros(key.shape[2], dtype=image.dtype)
+    bias[: image.shape[1]] = torch.log(torch.tensor(2.0, dtype=image.dtype))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias[None])
+    return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
+
+
+@pytest.fixture(scope="module")
+def clip64(pipe64):
+    frames = make_frames(3, HEIGHT, WIDTH, seed=5)
+    conditioning = pipe64.prepare_conditioning(frames, control_images=controls(frames))
+    x_t = noise(3, seed=3, dtype=torch.float64)
+    return x_t, conditioning, pipe64.encode_prompt(EDIT), pipe64.encode_prompt("")
+
+
+@pytest.mark.parametrize("attend", ATTEND_MODES)
+def test_frame_batch_3_equals_one_frame_at_a_time_in_float64(
+    pipe64, clip64, attend, report_measurement
+):
+    """With injection and the guided update on: three frames per model call equal one at a
+    time to float reassociation (a wrong row read would be a gap of order 1)."""
+    x_t, conditioning, prompt, negative = clip64
+    run = {
+        n: pipe64.edit(
+            x_t, conditioning, prompt, negative, num_inference_steps=3, frame_batch=n, attend=attend
+        )
+        for n in (1, 3)
+    }
+    assert run[3][1].chunk_size == 3
+    gap = (run[3][0] - run[1][0]).abs().max().item()
+    report_measurement(f"SD3 frame-batch 3 vs 1 ({attend}, float64), max |dlatent|", f"{gap:.2e}")
+    assert gap < 1e-12, gap
+
+
+def test_injection_is_live_and_leaves_the_anchor_alone(pipe64, clip64):
+    x_t, conditioning, prompt, negative = clip64
+    before = dict(pipe64.transformer.attn_processors)
+
+    def edit(**kwargs) -> torch.Tensor:
+        kwargs.setdefault("latent_guidance_weight", 0.0)
+        return pipe64.edit(x_t, conditioning, prompt, negative, num_inference_steps=3, **kwargs)[0]
+
+    injected = edit()
+    independent = edit(attend="none")
+    assert torch.equal(injected[0], independent[0])  # the anchor attends to nobody
+    assert (injected[1:] - independent[1:]).abs().amax(dim=(1, 2, 3)).min().item() > 1e-4
+    other_blocks = edit(inject_blocks=(0, 1))
+    assert (other_blocks[1:] - injected[1:]).abs().max().item() > 1e-4
+    after = pipe64.transformer.attn_processors
+    assert all(after[name] is before[name] for name in before)  # restored
+
+
+def test_the_default_blocks_are_the_later_half():
+    assert default_inject_blocks(24) == tuple(range(12, 24))  # SD3.5 Medium
+    assert default_inject_blocks(38) == tuple(range(19, 38))  # SD3.5 Large
+
+
+def test_inject_blocks_chooses_the_processors(pipe):
+    injection = JointAttentionInjection(pipe.transformer, (0, 2))
+    store = FeatureStore(reference_plan(2, "anchor"))
+    with injection.installed(store) as layers:
+        installed = pipe.transformer.attn_processors
+        assert layers == [
+            "transformer_blocks.0.attn.processor",
+            "transformer_blocks.2.attn.processor",
+        ]
+        chosen = [n for n, p in installed.items() if isinstance(p, JointCrossFrameAttnProcessor)]
+        assert chosen == layers
+    assert not any(
+        isinstance(p, JointCrossFrameAttnProcessor)
+        for p in pipe.transformer.attn_processors.values()
+    )
+    assert JointAttentionInjection(pipe.transformer).layers() == [
+        "transformer_blocks.2.attn.processor",
+        "transformer_blocks.3.attn.processor",
+    ]
+
+
+# ---------------------------------------------------------------------------- loading
+def test_load_pipeline_picks_the_sd3_pipeline_for_a_saved_folder(tiny_sd3):
+    assert is_sd3_checkpoint(str(tiny_sd3.model))
+    loaded = load_pipeline(str(tiny_sd3.model), controlnets=[str(tiny_sd3.controlnets[0])])
+    assert isinstance(loaded, Pix2VideoSD3ControlNetPipeline)
+    assert loaded.num_controlnets == 1 and loaded.latent_channels == 16
+    assert loaded.size_multiple == 16
+
+
+def one_sentence(message: str) -> bool:
+    return re.search(r"[.!?]\s+[A-Z]", message) is None and message.endswith(".")
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("turbo", r"few-step \(Turbo\) SD3 checkpoint: .*cannot edit them"),
+        ("no-controlnet", r"\(SD3\) needs an SD3 ControlNet for the video's structure"),
+        ("sd15-controlnet", r"is a ControlNetModel, not an SD3 ControlNet"),
+    ],
+)
+def test_refusals_are_one_sentence(tiny_sd3, tmp_path, case, pattern):
+    model, controlnets = str(tiny_sd3.model), [str(tiny_sd3.controlnets[0])]
+    if case == "turbo":
+        model = str(shutil.copytree(tiny_sd3.model, tmp_path / "sd3.5-large-turbo"))
+    elif case == "no-controlnet":
+        controlnets = []
+    else:
+        from tiny_sd15 import build_controlnet
+
+        controlnets = [str(build_controlnet(tmp_path / "sd15-controlnet", seed=1))]
+    with pytest.raises(ModelNotAvailableError, match=pattern) as error:
+        load_pipeline(model, controlnets=controlnets)
+    assert one_sentence(str(error.value)), str(error.value)
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("size", r"Frame sides must be multiples of 16, got 64x24"),
+        ("no-control", r"needs one control image per frame"),
+        ("depth", r"takes control images .*not depth maps"),
+        ("blocks", r"inject_blocks \[7\] are not joint blocks of this transformer, which has 4"),
+        ("block-text", r"inject_blocks must be block indices"),
+        ("long-prompt", r"has 300 tokens; the text encoder reads at most 256"),
+    ],
+)
+def test_bad_inputs_are_one_sentence(pipe, case, pattern):
+    frames = make_frames(1, HEIGHT, WIDTH)
+    kwargs = dict(
+        frames=frames,
+        prompt=EDIT,
+        source_prompt=SCENE,
+        num_inference_steps=1,
+        control_images=controls(frames),
+    )
+    if case == "size":
+        kwargs.update(
+            frames=make_frames(1, 24, 64), control_images=controls(make_frames(1, 24, 64))
+        )
+    elif case == "no-control":
+        kwargs.update(control_images=None)
+    elif case == "depth":
+        kwargs.update(depth_maps=np.zeros((1, 32, 64), np.float32))
+    elif case == "blocks":
+        kwargs.update(inject_blocks=(7,))
+    elif case == "block-text":
+        kwargs.update(inject_blocks="late")
+    else:
+        kwargs.update(prompt=" ".join(["cat"] * 299))
+    with pytest.raises(InputError, match=pattern) as error:
+        pipe(**kwargs)
+    assert one_sentence(str(error.value)), str(error.value)
+
+
+def test_a_unet_backbone_refuses_inject_blocks(tiny_pipe):
+    from pix2video.core.options import EditOptions
+
+    with pytest.raises(InputError, match="inject_blocks chooses a transformer's injected blocks"):
+        tiny_pipe.injection(EditOptions(inject_blocks=(1,)))
