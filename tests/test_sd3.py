@@ -444,3 +444,57 @@ def test_a_unet_backbone_refuses_inject_blocks(tiny_pipe):
 
     with pytest.raises(InputError, match="inject_blocks chooses a transformer's injected blocks"):
         tiny_pipe.injection(EditOptions(inject_blocks=(1,)))
+
+
+# ---------------------------------------------------------------------------- workers
+CHAIN_FRAMES, CHAIN_STEPS = 5, 3
+CHAIN_CONFIGS = {"anchor+previous": {}, "frame batch 2": {"frame_batch": 2}}
+
+
+def _chain_edit(pipe, config: dict, chain=None) -> torch.Tensor:
+    """`pipe.edit` of a 5-frame clip (injection and guided update on): one process or a part."""
+    frames = make_frames(CHAIN_FRAMES, HEIGHT, WIDTH, seed=6)
+    conditioning = pipe.prepare_conditioning(frames, control_images=controls(frames))
+    x_t = noise(CHAIN_FRAMES, seed=8, dtype=torch.float64)
+    rows = list(chain.positions) if chain is not None else list(range(CHAIN_FRAMES))
+    final, _ = pipe.edit(
+        x_t[rows], conditioning, pipe.encode_prompt(EDIT), pipe.encode_prompt(""),
+        num_inference_steps=CHAIN_STEPS, chain=chain, **config,
+    )  # fmt: skip
+    return final
+
+
+def _chain_worker(rank: int, world: int, port: int, model: str, controlnet: str, out: str) -> None:
+    from pix2video.core.frame_chain import ChainPlace, ChainSplit
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    pipe = load_pipeline(model, controlnets=[controlnet], torch_dtype=torch.float64)
+    place = ChainPlace(ChainSplit.even(CHAIN_FRAMES, world), rank)
+    parts = {name: _chain_edit(pipe, config, place) for name, config in CHAIN_CONFIGS.items()}
+    torch.save(parts, f"{out}/{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_two_workers_equal_one_process_in_float64(tiny_sd3, pipe64, tmp_path, report_measurement):
+    """The joint-attention features and x0s cross between workers through the shared store
+    and exchange: the parts put together equal one process (float64)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (2, port, str(tiny_sd3.model), str(tiny_sd3.controlnets[0]), str(tmp_path))
+    mp.start_processes(_chain_worker, args=args, nprocs=2, start_method="spawn")
+    parts = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    for name, config in CHAIN_CONFIGS.items():
+        single = _chain_edit(pipe64, config)
+        joined = torch.cat([part[name] for part in parts])
+        gap = (joined - single).abs().max().item()
+        report_measurement(f"SD3 2 workers vs one process ({name}, float64)", f"{gap:.2e}")
+        assert joined.shape == single.shape and gap < 1e-12, gap
