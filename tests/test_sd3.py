@@ -23,13 +23,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from diffusers import StableDiffusion3ControlNetPipeline
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
 from PIL import Image
-from support import make_frames
+from support import COCKATOO, make_frames, png_frames
 
+from pix2video import EditSettings, edit_clip
+from pix2video.cli import main
 from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
 from pix2video.core.joint_attention import (
     JointAttentionInjection,
@@ -498,3 +501,44 @@ def test_two_workers_equal_one_process_in_float64(tiny_sd3, pipe64, tmp_path, re
         gap = (joined - single).abs().max().item()
         report_measurement(f"SD3 2 workers vs one process ({name}, float64)", f"{gap:.2e}")
         assert joined.shape == single.shape and gap < 1e-12, gap
+
+
+# ---------------------------------------------------------------------------- job and CLI
+def cli_edit(tmp_path, tiny_sd3, name: str, *extra) -> tuple[int, str]:
+    """`pix2video edit` of 3 cockatoo frames at 64x32 with the tiny SD3 and a canny ControlNet."""
+    args = [COCKATOO, "-p", EDIT, "--source-prompt", SCENE, "--model", tiny_sd3.model]
+    args += ["--controlnet", tiny_sd3.controlnets[0], "--control", "canny", "--size", "64x32"]
+    args += ["--max-frames", 3, "--steps", 2, "--dtype", "float32", "-o", tmp_path / name]
+    args += ["--cache-dir", tmp_path / "cache", *extra]
+    result = CliRunner().invoke(main, ["edit", *map(str, args)])
+    return result.exit_code, result.output
+
+
+@pytest.mark.bitwise
+def test_cli_edit_writes_the_jobs_frames_and_inject_blocks_changes_them(
+    tmp_path, tiny_sd3, pipelines
+):
+    code, output = cli_edit(tmp_path, tiny_sd3, "cli", "-q")
+    assert code == 0, output
+    from_cli = png_frames(tmp_path / "cli")
+    assert len(from_cli) == 3 and from_cli[0].shape == (32, 64, 3)
+    settings = EditSettings(
+        input=COCKATOO, prompt=EDIT, source_prompt=SCENE, model=str(tiny_sd3.model),
+        controlnet=(str(tiny_sd3.controlnets[0]),), control=("canny",), size="64x32",
+        max_frames=3, steps=2, dtype="float32", output=tmp_path / "job",
+        cache_dir=tmp_path / "job-cache",
+    )  # fmt: skip
+    result = edit_clip(settings, pipelines=pipelines)
+    assert result.frames == 3
+    assert all(
+        np.array_equal(a, b) for a, b in zip(from_cli, png_frames(tmp_path / "job"), strict=True)
+    )
+    # other blocks: another edit (its own cache entry), the depth and inversion reused
+    code, output = cli_edit(tmp_path, tiny_sd3, "blocks", "--inject-blocks", "0,1")
+    assert code == 0, output
+    assert "inversion: 3 cached" in output and "editing: computed" in output, output
+    other = png_frames(tmp_path / "blocks")
+    assert any(not np.array_equal(a, b) for a, b in zip(from_cli[1:], other[1:], strict=True))
+    assert np.array_equal(from_cli[0], other[0])  # the anchor attends to nobody
+    code, output = cli_edit(tmp_path, tiny_sd3, "bad", "--inject-blocks", "9")
+    assert code == 2 and "inject_blocks [9] are not joint blocks" in output, output

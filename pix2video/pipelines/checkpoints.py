@@ -102,6 +102,17 @@ def is_sd3_checkpoint(model: str) -> bool:
     return config is not None and config.get("_class_name") == "SD3Transformer2DModel"
 
 
+def model_geometry(model: str) -> tuple[int, int]:
+    """(latent channels, what frame sides must be multiples of) without loading the model:
+    16 and 16 for SD3 (VAE factor 8 times patch 2), 4 and 8 for the UNet families."""
+    if not is_sd3_checkpoint(model):
+        return 4, 8
+    vae = _component_config(model, "vae/config.json") or {}
+    transformer = _component_config(model, "transformer/config.json") or {}
+    factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    return int(vae.get("latent_channels", 16)), factor * int(transformer.get("patch_size", 2))
+
+
 def _component_config(model: str, name: str) -> dict | None:
     """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
     config = Path(resolve_model_path(model)).expanduser() / name
