@@ -486,5 +486,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         **given: Any,
     ) -> None:
         """Validate what `__call__` takes besides the method's `options` (checked when built),
-        before any model work; one `InputError` each (`inputs.check_call_inputs`)."""
+        before any model work; one `InputError` each (`inputs.check_call_inputs`), and
+        `options.inject_blocks` against this model (`injection`)."""
         check_call_inputs(self, frames, prompt, source_prompt, options, **given)
+        self.injection(options)

@@ -182,8 +182,9 @@ def load_backbone(
 ):
     """The pipeline the checkpoint calls for, with its ControlNets and LoRAs, on `device`."""
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    channels = None if is_sd3_checkpoint(model) else unet_in_channels(model)
-    if channels is None and is_sd3_checkpoint(model):
+    sd3 = is_sd3_checkpoint(model)
+    channels = None if sd3 else unet_in_channels(model)
+    if sd3:
         pipe = _load_sd3(model, controlnets, kwargs)
     elif channels == 5:
         if controlnets:

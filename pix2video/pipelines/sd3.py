@@ -143,11 +143,6 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
         """Joint attention of `options.inject_blocks` (the default set when None)."""
         return JointAttentionInjection(self.transformer, options.inject_blocks)
 
-    def check_inputs(self, frames, prompt, source_prompt, options: EditOptions, **given) -> None:
-        """The shared checks, and `inject_blocks` against this transformer's blocks."""
-        super().check_inputs(frames, prompt, source_prompt, options, **given)
-        self.injection(options)
-
     def sampling_schedule(self, num_inference_steps: int) -> FlowMatchSchedule:
         return FlowMatchSchedule.from_scheduler(self.scheduler, num_inference_steps, self.device)
 
