@@ -369,6 +369,52 @@ def test_inject_blocks_chooses_the_processors(pipe):
     ]
 
 
+@pytest.mark.bitwise
+def test_step_and_frame_order_and_resume_are_bitwise_identical(pipe):
+    """With injection and the guided update on (float32): frame-major = step-major, and a
+    resumed edit = an uninterrupted one."""
+    frames = make_frames(3, HEIGHT, WIDTH, seed=9)
+    conditioning = pipe.prepare_conditioning(frames, control_images=controls(frames))
+    x_t, text = noise(3, seed=4), (pipe.encode_prompt(EDIT), pipe.encode_prompt(""))
+    checkpoints = []
+    by_step, _ = pipe.edit(
+        x_t, conditioning, *text, num_inference_steps=3, schedule="step",
+        on_step_end=checkpoints.append,
+    )  # fmt: skip
+    by_frame, _ = pipe.edit(x_t, conditioning, *text, num_inference_steps=3, schedule="frame")
+    resumed, _ = pipe.edit(x_t, conditioning, *text, num_inference_steps=3, resume=checkpoints[0])
+    assert torch.equal(by_step, by_frame) and torch.equal(by_step, resumed)
+
+
+def test_a_local_edit_keeps_every_pixel_outside_the_mask(pipe):
+    frames = make_frames(2, HEIGHT, WIDTH, seed=10)
+    mask = np.zeros((HEIGHT, WIDTH), np.float32)
+    mask[8:24, 16:48] = 1.0
+    out = pipe(
+        frames, EDIT, SCENE, num_inference_steps=2, control_images=controls(frames),
+        masks=[mask, mask],
+    )  # fmt: skip
+    for frame, edited in zip(frames, out.frames, strict=True):
+        assert np.array_equal(edited[mask == 0], frame[mask == 0])
+        assert not np.array_equal(edited[mask == 1], frame[mask == 1])
+
+
+def test_lora_changes_the_model_and_scale_zero_is_no_lora(tiny_sd3, tmp_path):
+    from tiny_sd3 import build_sd3_lora
+
+    lora = build_sd3_lora(tiny_sd3.model, tmp_path / "lora.safetensors")
+    nets = [str(tiny_sd3.controlnets[0])]
+    outputs = {}
+    for name, loras in {"none": [], "zero": [(str(lora), 0.0)], "one": [(str(lora), 1.0)]}.items():
+        loaded = load_pipeline(str(tiny_sd3.model), controlnets=nets, loras=loras)
+        x, text = noise(1, seed=5), loaded.encode_prompt(EDIT)
+        control = torch.zeros(1, *LATENT)
+        with torch.inference_mode():
+            outputs[name] = loaded.model_output(x, control, 500.0, text, 1)
+    assert torch.equal(outputs["zero"], outputs["none"])
+    assert (outputs["one"] - outputs["none"]).abs().max().item() > 1e-3
+
+
 # ---------------------------------------------------------------------------- loading
 def test_load_pipeline_picks_the_sd3_pipeline_for_a_saved_folder(tiny_sd3):
     assert is_sd3_checkpoint(str(tiny_sd3.model))

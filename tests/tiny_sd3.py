@@ -7,6 +7,7 @@
   projections (widths differ, as the real ones do) on the bundled tiny CLIP tokenizer; a
   tiny T5 encoder with a Unigram tokenizer made here (`t5_tokenizer`); SD3's scheduler
   (`FlowMatchEulerDiscreteScheduler`, shift 3).
+- `build_sd3_lora(folder, path)`: a random LoRA on the transformer's attention (SD3's LoRA saver).
 - `build_sd3_controlnet(folder, seed, instantx)`: an SD3 ControlNet of the same width whose
   zero-initialised outputs (`controlnet_blocks`, `pos_embed_input`) get random weights (at
   zero it has no effect and tests nothing). `instantx=True` is the InstantX kind (zero pooled
@@ -149,3 +150,28 @@ def build_sd3_controlnet(folder: Path, seed: int, instantx: bool = False) -> Pat
         projection.bias.normal_(0, 0.1)
     controlnet.save_pretrained(folder)
     return folder
+
+
+def build_sd3_lora(folder: Path, path: Path) -> Path:
+    """A random rank-4 LoRA on the transformer's attention projections, one .safetensors file."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
+    torch.manual_seed(7)
+    transformer.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights=False,  # random B: a LoRA that changes the output
+        )
+    )
+    StableDiffusion3Pipeline.save_lora_weights(
+        path.parent,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        weight_name=path.name,
+        safe_serialization=True,
+    )
+    return path
