@@ -55,7 +55,8 @@ TOLERANCE = 1e-5  # ours vs diffusers (float32): measured ~2e-6, reported; diffu
 
 @pytest.fixture(scope="module")
 def tiny_sd3(tmp_path_factory) -> SimpleNamespace:
-    """The tiny SD3.5-topology model and three SD3 ControlNets (the third InstantX-kind)."""
+    """The tiny SD3.5-topology model and SD3 ControlNets: two plain, an InstantX-kind one and
+    one of Stability's SD3.5 kind."""
     from tiny_sd3 import build_sd3, build_sd3_controlnet
 
     root = tmp_path_factory.mktemp("tiny-sd3")
@@ -63,6 +64,7 @@ def tiny_sd3(tmp_path_factory) -> SimpleNamespace:
         model=build_sd3(root / "sd3"),
         controlnets=[build_sd3_controlnet(root / f"controlnet{i}", seed=i) for i in (1, 2)],
         instantx=build_sd3_controlnet(root / "instantx", seed=3, instantx=True),
+        sd35=build_sd3_controlnet(root / "sd35", seed=4, sd35=True),
     )
 
 
@@ -171,7 +173,7 @@ def test_anchor_frame_equals_diffusers_sd3_controlnet_pipeline(
     pipe.set_controlnet_scales([1.0])
 
 
-def test_two_controlnets_and_the_instantx_kind_equal_diffusers(
+def test_two_controlnets_and_the_instantx_and_sd35_kinds_equal_diffusers(
     tiny_sd3, posterior_mean, report_measurement
 ):
     frame = make_frames(1, HEIGHT, WIDTH, seed=4)[0]
@@ -194,6 +196,12 @@ def test_two_controlnets_and_the_instantx_kind_equal_diffusers(
     ours = our_base_path(instantx, x_t, conditioning)
     theirs = diffusers_path(instantx, instantx.controlnet, images[0], x_t, 1.0)
     gaps["InstantX-kind ControlNet"] = (ours - theirs).abs().max().item()
+    # Stability's SD3.5 kind: no text, the transformer's position embedding
+    sd35 = our_pipeline(tiny_sd3, tiny_sd3.sd35)
+    conditioning = sd35.prepare_conditioning([frame], control_images=[edges])
+    ours = our_base_path(sd35, x_t, conditioning)
+    theirs = diffusers_path(sd35, sd35.controlnet, images[0], x_t, 1.0)
+    gaps["SD3.5-kind ControlNet"] = (ours - theirs).abs().max().item()
     for name, gap in gaps.items():
         report_measurement(f"SD3 anchor vs diffusers ({name}), max |dlatent|", f"{gap:.2e}")
     assert max(gaps.values()) < TOLERANCE, gaps
@@ -434,6 +442,7 @@ def one_sentence(message: str) -> bool:
         ("turbo", r"few-step \(Turbo\) SD3 checkpoint: .*cannot edit them"),
         ("no-controlnet", r"\(SD3\) needs an SD3 ControlNet for the video's structure"),
         ("sd15-controlnet", r"is a ControlNetModel, not an SD3 ControlNet"),
+        ("inpainting-controlnet", r"is an SD3 inpainting ControlNet .*cannot condition a video"),
     ],
 )
 def test_refusals_are_one_sentence(tiny_sd3, tmp_path, case, pattern):
@@ -442,6 +451,12 @@ def test_refusals_are_one_sentence(tiny_sd3, tmp_path, case, pattern):
         model = str(shutil.copytree(tiny_sd3.model, tmp_path / "sd3.5-large-turbo"))
     elif case == "no-controlnet":
         controlnets = []
+    elif case == "inpainting-controlnet":
+        from tiny_sd3 import TRANSFORMER_KWARGS
+
+        net = SD3ControlNetModel(num_layers=1, extra_conditioning_channels=1, **TRANSFORMER_KWARGS)
+        net.save_pretrained(tmp_path / "inpainting")
+        controlnets = [str(tmp_path / "inpainting")]
     else:
         from tiny_sd15 import build_controlnet
 

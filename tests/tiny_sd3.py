@@ -11,7 +11,8 @@
 - `build_sd3_controlnet(folder, seed, instantx)`: an SD3 ControlNet of the same width whose
   zero-initialised outputs (`controlnet_blocks`, `pos_embed_input`) get random weights (at
   zero it has no effect and tests nothing). `instantx=True` is the InstantX kind (zero pooled
-  text, control latents without the VAE shift); False reads both.
+  text, control latents without the VAE shift); False reads both. `sd35=True` is the kind of
+  Stability's SD3.5 ControlNets: no text input, the transformer's position embedding.
 """
 
 from __future__ import annotations
@@ -134,13 +135,16 @@ def build_sd3(folder: Path, num_layers: int = 4) -> Path:
     return folder
 
 
-def build_sd3_controlnet(folder: Path, seed: int, instantx: bool = False) -> Path:
+def build_sd3_controlnet(
+    folder: Path, seed: int, instantx: bool = False, sd35: bool = False
+) -> Path:
     from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
 
     torch.manual_seed(seed)
-    controlnet = SD3ControlNetModel(
-        num_layers=2, force_zeros_for_pooled_projection=instantx, **TRANSFORMER_KWARGS
-    )
+    kwargs = dict(TRANSFORMER_KWARGS, force_zeros_for_pooled_projection=instantx)
+    if sd35:  # no text, no position embedding of its own (the transformer's), single blocks
+        kwargs.update(joint_attention_dim=None, use_pos_embed=False, qk_norm=None)
+    controlnet = SD3ControlNetModel(num_layers=2, **kwargs)
     with torch.no_grad():  # zero-initialised: no effect at all
         for linear in controlnet.controlnet_blocks:
             linear.weight.normal_(0, 0.3)

@@ -321,6 +321,13 @@ def _load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
         load_pretrained(SD3ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
         for c in controlnets
     ]
+    for name, net in zip(controlnets, nets, strict=True):
+        if net.config.extra_conditioning_channels:
+            raise ModelNotAvailableError(
+                f"The ControlNet '{name}' is an SD3 inpainting ControlNet (it reads a mask "
+                "beside the control image), which cannot condition a video edit; use a canny, "
+                "depth or blur one."
+            )
     return load_pretrained(
         Pix2VideoSD3ControlNetPipeline.from_pretrained,
         model,
