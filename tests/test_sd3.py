@@ -31,7 +31,7 @@ from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
 from PIL import Image
 from support import COCKATOO, make_frames, png_frames
 
-from pix2video import EditSettings, edit_clip
+from pix2video import EditSettings, edit_clip, preview_anchor
 from pix2video.cli import main
 from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
 from pix2video.core.joint_attention import (
@@ -578,7 +578,7 @@ def cli_edit(tmp_path, tiny_sd3, name: str, *extra) -> tuple[int, str]:
 
 
 @pytest.mark.bitwise
-def test_cli_edit_writes_the_jobs_frames_and_inject_blocks_changes_them(
+def test_cli_edit_equals_the_job_and_its_preview_and_inject_blocks_changes_it(
     tmp_path, tiny_sd3, pipelines
 ):
     code, output = cli_edit(tmp_path, tiny_sd3, "cli", "-q")
@@ -591,8 +591,10 @@ def test_cli_edit_writes_the_jobs_frames_and_inject_blocks_changes_them(
         max_frames=3, steps=2, dtype="float32", output=tmp_path / "job",
         cache_dir=tmp_path / "job-cache",
     )  # fmt: skip
+    preview = preview_anchor(settings, pipelines=pipelines)
     result = edit_clip(settings, pipelines=pipelines)
-    assert result.frames == 3
+    assert result.frames == 3 and result.inversion_cached == 1  # the preview's inversion
+    assert np.array_equal(preview.edited, png_frames(tmp_path / "job")[0])
     assert all(
         np.array_equal(a, b) for a, b in zip(from_cli, png_frames(tmp_path / "job"), strict=True)
     )
@@ -605,3 +607,18 @@ def test_cli_edit_writes_the_jobs_frames_and_inject_blocks_changes_them(
     assert np.array_equal(from_cli[0], other[0])  # the anchor attends to nobody
     code, output = cli_edit(tmp_path, tiny_sd3, "bad", "--inject-blocks", "9")
     assert code == 2 and "inject_blocks [9] are not joint blocks" in output, output
+
+
+def test_sd3_frames_are_1024_on_the_long_side_and_multiples_of_16(tiny_sd3):
+    from pix2video.job.source import size_setting
+    from pix2video.media import fit_size
+    from pix2video.pipelines.checkpoints import model_geometry
+
+    settings = EditSettings(input=COCKATOO, prompt=EDIT, output="out", model=str(tiny_sd3.model))
+    assert model_geometry(str(tiny_sd3.model)) == (16, 16)
+    assert model_geometry("tiny") == (4, 8)
+    assert size_setting(settings) == 1024
+    for source in ((1280, 720), (1000, 700), (720, 1280), (333, 1000)):
+        width, height = fit_size(*source, 1024, 16)
+        assert max(width, height) == 1024 and width % 16 == 0 and height % 16 == 0
+    assert fit_size(1280, 720, 512) == (512, 288)  # the UNet families' multiple of 8 as before
