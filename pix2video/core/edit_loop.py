@@ -119,10 +119,10 @@ class EditLoop:
     default) or one worker's `ChainPlace` (rows = its positions' rows, in processing
     order), and so are the rows of a local edit's `masks` (n, 1, h, w), True = edit, whose
     `source_latents` take clip indices (`MaskBlend`). `options` must have its frame batch
-    measured (`EditOptions.with_frame_batch`). `injection` is where the cross-frame attention
-    goes (`attention.Injection`, unused with attend "none"). In step-major order every completed step is
-    a consistent state: `on_step_end` receives it (never in frame-major order, where no
-    step boundary is).
+    measured (`EditOptions.with_frame_batch`). `injection` is where the cross-frame
+    attention goes (`attention.Injection`; unused with attend "none"). In step-major order
+    every completed step is a consistent state: `on_step_end` receives it (never in
+    frame-major order, where no step boundary is).
     """
 
     def __init__(

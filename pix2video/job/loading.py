@@ -46,11 +46,11 @@ class PipelineCache:
             pipe = self._pipes.pop(key, None)
             if pipe is None:
                 pipe = load_pipeline(model, device, dtype, *extras)
-                model = getattr(pipe, "unet", None) or pipe.transformer  # SD3: a transformer
-                if pipe.device.type == "cuda" and model is getattr(pipe, "unet", None):
-                    model.to(memory_format=torch.channels_last)
-                if compile:
-                    model.compile()  # in place: the attention processors stay swappable
+                unet = getattr(pipe, "unet", None)  # None: SD3, a transformer
+                if pipe.device.type == "cuda" and unet is not None:
+                    unet.to(memory_format=torch.channels_last)
+                if compile:  # in place: the attention processors stay swappable
+                    (unet if unet is not None else pipe.transformer).compile()
             self._pipes[key] = pipe  # most recent last
             while len(self._pipes) > self.size:
                 self._pipes.pop(next(iter(self._pipes)))

@@ -1,12 +1,15 @@
 """What every Pix2Video pipeline shares, whatever its backbone: `Pix2VideoBase`.
 
 A backbone pipeline (SD2-depth in `sd2_depth.py`, SD 1.5 + ControlNet in
-`sd15_controlnet.py`, SDXL + ControlNet in `sdxl.py`) says only how its conditioning is
-made and how one model evaluation reads it:
+`sd15_controlnet.py`, SDXL + ControlNet in `sdxl.py`, SD3 + ControlNet in `sd3.py`) says
+only how its conditioning is made and how one model evaluation reads it:
 
 - `prepare_conditioning(frames, ...)`: per-frame conditioning (depth at latent size for
-  SD2-depth; control images at pixel size for ControlNets), one row per frame;
-- `model_output(x, conditioning, t, text, batch)`: the raw UNet output for a batch.
+  SD2-depth; control images at pixel size for ControlNets; SD3's control latents), one row
+  per frame;
+- `model_output(x, conditioning, t, text, batch)`: the raw model output for a batch;
+- and, when it is not a UNet's decoder, where the cross-frame attention goes (`injection`)
+  and the walk between noise levels (`sampling_schedule`).
 
 Everything else is here, once: prompts, VAE encoding/decoding (as the reference does it),
 classifier-free guidance in one batched call, the v-prediction to noise conversion
@@ -53,8 +56,8 @@ class Pix2VideoOutput:
     """Edited frames (in input order) and what produced them."""
 
     frames: list[np.ndarray]
-    inverted_latents: torch.Tensor  # (N, 4, h, w): x_T of each frame
-    final_latents: torch.Tensor  # (N, 4, h, w): the last denoising step, before decoding
+    inverted_latents: torch.Tensor  # (N, C, h, w): x_T of each frame (C = 4; SD3: 16)
+    final_latents: torch.Tensor  # (N, C, h, w): the last denoising step, before decoding
     depth: torch.Tensor  # per-frame conditioning: SD2 depth (N,1,h,w); control images (N,3k,H,W)
     unet_evaluations: int = 0  # image evaluations: a batched CFG call counts 2
     timings: dict[str, float] = field(default_factory=dict)
