@@ -2,15 +2,18 @@
 (`core/joint_attention.py`), on tiny random models built in code (`tiny_sd3.py`), offline.
 
 - the base path (injection and guided update off) equals diffusers'
-  `StableDiffusion3ControlNetPipeline` from the same noise, with one, two and an
-  InstantX-kind ControlNet; the gap is reported;
+  `StableDiffusion3ControlNetPipeline` from the same noise, with one, two, an InstantX-kind
+  and an SD3.5-kind ControlNet; the gaps are reported;
 - invert-then-sample returns the source latents: the gap at 8/28/50 steps is reported
   and bounded;
 - the joint-attention processor: no references = diffusers' joint attention (bitwise);
   references = the closed form; frame batches equal one frame at a time (float64) in every
-  attend mode; injection is live; `inject_blocks` chooses the blocks;
-- `load_pipeline` picks the SD3 pipeline for a saved folder, refuses Turbo and a
-  ControlNet of another family, and bad inputs are one sentence.
+  attend mode, and two workers one process; injection is live; `inject_blocks` chooses the
+  blocks; step/frame order and resume are bitwise; masks keep the outside; LoRA scale 0 is none;
+- `load_pipeline` picks the SD3 pipeline for a saved folder and refuses Turbo, ControlNets
+  of another family or for inpainting; bad inputs are one sentence;
+- the CLI equals the job and its preview, `--inject-blocks` is another edit, `--workers 2`
+  equals one process.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
 from PIL import Image
-from support import COCKATOO, make_frames, png_frames
+from support import COCKATOO, frame_gap, make_frames, png_frames
 
 from pix2video import EditSettings, edit_clip, preview_anchor
 from pix2video.cli import main
@@ -622,3 +625,18 @@ def test_sd3_frames_are_1024_on_the_long_side_and_multiples_of_16(tiny_sd3):
         width, height = fit_size(*source, 1024, 16)
         assert max(width, height) == 1024 and width % 16 == 0 and height % 16 == 0
     assert fit_size(1280, 720, 512) == (512, 288)  # the UNet families' multiple of 8 as before
+
+
+@pytest.mark.integration
+def test_cli_edit_on_two_workers_equals_one_process(tmp_path, tiny_sd3, report_measurement):
+    """`--workers 2` through the CLI: the frames of one process within one grey level (PNG;
+    across processes and thread counts bit equality is not asserted, as test_multi_worker.py
+    explains)."""
+    code, output = cli_edit(tmp_path, tiny_sd3, "one", "-q")
+    assert code == 0, output
+    code, output = cli_edit(tmp_path, tiny_sd3, "two", "--workers", 2, "--no-cache")
+    assert code == 0 and "Workers: 2" in output, output
+    one, two = png_frames(tmp_path / "one"), png_frames(tmp_path / "two")
+    gap = frame_gap(one, two)
+    report_measurement("SD3 CLI 2 workers vs one process, max grey levels", gap)
+    assert len(one) == len(two) == 3 and gap <= 1
