@@ -16,15 +16,22 @@ and values are made from it with this layer's `to_k`/`to_v` and its key norm: th
 call's rows) and the multi-worker exchange. SD3 has no rotary embedding (positions are added
 once, at the patch embedding), so a reference's tokens already carry their grid positions.
 
-Which blocks. Pix2Video injects in the UNet decoder, the later half of the network, where
-it found appearance is decided (injecting in the encoder adds artifacts). A DiT has no such
-coarse-to-fine split (Stable Flow, Avrahami et al. CVPR 2025, who locate "vital layers" by
-bypassing each layer and measuring the change; they publish the set for FLUX.1 [dev] only).
-The training-free editors on flow DiTs inject appearance in the *later* blocks:
-RF-Solver-Edit (Wang et al. 2024) shares attention features in FLUX's last blocks. We
-follow the same rule on SD3: the default set is the later half of the joint blocks
-(`default_inject_blocks`: 12..23 of SD3.5 Medium's 24, 19..37 of Large's 38). No published
-per-block analysis of SD3 was available to us, so `EditOptions.inject_blocks` overrides it.
+Which blocks. Pix2Video injects in the UNet decoder's self-attention, where it found the
+appearance decided (injecting in the encoder adds artifacts). On SD3 the counterpart of
+that self-attention is the image-to-image part of the joint attention: Shin et al.
+("Exploring Multimodal Diffusion Transformers for Enhanced Prompt-based Image Editing",
+ICCV 2025) decompose SD3/SD3.5's joint attention into image-to-image, text-to-image,
+image-to-text and text-to-text parts and find the image-to-image part plays the UNet
+self-attention's role (structure and appearance), which is where the image tokens injected
+here act. A DiT has no encoder/decoder split, and which of its blocks carry appearance is
+model-specific (Stable Flow, Avrahami et al. CVPR 2025, measure it per layer, for FLUX.1
+[dev] only; Shin et al.'s SD3 edits share image features throughout the network, to keep a
+source image's structure). Our frames have their own structure (motion, given by each
+frame's control latents), which the anchor must not overwrite, so the default keeps the
+paper's rule, its decoder's counterpart: the later half of the joint blocks
+(`default_inject_blocks`: 12..23 of SD3.5 Medium's 24, 19..37 of Large's 38).
+`EditOptions.inject_blocks` (`--inject-blocks`) overrides it, e.g. every block, as Shin et
+al. share features; comparing the two on real weights is open work.
 """
 
 from __future__ import annotations
