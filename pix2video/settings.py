@@ -112,6 +112,7 @@ class EditSettings:
     vae_tiling: bool = False
     inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
     frame_batch: int | str = "auto"  # frames per editing UNet call; "auto": the device's best
+    inject_blocks: str | None = None  # SD3: the injected joint blocks ("12,13,..."); None: default
     compile: bool = False  # torch.compile the UNet (pays off on a GPU for long clips)
     workers: int = 1  # processes (or Ray actors) that share the clip's frame chain
     devices: tuple[str, ...] = ()  # one local worker per device, e.g. ("cuda:0", "cuda:1")
@@ -241,6 +242,7 @@ class EditSettings:
                 if self.feature_store_dtype == "float32"
                 else self.feature_store_dtype,
                 feature_store_device="cpu" if self.offload_features else None,
+                inject_blocks=self.inject_blocks,
             )
         except OptionError as exc:
             name = {"num_inference_steps": "steps"}.get(exc.option, exc.option)

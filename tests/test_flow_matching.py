@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from pix2video.core.attention import DecoderSelfAttention
 from pix2video.core.edit_loop import EditLoop
 from pix2video.core.flow_matching import FlowMatchSchedule
 from pix2video.core.guidance import guided_latent_update
@@ -156,7 +157,9 @@ def test_edit_loop_runs_the_flow_walk_with_the_guided_update_on_x0():
     def predict(x, frames, t):
         return weights[frames] * x + t / 1000
 
-    final, _ = EditLoop(predict, schedule, torch.nn.Identity(), options, num_frames=2).run(start)
+    final, _ = EditLoop(
+        predict, schedule, DecoderSelfAttention(torch.nn.Identity()), options, num_frames=2
+    ).run(start)
     # frame 0, alone: the plain walk
     x = start[:1]
     for step, t in enumerate(schedule.timesteps):

@@ -169,6 +169,13 @@ def format_summary(result: EditResult) -> list[str]:
     "at step index K ('step:K'; needs frame-by-frame processing, so no mid-edit checkpoints).",
 )
 @click.option(
+    "--inject-blocks",
+    default=None,
+    show_default="the later half of the joint blocks",
+    help="SD3: the joint blocks whose attention reads the anchor and previous frames, e.g. "
+    "'12,13,14' (UNet models inject in the decoder's self-attention).",
+)
+@click.option(
     "--feature-store-dtype",
     type=click.Choice(FEATURE_STORE_DTYPES),
     default=DEFAULTS["feature_store_dtype"],

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -343,3 +343,29 @@ def cross_frame_attention(unet: torch.nn.Module, store: FeatureStore) -> Iterato
         yield layers
     finally:
         unet.set_attn_processor(original)
+
+
+class Injection(Protocol):
+    """Where a backbone's cross-frame attention goes: the layers' names (the store's and the
+    exchange's keys) and the processors' installation for the duration of an edit."""
+
+    def layers(self) -> list[str]:
+        """Processor names of the injected layers."""
+        ...
+
+    def installed(self, store: FeatureStore) -> AbstractContextManager[list[str]]:
+        """Install the injecting processors on those layers; restore the originals on exit."""
+        ...
+
+
+class DecoderSelfAttention:
+    """The UNet backbones' `Injection`: the decoder's self-attention layers (the paper's)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet
+
+    def layers(self) -> list[str]:
+        return decoder_self_attention_layers(self.unet)
+
+    def installed(self, store: FeatureStore) -> AbstractContextManager[list[str]]:
+        return cross_frame_attention(self.unet, store)

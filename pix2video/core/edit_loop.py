@@ -7,7 +7,8 @@ the `Schedule` its scheduler walks; everything that makes the method is here:
 - frames are processed in *anchor order*: position 0 is the **anchor frame** (the clip's
   first, or its last with `anchor="last"`), and position i's decoder self-attention reads
   the stored features of the anchor and of position i-1 at the same step
-  (`attention.FeatureStore`, `attention.cross_frame_attention`);
+  (`attention.FeatureStore`; the backbone's `attention.Injection` says which layers: a
+  UNet's decoder self-attention, SD3's joint attention in `joint_attention.py`);
 - after each sampling step (`Schedule.sample_step`), the guided latent update pulls frame i
   towards frame i-1's predicted x0 (`guidance.py`), during the first half of the steps;
 - a local edit keeps, outside its mask, each frame's own source latent (`MaskBlend`);
@@ -37,12 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from .attention import (
-    FeatureStore,
-    cross_frame_attention,
-    decoder_self_attention_layers,
-    reference_plan,
-)
+from .attention import FeatureStore, Injection, reference_plan
 from .frame_chain import ChainPlace, WholeClip, chunks_of
 from .guidance import UNSPLITTABLE, guided_latent_update
 from .inversion import ProgressCallback, Schedule
@@ -123,16 +119,17 @@ class EditLoop:
     default) or one worker's `ChainPlace` (rows = its positions' rows, in processing
     order), and so are the rows of a local edit's `masks` (n, 1, h, w), True = edit, whose
     `source_latents` take clip indices (`MaskBlend`). `options` must have its frame batch
-    measured (`EditOptions.with_frame_batch`). In step-major order every completed step is
-    a consistent state: `on_step_end` receives it (never in frame-major order, where no
-    step boundary is).
+    measured (`EditOptions.with_frame_batch`). `injection` is where the cross-frame
+    attention goes (`attention.Injection`; unused with attend "none"). In step-major order
+    every completed step is a consistent state: `on_step_end` receives it (never in
+    frame-major order, where no step boundary is).
     """
 
     def __init__(
         self,
         predict: FramePredictor,
         schedule: Schedule,
-        unet: torch.nn.Module,
+        injection: Injection,
         options: EditOptions,
         num_frames: int,
         place: ChainPlace | WholeClip | None = None,
@@ -141,7 +138,8 @@ class EditLoop:
         progress: ProgressCallback | None = None,
         on_step_end: Callable[[EditCheckpoint], None] | None = None,
     ) -> None:
-        self.predict, self.schedule, self.unet, self.options = predict, schedule, unet, options
+        self.predict, self.schedule, self.options = predict, schedule, options
+        self.injection = injection
         self.place = place if place is not None else WholeClip(num_frames)
         self.progress = progress or (lambda stage, done, total: None)
         n = self.place.num_frames
@@ -186,7 +184,7 @@ class EditLoop:
         self.total = len(self.mine) * self.options.num_inference_steps
         self.done = self.total - len(order)
         attending = self.options.attend != "none"
-        with cross_frame_attention(self.unet, store) if attending else nullcontext():
+        with self.injection.installed(store) if attending else nullcontext():
             for positions, step in chunked_calls(order, self.chunks):
                 self._call(positions, step, store, exchange)
         exchange.close()
@@ -200,7 +198,7 @@ class EditLoop:
         frame_batch = self.place.agree_on_chunk_size(
             o.frames_per_call(self.place.num_frames), device
         )
-        layers = decoder_self_attention_layers(self.unet) if o.attend != "none" else []
+        layers = self.injection.layers() if o.attend != "none" else []
         exchange = self.place.exchange(plan, layers, frame_batch, set(o.x0_last_use))
         self.chunks = [chunk for run in self.place.runs for chunk in chunks_of(run, frame_batch)]
         dtype = getattr(torch, o.feature_store_dtype) if o.feature_store_dtype else None

@@ -58,6 +58,23 @@ def parse_frame_batch(value: Any) -> int | str:
     return text
 
 
+def parse_inject_blocks(value: Any) -> tuple[int, ...] | None:
+    """`inject_blocks`: None (the backbone's default set) or block indices >= 0, given as
+    numbers or as text "10,11,12" (a config file, a CSV cell); sorted, each once."""
+    if value is None:
+        return None
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    try:
+        blocks = [int(b) if isinstance(b, str) and b.strip().isdigit() else b for b in items]
+    except TypeError:
+        blocks = [value]
+    if not blocks or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in blocks):
+        raise OptionError(
+            "inject_blocks", f"must be block indices (whole numbers >= 0); got {value!r}."
+        )
+    return tuple(sorted(set(blocks)))
+
+
 def anchor_order(num_frames: int, anchor: str) -> list[int]:
     """Clip indices in processing order: the anchor frame first (`last`: the clip reversed)."""
     return list(range(num_frames))[:: -1 if anchor == "last" else 1]
@@ -70,7 +87,8 @@ class EditOptions:
     Field names are the pipeline's keyword arguments (`Pix2VideoBase.__call__` documents
     each); `frame_batch` may be "auto" until a pipeline measures it (`with_frame_batch`).
     `feature_store_dtype` is a dtype name ("float16"...) or None to keep the features as
-    the model computes them; a `torch.dtype` is taken too.
+    the model computes them; a `torch.dtype` is taken too. `inject_blocks` chooses a
+    transformer backbone's injected blocks (SD3: `joint_attention.py`); None is its default.
     """
 
     num_inference_steps: int = 50
@@ -85,6 +103,7 @@ class EditOptions:
     frame_batch: int | str = 1
     feature_store_dtype: str | None = None
     feature_store_device: str | None = None
+    inject_blocks: tuple[int, ...] | None = None  # None: the backbone's default set
 
     def __post_init__(self) -> None:
         check_integer("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
@@ -97,6 +116,7 @@ class EditOptions:
             check_integer("latent_guidance_steps", self.latent_guidance_steps, 0)
         check_integer("seed", self.seed, -(2**63), 2**63 - 1)
         object.__setattr__(self, "frame_batch", parse_frame_batch(self.frame_batch))
+        object.__setattr__(self, "inject_blocks", parse_inject_blocks(self.inject_blocks))
         dtype = self.feature_store_dtype
         if dtype is not None:  # a torch.dtype's name, without importing torch
             object.__setattr__(self, "feature_store_dtype", str(dtype).removeprefix("torch."))

@@ -222,6 +222,21 @@ class ControlImages(Conditioning):
         return control_to_float(torch.from_numpy(rows))
 
 
+class ControlLatents(ControlImages):
+    """SD3 + ControlNets: the control images as the model reads them, VAE-encoded
+    (`sd3.Pix2VideoSD3ControlNetPipeline.prepare_conditioning`), so each frame's are encoded
+    once; stored float32 (16 channels at 1/8 size: a third of the images' bytes)."""
+
+    dtype = "float32"
+
+    def frame(self, pipe, position: int, frame):
+        images = [kind.image(position, frame, self.size) for kind in self.kinds]
+        return pipe.prepare_conditioning([frame], control_images=[images]).cpu().numpy()[0]
+
+    def to_model(self, rows):
+        return Conditioning.to_model(self, rows)
+
+
 class ConditioningRows:
     """The edit's `edit_loop.FrameConditioning`: a few frames' rows, read from disk per call."""
 
@@ -241,7 +256,10 @@ def make_conditioning(
     """The conditioning the settings ask for (ControlNets' control images, or depth)."""
     depth = DepthFolder(depth_dir, source) if depth_dir is not None else None  # checked now
     if settings.controlnet:
-        return ControlImages(kinds, source)
+        from ..pipelines.checkpoints import is_sd3_checkpoint
+
+        latents = is_sd3_checkpoint(settings.model)
+        return (ControlLatents if latents else ControlImages)(kinds, source)
     return depth if depth is not None else EstimatedDepth(source.num_frames)
 
 

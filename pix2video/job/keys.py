@@ -44,9 +44,12 @@ def model_identity(s: EditSettings):
 
 def depth_identity(s: EditSettings):
     """Depth/control images depend on the depth estimator, not on ControlNets or LoRAs."""
+    from ..pipelines.checkpoints import is_sd3_checkpoint
     from .cache import model_fingerprint
 
     if s.controlnet:
+        if is_sd3_checkpoint(s.model):  # control latents: made by the model's VAE
+            return {"checkpoint": model_fingerprint(s.model), "control": "latents"}
         return None  # the control sources name everything (depth model included)
     depth_id = model_fingerprint(s.model)
     if s.depth_model:
@@ -112,7 +115,9 @@ def _edit_key(
     method's result depends on, guidance settings only where guidance is on."""
     from .cache import hash_array, make_key
 
-    guided = len(s.edit_options().guidance_targets)
+    options = s.edit_options()
+    guided = len(options.guidance_targets)
+    blocks = options.inject_blocks  # SD3's chosen blocks; absent from the other keys
     mask_hashes = None
     if s.masked:  # the latent masks are what the edit depends on
         mask_hashes = [hash_array(masks.latent[i]) for i in positions]
@@ -133,4 +138,5 @@ def _edit_key(
         latent_guidance_steps=guided,
         latent_guidance_target=s.latent_guidance_target if guided else None,
         feature_store_dtype=s.feature_store_dtype,
+        **({"inject_blocks": list(blocks)} if blocks is not None else {}),
     )

@@ -237,7 +237,7 @@ LATENT_SCALE = 8
 
 
 def latent_shape(source: SourceClip) -> tuple[int, int, int]:
-    return (4, source.height // LATENT_SCALE, source.width // LATENT_SCALE)
+    return (source.latent_channels, source.height // LATENT_SCALE, source.width // LATENT_SCALE)
 
 
 def _cached_rows(

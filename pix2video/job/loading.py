@@ -46,10 +46,11 @@ class PipelineCache:
             pipe = self._pipes.pop(key, None)
             if pipe is None:
                 pipe = load_pipeline(model, device, dtype, *extras)
-                if pipe.device.type == "cuda":
-                    pipe.unet.to(memory_format=torch.channels_last)
-                if compile:
-                    pipe.unet.compile()  # in place: the attention processors stay swappable
+                unet = getattr(pipe, "unet", None)  # None: SD3, a transformer
+                if pipe.device.type == "cuda" and unet is not None:
+                    unet.to(memory_format=torch.channels_last)
+                if compile:  # in place: the attention processors stay swappable
+                    (unet if unet is not None else pipe.transformer).compile()
             self._pipes[key] = pipe  # most recent last
             while len(self._pipes) > self.size:
                 self._pipes.pop(next(iter(self._pipes)))

@@ -29,6 +29,7 @@ class SourceClip:
     anchor_index: int  # in the input
     anchor_source_frame: Any  # the anchor frame as decoded
     anchor_frame: Any  # ... and at the processing size
+    latent_channels: int = 4  # the model's (16 for SD3), known without loading it
 
     @property
     def num_frames(self) -> int:
@@ -45,15 +46,15 @@ class SourceClip:
 
 
 def size_setting(s) -> int | tuple[int, int]:
-    """--size; "auto" is 1024 for an SDXL-family model and 512 for the others."""
+    """--size; "auto" is 1024 for an SDXL-family or SD3 model and 512 for the others."""
     from ..settings import AUTO_SIZE, processing_size
 
-    sdxl = False
+    large = False
     if s.size == AUTO_SIZE:
-        from ..pipelines.checkpoints import is_sdxl_checkpoint
+        from ..pipelines.checkpoints import is_sd3_checkpoint, is_sdxl_checkpoint
 
-        sdxl = is_sdxl_checkpoint(s.model)
-    return processing_size(s.size, sdxl)
+        large = is_sdxl_checkpoint(s.model) or is_sd3_checkpoint(s.model)
+    return processing_size(s.size, large)
 
 
 def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
@@ -62,6 +63,7 @@ def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
     With `anchor_only` and the first frame as anchor, the pass stops after that frame.
     """
     from ..media import fit_size
+    from ..pipelines.checkpoints import model_geometry
 
     s = ctx.settings
     tic = time.perf_counter()
@@ -70,7 +72,8 @@ def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
 
     from .cache import hash_array
 
-    width, height = fit_size(*reader.source_size, size_setting(s))
+    channels, multiple = model_geometry(s.model)
+    width, height = fit_size(*reader.source_size, size_setting(s), multiple)
     frame_hashes: list[str] = []
     anchor = None
     for position, frame, small in decode_pass(ctx, reader, path, (width, height)):
@@ -91,6 +94,7 @@ def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
         anchor_index=reader.start_index + anchor_position * reader.stride,
         anchor_source_frame=anchor[0],
         anchor_frame=anchor[1],
+        latent_channels=channels,
     )
 
 

@@ -37,8 +37,11 @@ def parse_size(text: str | int) -> int | tuple[int, int]:
     return value
 
 
-def fit_size(src_w: int, src_h: int, size: int | tuple[int, int]) -> tuple[int, int]:
-    """Output (width, height) for the diffusion model: both sides multiples of 8.
+def fit_size(
+    src_w: int, src_h: int, size: int | tuple[int, int], multiple: int = SIZE_MULTIPLE
+) -> tuple[int, int]:
+    """Output (width, height) for the diffusion model: both sides multiples of 8 (of
+    `multiple`: 16 for SD3, whose transformer reads 2x2 latent patches).
 
     ``size`` as an int is the long side (rounded to the nearest multiple of 8, at least 64);
     the short side is the multiple of 8 (at least 64) whose aspect ratio is closest to the
@@ -49,27 +52,27 @@ def fit_size(src_w: int, src_h: int, size: int | tuple[int, int]) -> tuple[int, 
         raise VideoError(f"Invalid source size {src_w}x{src_h}: sides must be positive.")
     if isinstance(size, (tuple, list)):
         w, h = (int(s) for s in size)
-        if w <= 0 or h <= 0 or w % SIZE_MULTIPLE or h % SIZE_MULTIPLE:
+        if w <= 0 or h <= 0 or w % multiple or h % multiple:
             raise VideoError(
                 f"Output size {w}x{h} is not usable: width and height must be multiples of "
-                f"{SIZE_MULTIPLE} (e.g. {_round_size(w)}x{_round_size(h)})."
+                f"{multiple} (e.g. {_round_size(w, multiple)}x{_round_size(h, multiple)})."
             )
         return w, h
     if isinstance(size, bool) or int(size) <= 0:
         raise VideoError(f"Invalid size {size!r}: the long side must be a positive number.")
-    long_out = _round_size(int(size))
+    long_out = _round_size(int(size), multiple)
     long_in, short_in = max(src_w, src_h), min(src_w, src_h)
     short_exact = short_in * long_out / long_in
-    lo = max(MIN_SIDE, math.floor(short_exact / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-    hi = lo + SIZE_MULTIPLE
+    lo = max(MIN_SIDE, math.floor(short_exact / multiple) * multiple)
+    hi = lo + multiple
     # Nearest in ratio terms: compare against the geometric mean of the two candidates.
     short_out = hi if short_exact >= math.sqrt(lo * hi) else lo
     short_out = min(short_out, long_out)
     return (long_out, short_out) if src_w >= src_h else (short_out, long_out)
 
 
-def _round_size(n: int) -> int:
-    return max(MIN_SIDE, int(math.floor(n / SIZE_MULTIPLE + 0.5)) * SIZE_MULTIPLE)
+def _round_size(n: int, multiple: int = SIZE_MULTIPLE) -> int:
+    return max(MIN_SIDE, int(math.floor(n / multiple + 0.5)) * multiple)
 
 
 def as_rgb_frame(frame, index: int, shape: tuple[int, int] | None) -> np.ndarray:

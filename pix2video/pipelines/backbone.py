@@ -1,12 +1,15 @@
 """What every Pix2Video pipeline shares, whatever its backbone: `Pix2VideoBase`.
 
 A backbone pipeline (SD2-depth in `sd2_depth.py`, SD 1.5 + ControlNet in
-`sd15_controlnet.py`, SDXL + ControlNet in `sdxl.py`) says only how its conditioning is
-made and how one model evaluation reads it:
+`sd15_controlnet.py`, SDXL + ControlNet in `sdxl.py`, SD3 + ControlNet in `sd3.py`) says
+only how its conditioning is made and how one model evaluation reads it:
 
 - `prepare_conditioning(frames, ...)`: per-frame conditioning (depth at latent size for
-  SD2-depth; control images at pixel size for ControlNets), one row per frame;
-- `model_output(x, conditioning, t, text, batch)`: the raw UNet output for a batch.
+  SD2-depth; control images at pixel size for ControlNets; SD3's control latents), one row
+  per frame;
+- `model_output(x, conditioning, t, text, batch)`: the raw model output for a batch;
+- and, when it is not a UNet's decoder, where the cross-frame attention goes (`injection`)
+  and the walk between noise levels (`sampling_schedule`).
 
 Everything else is here, once: prompts, VAE encoding/decoding (as the reference does it),
 classifier-free guidance in one batched call, the v-prediction to noise conversion
@@ -32,13 +35,13 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image
 
-from ..core.attention import FeatureStore
+from ..core.attention import DecoderSelfAttention, FeatureStore, Injection
 from ..core.edit_loop import EditCheckpoint, EditLoop, FrameConditioning, SourceLatents
 from ..core.frame_chain import ChainPlace
 from ..core.inversion import DDIMSchedule, ProgressCallback, Schedule, invert_frames
 from ..core.options import EditOptions
 from ..errors import EditCancelled, InputError
-from .frame_batch import measure_frame_batch, model_rows
+from .frame_batch import edit_frame_batch, model_rows
 from .inputs import check_call_inputs
 from .masks import composite, latent_mask
 from .scheduler import epsilon_from_v
@@ -53,8 +56,8 @@ class Pix2VideoOutput:
     """Edited frames (in input order) and what produced them."""
 
     frames: list[np.ndarray]
-    inverted_latents: torch.Tensor  # (N, 4, h, w): x_T of each frame
-    final_latents: torch.Tensor  # (N, 4, h, w): the last denoising step, before decoding
+    inverted_latents: torch.Tensor  # (N, C, h, w): x_T of each frame (C = 4; SD3: 16)
+    final_latents: torch.Tensor  # (N, C, h, w): the last denoising step, before decoding
     depth: torch.Tensor  # per-frame conditioning: SD2 depth (N,1,h,w); control images (N,3k,H,W)
     unet_evaluations: int = 0  # image evaluations: a batched CFG call counts 2
     timings: dict[str, float] = field(default_factory=dict)
@@ -72,6 +75,25 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet_evaluations = 0
         self.cancel_event: threading.Event | None = None  # set -> the next UNet call raises
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def size_multiple(self) -> int:
+        """What frame sides must be multiples of (a patching transformer asks more)."""
+        return self.vae_scale_factor
+
+    def injection(self, options: EditOptions) -> Injection:
+        """Where the cross-frame attention goes: the UNet decoder's self-attention (the
+        paper's); a transformer backbone overrides it and reads `options.inject_blocks`."""
+        if options.inject_blocks is not None:
+            raise InputError(
+                "inject_blocks chooses a transformer's injected blocks (SD3); a UNet backbone "
+                "injects in its decoder's self-attention: leave it out."
+            )
+        return DecoderSelfAttention(self.unet)
 
     # ------------------------------------------------------------------ backbone hooks
     def prepare_conditioning(
@@ -124,13 +146,15 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     @torch.inference_mode()
     def encode_frames(self, frames: Sequence[FrameLike]) -> torch.Tensor:
-        """(N, 4, h, w) latents: the VAE posterior mean (not a sample) times the scaling factor."""
+        """(N, C, h, w) latents: the VAE posterior mean (not a sample), less the VAE's shift
+        (SD3's; none in SD 1/2/XL) times the scaling factor."""
         latents = []
         for frame in frames:
             pixels = torch.from_numpy(np.asarray(frame, dtype=np.float32)).permute(2, 0, 1)[None]
             pixels = (pixels / 127.5 - 1.0).to(device=self.device, dtype=self.vae.dtype)
             posterior = self.vae.encode(pixels).latent_dist
-            latents.append(posterior.mean * self.vae.config.scaling_factor)
+            mean, shift = posterior.mean, self.vae.config.get("shift_factor")
+            latents.append((mean - shift if shift else mean) * self.vae.config.scaling_factor)
         return torch.cat(latents).float()
 
     @torch.inference_mode()
@@ -139,7 +163,9 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         frames = []
         for latent in latents:
             latent = latent[None].to(device=self.device, dtype=self.vae.dtype)
-            image = self.vae.decode(latent / self.vae.config.scaling_factor).sample
+            latent = latent / self.vae.config.scaling_factor
+            shift = self.vae.config.get("shift_factor")
+            image = self.vae.decode(latent + shift if shift else latent).sample
             image = ((image.float().clamp(-1, 1) / 2 + 0.5) * 255).to(torch.uint8)
             frames.append(image[0].permute(1, 2, 0).cpu().numpy())
         return frames
@@ -171,7 +197,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if rows > 1:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        if self.scheduler.config.prediction_type == "v_prediction":
+        if self.scheduler.config.get("prediction_type") == "v_prediction":
             alpha_bar_t = self.scheduler.alphas_cumprod[t].to(out.device)
             out = epsilon_from_v(out, latent.float(), alpha_bar_t)
         return out
@@ -240,7 +266,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         `FrameConditioning` giving it a few frames at a time (a job reads it from disk).
         `options` is the method's `EditOptions`; keyword arguments build one (or change
         the given one): `edit(x_T, depth, text, negative, num_inference_steps=20)`. A
-        frame batch of "auto" is measured here (`frame_batch.measure_frame_batch`). `chain` makes this
+        frame batch of "auto" is measured here (`frame_batch.edit_frame_batch`). `chain` makes this
         one worker of a clip split across workers (`frame_chain`): `inverted_latents`,
         `masks`, `resume`'s latents and the result then hold its positions' rows. Returns
         the final latents (N, 4, h, w) and the feature store (its `chunk_size` is the
@@ -263,12 +289,12 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             return self.predict_noise(x, conditioning, t, text, options.guidance_scale)
 
         if options.frame_batch == "auto":
-            measured = self._measure_frame_batch(options, inverted_latents, rows, text, chain)
+            measured = edit_frame_batch(self, options, inverted_latents, rows, text, chain)
             options = options.with_frame_batch(measured)
         loop = EditLoop(
             predict,
             self.sampling_schedule(options.num_inference_steps),
-            self.unet,
+            self.injection(options),
             options,
             num_frames,
             place=chain,
@@ -278,25 +304,6 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             on_step_end=on_step_end,
         )
         return loop.run(inverted_latents.to(self.device), resume)
-
-    def _measure_frame_batch(
-        self,
-        options: EditOptions,
-        inverted_latents: torch.Tensor,
-        conditioning: FrameConditioning,
-        text: torch.Tensor,
-        chain: ChainPlace | None,
-    ) -> int:
-        """`frame_batch.measure_frame_batch` of these rows (a worker's positions, in a split
-        chain); 1 in frame-major order, which edits one frame per call."""
-        num_frames = chain.num_frames if chain is not None else inverted_latents.shape[0]
-        if not options.step_major(num_frames):
-            return 1
-        by_row = conditioning  # conditioning by row of `inverted_latents`
-        if chain is not None:  # rows are the worker's positions, `conditioning` takes clip indices
-            clip, mine = options.clip_order(num_frames), chain.positions
-            by_row = lambda index: conditioning([clip[mine[i]] for i in index])  # noqa: E731
-        return measure_frame_batch(self, inverted_latents, by_row, text, options.attend)
 
     # ------------------------------------------------------------------ the whole method
     @torch.inference_mode()
@@ -327,6 +334,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         masks: Sequence[np.ndarray] | None = None,
         control_images: Sequence | None = None,
         frame_batch: int | str = DEFAULTS.frame_batch,
+        inject_blocks: Sequence[int] | None = DEFAULTS.inject_blocks,
     ) -> Pix2VideoOutput:
         """Edit `frames` so they show `prompt`, consistently across the clip.
 
@@ -371,6 +379,8 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             frame_batch: frames per editing model call in step-by-step order (1 = one at
                 a time; "auto": `frame_batch.measure_frame_batch`); the result equals one at a time up
                 to float rounding.
+            inject_blocks: a transformer backbone's injected blocks (SD3's joint blocks,
+                `core.joint_attention`); None: its default set. Not for UNet backbones.
         """
         # 1. check inputs: the method's options once (EditOptions), then the rest
         options = EditOptions(
@@ -386,6 +396,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             frame_batch=frame_batch,
             feature_store_dtype=feature_store_dtype,
             feature_store_device=feature_store_device,
+            inject_blocks=inject_blocks,
         )
         self.check_inputs(
             frames,
@@ -478,5 +489,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         **given: Any,
     ) -> None:
         """Validate what `__call__` takes besides the method's `options` (checked when built),
-        before any model work; one `InputError` each (`inputs.check_call_inputs`)."""
+        before any model work; one `InputError` each (`inputs.check_call_inputs`), and
+        `options.inject_blocks` against this model (`injection`)."""
         check_call_inputs(self, frames, prompt, source_prompt, options, **given)
+        self.injection(options)

@@ -12,6 +12,8 @@ diffusers' `load_lora_weights` and fused into the weights at their scales, so an
 costs the same with or without them. Every failure is one sentence.
 An SDXL-family UNet (`is_sdxl_checkpoint`) also reads 4 channels and needs ControlNets; it
 gets `sdxl.Pix2VideoSDXLControlNetPipeline` (single files: configs of `sdxl.SDXL_CONFIG`).
+An SD3/SD3.5 checkpoint (`is_sd3_checkpoint`: an `SD3Transformer2DModel`, folder or hub id)
+gets `sd3.Pix2VideoSD3ControlNetPipeline` with SD3 ControlNets.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ def is_sdxl_unet(config) -> bool:
     return dict(config).get("addition_embed_type") == "text_time"
 
 
+def is_sd3_checkpoint(model: str) -> bool:
+    """Whether a folder or hub id holds an SD3-family transformer (not told for single files)."""
+    if is_single_file(model):
+        return False
+    config = _component_config(model, "transformer/config.json")
+    return config is not None and config.get("_class_name") == "SD3Transformer2DModel"
+
+
+def model_geometry(model: str) -> tuple[int, int]:
+    """(latent channels, what frame sides must be multiples of) without loading the model:
+    16 and 16 for SD3 (VAE factor 8 times patch 2), 4 and 8 for the UNet families."""
+    if not is_sd3_checkpoint(model):
+        return 4, 8
+    vae = _component_config(model, "vae/config.json") or {}
+    transformer = _component_config(model, "transformer/config.json") or {}
+    factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    return int(vae.get("latent_channels", 16)), factor * int(transformer.get("patch_size", 2))
+
+
 def _component_config(model: str, name: str) -> dict | None:
     """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
     config = Path(resolve_model_path(model)).expanduser() / name
@@ -161,8 +182,11 @@ def load_backbone(
 ):
     """The pipeline the checkpoint calls for, with its ControlNets and LoRAs, on `device`."""
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    channels = unet_in_channels(model)
-    if channels == 5:
+    sd3 = is_sd3_checkpoint(model)
+    channels = None if sd3 else unet_in_channels(model)
+    if sd3:
+        pipe = _load_sd3(model, controlnets, kwargs)
+    elif channels == 5:
         if controlnets:
             raise ModelNotAvailableError(
                 f"The model '{model}' is depth-conditioned (SD2-depth) and takes no ControlNet; "
@@ -270,6 +294,47 @@ def _load_controlnet_pipeline(
                 f"({'SDXL' if sdxl else 'SD 1.5'})."
             )
     return pipe
+
+
+def _load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
+    """`sd3.Pix2VideoSD3ControlNetPipeline` with its SD3 ControlNets; one sentence each failure."""
+    from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
+
+    from .sd3 import Pix2VideoSD3ControlNetPipeline, check_not_turbo
+
+    check_not_turbo(model)
+    check_not_few_step(model)
+    if not controlnets:
+        raise ModelNotAvailableError(
+            f"The model '{model}' (SD3) needs an SD3 ControlNet for the video's structure: add "
+            "--controlnet ID --control canny|depth (e.g. "
+            "stabilityai/stable-diffusion-3.5-large-controlnet-depth with --control depth)."
+        )
+    for name in controlnets:
+        config = _component_config(name, "config.json")
+        if config is not None and config.get("_class_name") != "SD3ControlNetModel":
+            raise ModelNotAvailableError(
+                f"The ControlNet '{name}' is a {config.get('_class_name')}, not an SD3 "
+                f"ControlNet, so the SD3 model '{model}' cannot use it."
+            )
+    nets = [
+        load_pretrained(SD3ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
+        for c in controlnets
+    ]
+    for name, net in zip(controlnets, nets, strict=True):
+        if net.config.extra_conditioning_channels:
+            raise ModelNotAvailableError(
+                f"The ControlNet '{name}' is an SD3 inpainting ControlNet (it reads a mask "
+                "beside the control image), which cannot condition a video edit; use a canny, "
+                "depth or blur one."
+            )
+    return load_pretrained(
+        Pix2VideoSD3ControlNetPipeline.from_pretrained,
+        model,
+        "diffusion model",
+        controlnet=nets,
+        **kwargs,
+    )
 
 
 def _load_single_file(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ..core.attention import FeatureStore, cross_frame_attention, reference_plan
+from ..core.attention import DecoderSelfAttention, FeatureStore, Injection, reference_plan
 from ..core.edit_loop import FrameConditioning
-from ..core.options import CPU_FRAME_BATCH
+from ..core.frame_chain import ChainPlace
+from ..core.options import CPU_FRAME_BATCH, EditOptions
 
 GPU_MEMORY_MARGIN = 0.1
 """Share of the GPU's memory `frame_batch="auto"` leaves free (allocator slack, decoding)."""
@@ -23,6 +24,7 @@ def measure_frame_batch(
     conditioning: FrameConditioning,
     text: torch.Tensor,
     attend: str = "anchor+previous",
+    injection: Injection | None = None,
 ) -> int:
     """Frames per editing UNet call for `frame_batch="auto"`, capped by the clip.
 
@@ -30,7 +32,8 @@ def measure_frame_batch(
     On a GPU, the most frames that fit the free memory with a margin: one editing call
     of 2 and one of 4 frames (with the cross-frame attention, at the clip's size and
     text rows) of `pipe` (a `Pix2VideoBase`) measure the memory a frame adds; neither is
-    counted as an evaluation.
+    counted as an evaluation. `injection`: where the cross-frame attention goes (default:
+    the UNet decoder's self-attention).
     """
     num_frames = inverted_latents.shape[0]
     if pipe.device.type != "cuda" or num_frames == 1:
@@ -47,7 +50,8 @@ def measure_frame_batch(
         latent, rows, texts = model_rows(
             inverted_latents[index].to(device), conditioning(index).to(device), text
         )
-        with cross_frame_attention(pipe.unet, store), store.chunk_step(range(n), 0):
+        installed = (injection or DecoderSelfAttention(pipe.unet)).installed(store)
+        with installed, store.chunk_step(range(n), 0):
             pipe.model_output(latent, rows, t, texts, max(len(latent), len(texts)))
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device) - before)
@@ -57,6 +61,27 @@ def measure_frame_batch(
     free, total = torch.cuda.mem_get_info(device)
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return frames_that_fit(free - fixed, per_frame, total, num_frames)
+
+
+def edit_frame_batch(
+    pipe,
+    options: EditOptions,
+    inverted_latents: torch.Tensor,
+    conditioning: FrameConditioning,
+    text: torch.Tensor,
+    chain: ChainPlace | None,
+) -> int:
+    """`measure_frame_batch` of an edit's rows (a worker's positions, in a split chain) with
+    `pipe`'s injection; 1 in frame-major order, which edits one frame per call."""
+    num_frames = chain.num_frames if chain is not None else inverted_latents.shape[0]
+    if not options.step_major(num_frames):
+        return 1
+    by_row = conditioning  # conditioning by row of `inverted_latents`
+    if chain is not None:  # rows are the worker's positions, `conditioning` takes clip indices
+        clip, mine = options.clip_order(num_frames), chain.positions
+        by_row = lambda index: conditioning([clip[mine[i]] for i in index])  # noqa: E731
+    injection = pipe.injection(options)
+    return measure_frame_batch(pipe, inverted_latents, by_row, text, options.attend, injection)
 
 
 def model_rows(

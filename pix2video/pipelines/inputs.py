@@ -39,7 +39,7 @@ def check_call_inputs(
     if len(sizes) > 1:
         raise InputError(f"All frames must have the same size, got {sorted(sizes)}.")
     height, width = sizes.pop()
-    multiple = pipe.vae_scale_factor
+    multiple = pipe.size_multiple
     if height % multiple or width % multiple or not height or not width:
         raise InputError(f"Frame sides must be multiples of {multiple}, got {width}x{height}.")
     for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
@@ -71,15 +71,14 @@ def check_given_tensors(
     masks: Sequence[np.ndarray] | None,
 ) -> None:
     """Depth maps, x_T, prepared conditioning and masks of the right count and shapes."""
-    multiple = pipe.vae_scale_factor
-    h, w = height // multiple, width // multiple
+    h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
     if depth_maps is not None and (len(depth_maps) != n or np.ndim(depth_maps) not in (3, 4)):
         raise InputError(
             f"Expected {n} depth maps of shape (height, width), got an array of shape "
             f"{tuple(np.shape(depth_maps))}."
         )
     for name, tensor, shape in (
-        ("inverted_latents", inverted_latents, (n, 4, h, w)),
+        ("inverted_latents", inverted_latents, (n, pipe.latent_channels, h, w)),
         ("depth", depth, (n, *pipe.conditioning_shape(height, width))),
     ):
         if tensor is not None and tuple(tensor.shape) != shape:

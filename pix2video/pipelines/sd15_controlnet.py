@@ -33,6 +33,40 @@ def control_to_float(rows: torch.Tensor) -> torch.Tensor:
     return rows.float() / 255.0
 
 
+def stack_control_images(
+    frames: Sequence[FrameLike], control_images: Sequence | None, k: int
+) -> torch.Tensor:
+    """(N, 3k, H, W) uint8: per frame, its k ControlNets' control images stacked on channels;
+    one `InputError` for a missing one, a wrong count or a wrong size."""
+    if control_images is None:
+        raise InputError("A ControlNet pipeline needs one control image per frame.")
+    height, width = np.asarray(frames[0]).shape[:2]
+    if len(control_images) != len(frames):
+        raise InputError(
+            f"Expected {len(frames)} control images (one per frame); got {len(control_images)}."
+        )
+    rows = []
+    for images in control_images:
+        images = [images] if k == 1 and not isinstance(images, (list, tuple)) else images
+        if len(images) != k:
+            raise InputError(
+                f"Expected one control image per ControlNet ({k}) for every frame; got "
+                f"{len(images)}."
+            )
+        arrays = [
+            np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+            for image in images
+        ]
+        for array in arrays:
+            if array.shape != (height, width, 3) or array.dtype != np.uint8:
+                raise InputError(
+                    f"Control images must be {width}x{height} RGB (uint8) like the frames; "
+                    f"got an array of shape {array.shape} ({array.dtype})."
+                )
+        rows.append(torch.cat([torch.from_numpy(a).permute(2, 0, 1) for a in arrays]))
+    return torch.stack(rows)
+
+
 class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
     """Text-guided video editing with an SD 1.5-architecture checkpoint and ControlNets.
 
@@ -109,34 +143,7 @@ class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
 
     def control_rows(self, frames: Sequence[FrameLike], control_images: Sequence | None):
         """(N, 3k, H, W) uint8: the control images as stored (a quarter of their float size)."""
-        if control_images is None:
-            raise InputError("A ControlNet pipeline needs one control image per frame.")
-        height, width = np.asarray(frames[0]).shape[:2]
-        k = self.num_controlnets
-        if len(control_images) != len(frames):
-            raise InputError(
-                f"Expected {len(frames)} control images (one per frame); got {len(control_images)}."
-            )
-        rows = []
-        for images in control_images:
-            images = [images] if k == 1 and not isinstance(images, (list, tuple)) else images
-            if len(images) != k:
-                raise InputError(
-                    f"Expected one control image per ControlNet ({k}) for every frame; got "
-                    f"{len(images)}."
-                )
-            arrays = [
-                np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-                for image in images
-            ]
-            for array in arrays:
-                if array.shape != (height, width, 3) or array.dtype != np.uint8:
-                    raise InputError(
-                        f"Control images must be {width}x{height} RGB (uint8) like the frames; "
-                        f"got an array of shape {array.shape} ({array.dtype})."
-                    )
-            rows.append(torch.cat([torch.from_numpy(a).permute(2, 0, 1) for a in arrays]))
-        return torch.stack(rows)
+        return stack_control_images(frames, control_images, self.num_controlnets)
 
     def conditioning_shape(self, height: int, width: int) -> tuple[int, ...]:
         return (3 * self.num_controlnets, height, width)
