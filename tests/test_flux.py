@@ -9,7 +9,9 @@
   single-stream blocks; references = the closed form; frame batches equal one frame at a
   time (float64) in every attend mode; injection is live; the block numbering;
 - `load_pipeline` picks the FLUX pipeline for a saved folder and refuses schnell, a FLUX
-  without control and `--controlnet`; bad inputs are one sentence.
+  without control and `--controlnet`; bad inputs are one sentence;
+- the CLI (`--model FLUX --control depth`, no `--controlnet`: the model is its own control
+  model) equals the job and its preview.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from diffusers import FluxControlPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from PIL import Image
-from support import make_frames
+from support import COCKATOO, make_frames, png_frames
 
+from pix2video import EditSettings, edit_clip, preview_anchor
+from pix2video.cli import main
 from pix2video.core.attention import ATTEND_MODES, FeatureStore, reference_plan
 from pix2video.core.flux_attention import (
     VITAL_BLOCKS,
@@ -49,9 +54,14 @@ TOLERANCE = 1e-5  # ours vs diffusers (float32), measured and reported
 @pytest.fixture(scope="module")
 def tiny_flux(tmp_path_factory) -> SimpleNamespace:
     from tiny_flux import build_flux_control
+    from tiny_sd15 import build_depth_anything
 
     root = tmp_path_factory.mktemp("tiny-flux")
-    return SimpleNamespace(model=build_flux_control(root / "flux-depth"), root=root)
+    return SimpleNamespace(
+        model=build_flux_control(root / "flux-depth"),
+        depth_model=build_depth_anything(root / "depth-anything"),
+        root=root,
+    )
 
 
 def our_pipeline(models, dtype=torch.float32) -> Pix2VideoFluxControlPipeline:
@@ -428,3 +438,55 @@ def test_the_whole_call_edits_a_clip(pipe):
     assert len(out.frames) == 2 and out.frames[0].shape == (HEIGHT, WIDTH, 3)
     assert out.unet_evaluations == 2 * 2 + 2 * 2  # inversion + editing, no CFG pairs
     assert out.final_latents.shape == (2, *LATENT)
+
+
+# ---------------------------------------------------------------------------- job and CLI
+def cli_edit(tmp_path, tiny_flux, name: str, *extra) -> tuple[int, str]:
+    """`pix2video edit` of 3 cockatoo frames at 64x32 with the tiny FLUX Depth: `--control
+    depth` names the image the model reads (no `--controlnet`)."""
+    args = [COCKATOO, "-p", EDIT, "--source-prompt", SCENE, "--model", tiny_flux.model]
+    args += ["--control", "depth", "--depth-model", tiny_flux.depth_model, "--size", "64x32"]
+    args += ["--max-frames", 3, "--steps", 2, "--guidance-scale", GUIDANCE, "--dtype", "float32"]
+    args += ["-o", tmp_path / name, "--cache-dir", tmp_path / "cache", *extra]
+    result = CliRunner().invoke(main, ["edit", *map(str, args)])
+    return result.exit_code, result.output
+
+
+@pytest.mark.bitwise
+def test_cli_edit_with_control_depth_equals_the_job_and_its_preview(tmp_path, tiny_flux, pipelines):
+    code, output = cli_edit(tmp_path, tiny_flux, "cli", "-q")
+    assert code == 0, output
+    from_cli = png_frames(tmp_path / "cli")
+    assert len(from_cli) == 3 and from_cli[0].shape == (32, 64, 3)
+    settings = EditSettings(
+        input=COCKATOO, prompt=EDIT, source_prompt=SCENE, model=str(tiny_flux.model),
+        control=("depth",), depth_model=str(tiny_flux.depth_model), size="64x32", max_frames=3,
+        steps=2, guidance_scale=GUIDANCE, dtype="float32", output=tmp_path / "job",
+        cache_dir=tmp_path / "job-cache",
+    )  # fmt: skip
+    preview = preview_anchor(settings, pipelines=pipelines)
+    result = edit_clip(settings, pipelines=pipelines)
+    assert result.frames == 3 and result.inversion_cached == 1  # the preview's inversion
+    assert result.unet_evaluations == 2 * 2 + 3 * 2  # 2 frames' inversion, 3 edits: one row each
+    from_job = png_frames(tmp_path / "job")
+    assert np.array_equal(preview.edited, from_job[0])
+    assert all(np.array_equal(a, b) for a, b in zip(from_cli, from_job, strict=True))
+    # other blocks: another edit, the control latents and the inversion reused
+    code, output = cli_edit(tmp_path, tiny_flux, "blocks", "--inject-blocks", "2,3,4")
+    assert code == 0 and "inversion: 3 cached" in output, output
+    other = png_frames(tmp_path / "blocks")
+    assert np.array_equal(from_cli[0], other[0])  # the anchor attends to nobody
+    assert any(not np.array_equal(a, b) for a, b in zip(from_cli[1:], other[1:], strict=True))
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        ((), r"reads a control image for the video's structure: add --control depth"),
+        (("--control", "depth", "--control", "canny"), r"--control needs a --controlnet"),
+    ],
+)
+def test_cli_refuses_a_flux_model_without_one_control(tmp_path, tiny_flux, extra, pattern):
+    args = [COCKATOO, "-p", EDIT, "--model", tiny_flux.model, "-o", tmp_path / "out", *extra]
+    result = CliRunner().invoke(main, ["edit", *map(str, args)])
+    assert result.exit_code == 2 and re.search(pattern, result.output), result.output

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ModelNotAvailableError
-from ..models import DEFAULT_MODEL, _offline, load_pretrained, resolve_model_path
+from ..models import (
+    DEFAULT_MODEL,
+    _offline,
+    is_flux_checkpoint,
+    load_pretrained,
+    resolve_model_path,
+)
+from ..models import component_config as _component_config
 from .onednn import use_onednn_linears
 
 if TYPE_CHECKING:
@@ -104,14 +111,6 @@ def is_sd3_checkpoint(model: str) -> bool:
     return config is not None and config.get("_class_name") == "SD3Transformer2DModel"
 
 
-def is_flux_checkpoint(model: str) -> bool:
-    """Whether a folder or hub id holds a FLUX.1 transformer (not told for single files)."""
-    if is_single_file(model):
-        return False
-    config = _component_config(model, "transformer/config.json")
-    return config is not None and config.get("_class_name") == "FluxTransformer2DModel"
-
-
 def model_geometry(model: str) -> tuple[int, int]:
     """(latent channels, what frame sides must be multiples of) without loading the model:
     16 and 16 for SD3 and FLUX (VAE factor 8 times patch 2: SD3's patch, FLUX's 2x2
@@ -124,20 +123,6 @@ def model_geometry(model: str) -> tuple[int, int]:
     factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
     patch = 2 if flux else int(transformer.get("patch_size", 2))
     return int(vae.get("latent_channels", 16)), factor * patch
-
-
-def _component_config(model: str, name: str) -> dict | None:
-    """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
-    config = Path(resolve_model_path(model)).expanduser() / name
-    if not config.is_file() and not config.parents[1].exists():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(str(model), name)
-            config = Path(found) if isinstance(found, str) else config
-        except Exception:  # noqa: BLE001 - a malformed id: the loader says so
-            return None
-    return json.loads(config.read_text()) if config.is_file() else None
 
 
 FEW_STEP_SCHEDULERS = ("LCMScheduler", "TCDScheduler")

@@ -172,6 +172,11 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
                 "A FLUX Control pipeline takes control images (control.py makes depth images), "
                 "not depth maps."
             )
+        if control_images is None:
+            raise InputError(
+                "A FLUX Control pipeline needs one control image per frame (its depth or canny "
+                "image)."
+            )
         rows = stack_control_images(frames, control_images, 1)
         return torch.cat([self.control_latents(row[None]) for row in rows])
 
