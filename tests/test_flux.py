@@ -323,6 +323,11 @@ def test_injection_is_live_in_both_kinds_of_block_and_leaves_the_anchor_alone(
     independent = edit(pipe64, x_t, conditioning, prompt, attend="none", latent_guidance_weight=0.0)
     assert torch.equal(injected[0], independent[0])  # the anchor attends to nobody
     assert (injected[1:] - independent[1:]).abs().amax(dim=(1, 2, 3)).min().item() > 1e-4
+    batched = edit(pipe64, x_t, conditioning, prompt, inject_blocks=blocks,
+                   latent_guidance_weight=0.0, frame_batch=3)  # fmt: skip
+    assert (batched - injected).abs().max().item() < 1e-12  # live in a frame batch too
+    default = edit(pipe64, x_t, conditioning, prompt, latent_guidance_weight=0.0)
+    assert (default[1:] - injected[1:]).abs().max().item() > 1e-4  # other blocks, other edit
     after = pipe64.transformer.attn_processors
     assert all(after[name] is before[name] for name in before)  # restored
 

@@ -144,7 +144,7 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
         return JointAttentionInjection(self.transformer, options.inject_blocks)
 
     def sampling_schedule(
-        self, num_inference_steps: int, latent_size: tuple[int, int] | None = None
+        self, num_inference_steps: int, latent_size: Sequence[int] | None = None
     ) -> FlowMatchSchedule:
         return FlowMatchSchedule.from_scheduler(self.scheduler, num_inference_steps, self.device)
 
