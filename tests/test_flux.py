@@ -7,7 +7,9 @@
   bounded; embedded guidance is one model row per frame, inversion included;
 - the FLUX processor: no references = diffusers' processor (bitwise), in double- and
   single-stream blocks; references = the closed form; frame batches equal one frame at a
-  time (float64) in every attend mode; injection is live; the block numbering;
+  time (float64) in every attend mode, and two workers one process; injection is live; the
+  block numbering; step/frame order and resume are bitwise; masks keep the outside; LoRA
+  scale 0 is none;
 - `load_pipeline` picks the FLUX pipeline for a saved folder and refuses schnell, a FLUX
   without control and `--controlnet`; bad inputs are one sentence;
 - the CLI (`--model FLUX --control depth`, no `--controlnet`: the model is its own control
@@ -356,6 +358,44 @@ def test_the_default_blocks_are_stable_flows_vital_layers_and_the_numbering(pipe
         )
 
 
+@pytest.mark.bitwise
+def test_step_and_frame_order_and_resume_are_bitwise_identical(pipe):
+    """With injection and the guided update on (float32): frame-major = step-major, and a
+    resumed edit = an uninterrupted one."""
+    frames = make_frames(3, HEIGHT, WIDTH, seed=9)
+    conditioning = pipe.prepare_conditioning(frames, control_images=controls(frames))
+    x_t, checkpoints = noise(3, seed=4), []
+    by_step = edit(pipe, x_t, conditioning, schedule="step", on_step_end=checkpoints.append)
+    by_frame = edit(pipe, x_t, conditioning, schedule="frame")
+    resumed = edit(pipe, x_t, conditioning, resume=checkpoints[0])
+    assert torch.equal(by_step, by_frame) and torch.equal(by_step, resumed)
+
+
+def test_a_local_edit_keeps_every_pixel_outside_the_mask(pipe):
+    frames = make_frames(2, HEIGHT, WIDTH, seed=10)
+    mask = np.zeros((HEIGHT, WIDTH), np.float32)
+    mask[8:24, 16:48] = 1.0
+    out = pipe(frames, EDIT, SCENE, num_inference_steps=2, guidance_scale=GUIDANCE,
+               control_images=controls(frames), masks=[mask, mask])  # fmt: skip
+    for frame, edited in zip(frames, out.frames, strict=True):
+        assert np.array_equal(edited[mask == 0], frame[mask == 0])
+        assert not np.array_equal(edited[mask == 1], frame[mask == 1])
+
+
+def test_lora_changes_the_model_and_scale_zero_is_no_lora(tiny_flux, tmp_path):
+    from tiny_flux import build_flux_lora
+
+    lora = build_flux_lora(tiny_flux.model, tmp_path / "lora.safetensors")
+    outputs = {}
+    for name, loras in {"none": [], "zero": [(str(lora), 0.0)], "one": [(str(lora), 1.0)]}.items():
+        loaded = load_pipeline(str(tiny_flux.model), loras=loras)
+        x, text = noise(1, seed=5), loaded.encode_prompt(EDIT)
+        with torch.inference_mode():
+            outputs[name] = loaded.model_output(x, torch.zeros(1, *LATENT), 500.0, text, 1)
+    assert torch.equal(outputs["zero"], outputs["none"])
+    assert (outputs["one"] - outputs["none"]).abs().max().item() > 1e-3
+
+
 # ---------------------------------------------------------------------------- loading
 def one_sentence(message: str) -> bool:
     return re.search(r"[.!?]\s+[A-Z]", message) is None and message.endswith(".")
@@ -443,6 +483,57 @@ def test_the_whole_call_edits_a_clip(pipe):
     assert len(out.frames) == 2 and out.frames[0].shape == (HEIGHT, WIDTH, 3)
     assert out.unet_evaluations == 2 * 2 + 2 * 2  # inversion + editing, no CFG pairs
     assert out.final_latents.shape == (2, *LATENT)
+
+
+# ---------------------------------------------------------------------------- workers
+CHAIN_FRAMES, CHAIN_STEPS = 5, 3
+CHAIN_CONFIGS = {"anchor+previous": {}, "frame batch 2": {"frame_batch": 2}}
+
+
+def _chain_edit(pipe, config: dict, chain=None) -> torch.Tensor:
+    """A 5-frame edit (injection in every block, guided update on): one process or a part."""
+    frames = make_frames(CHAIN_FRAMES, HEIGHT, WIDTH, seed=6)
+    conditioning = pipe.prepare_conditioning(frames, control_images=controls(frames))
+    x_t = noise(CHAIN_FRAMES, seed=8, dtype=torch.float64)
+    rows = list(chain.positions) if chain is not None else list(range(CHAIN_FRAMES))
+    return edit(pipe, x_t[rows], conditioning, num_inference_steps=CHAIN_STEPS, chain=chain,
+                inject_blocks=range(5), **config)  # fmt: skip
+
+
+def _chain_worker(rank: int, world: int, port: int, model: str, out: str) -> None:
+    from pix2video.core.frame_chain import ChainPlace, ChainSplit
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    pipe = load_pipeline(model, torch_dtype=torch.float64)
+    place = ChainPlace(ChainSplit.even(CHAIN_FRAMES, world), rank)
+    parts = {name: _chain_edit(pipe, config, place) for name, config in CHAIN_CONFIGS.items()}
+    torch.save(parts, f"{out}/{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.integration
+def test_two_workers_equal_one_process_in_float64(tiny_flux, pipe64, tmp_path, report_measurement):
+    """The FLUX blocks' stored inputs (double- and single-stream) and the x0s cross between
+    workers through the shared store and exchange: the parts put together equal one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (2, port, str(tiny_flux.model), str(tmp_path))
+    mp.start_processes(_chain_worker, args=args, nprocs=2, start_method="spawn")
+    parts = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    for name, config in CHAIN_CONFIGS.items():
+        single = _chain_edit(pipe64, config)
+        joined = torch.cat([part[name] for part in parts])
+        gap = (joined - single).abs().max().item()
+        report_measurement(f"FLUX 2 workers vs one process ({name}, float64)", f"{gap:.2e}")
+        assert joined.shape == single.shape and gap < 1e-12, gap
 
 
 # ---------------------------------------------------------------------------- job and CLI

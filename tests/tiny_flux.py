@@ -8,6 +8,7 @@
   factors; a CLIP-L-like text encoder (pooled output) on the bundled tiny CLIP tokenizer;
   a tiny T5 with the Unigram tokenizer made locally (`tiny_sd3.t5_tokenizer`); FLUX's
   scheduler (dynamic shift).
+- `build_flux_lora(folder, path)`: a random LoRA on the transformer's attention (FLUX's saver).
 - `flux_variant(folder, out, **config)`: a copy whose transformer config is changed
   (schnell's `guidance_embeds: false`, a plain text-to-image FLUX's in_channels).
 """
@@ -112,3 +113,28 @@ def flux_variant(folder: Path, out: Path, **config) -> Path:
     path = out / "transformer" / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
     return out
+
+
+def build_flux_lora(folder: Path, path: Path) -> Path:
+    """A random rank-4 LoRA on the transformer's attention projections, one .safetensors file."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer")
+    torch.manual_seed(7)
+    transformer.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights=False,  # random B: a LoRA that changes the output
+        )
+    )
+    FluxPipeline.save_lora_weights(
+        path.parent,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        weight_name=path.name,
+        safe_serialization=True,
+    )
+    return path
