@@ -13,7 +13,8 @@
 - `load_pipeline` picks the FLUX pipeline for a saved folder and refuses schnell, a FLUX
   without control and `--controlnet`; bad inputs are one sentence;
 - the CLI (`--model FLUX --control depth`, no `--controlnet`: the model is its own control
-  model) equals the job and its preview.
+  model) equals the job and its preview, `--inject-blocks` is another edit, `--workers 2`
+  equals one process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from diffusers import FluxControlPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from PIL import Image
-from support import COCKATOO, make_frames, png_frames
+from support import COCKATOO, frame_gap, make_frames, png_frames
 
 from pix2video import EditSettings, edit_clip, preview_anchor
 from pix2video.cli import main
@@ -586,3 +587,17 @@ def test_cli_refuses_a_flux_model_without_one_control(tmp_path, tiny_flux, extra
     args = [COCKATOO, "-p", EDIT, "--model", tiny_flux.model, "-o", tmp_path / "out", *extra]
     result = CliRunner().invoke(main, ["edit", *map(str, args)])
     assert result.exit_code == 2 and re.search(pattern, result.output), result.output
+
+
+@pytest.mark.integration
+def test_cli_edit_on_two_workers_equals_one_process(tmp_path, tiny_flux, report_measurement):
+    """`--workers 2` through the CLI: the frames of one process within one grey level (PNG;
+    across processes and thread counts bit equality is not asserted, as for SD3)."""
+    code, output = cli_edit(tmp_path, tiny_flux, "one", "-q")
+    assert code == 0, output
+    code, output = cli_edit(tmp_path, tiny_flux, "two", "--workers", 2, "--no-cache")
+    assert code == 0 and "Workers: 2" in output, output
+    one, two = png_frames(tmp_path / "one"), png_frames(tmp_path / "two")
+    gap = frame_gap(one, two)
+    report_measurement("FLUX CLI 2 workers vs one process, max grey levels", gap)
+    assert len(one) == len(two) == 3 and gap <= 1
