@@ -68,10 +68,20 @@ def component_config(model: str, name: str) -> dict | None:
 
 
 def is_flux_checkpoint(model: str) -> bool:
-    """Whether a folder or hub id holds a FLUX.1 transformer. FLUX.1 Depth/Canny [dev] are
-    their own control model: `--control` feeds them without `--controlnet`."""
+    """Whether a folder or hub id holds a FLUX.1 transformer (not told for single files)."""
     config = component_config(model, "transformer/config.json")
     return config is not None and config.get("_class_name") == "FluxTransformer2DModel"
+
+
+def reads_control_itself(model: str) -> bool:
+    """FLUX.1 Depth/Canny [dev]: a FLUX transformer that reads the packed latents and control
+    latents side by side (2 x 4 x the VAE's channels) is its own control model, which one
+    `--control` feeds without `--controlnet`."""
+    if not is_flux_checkpoint(model):
+        return False
+    latent = (component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
+    transformer = component_config(model, "transformer/config.json") or {}
+    return transformer.get("in_channels") == 2 * 4 * latent
 
 
 def _offline() -> bool:

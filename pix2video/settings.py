@@ -332,9 +332,9 @@ class EditSettings:
     def model_reads_control(self) -> bool:
         """The model is its own control model (FLUX.1 Depth/Canny [dev]): one `--control`
         names the image it reads, without `--controlnet`."""
-        from .models import is_flux_checkpoint
+        from .models import reads_control_itself
 
-        return is_flux_checkpoint(self.model)
+        return reads_control_itself(self.model)
 
     @property
     def control_scales(self) -> tuple[float, ...]:
