@@ -51,6 +51,39 @@ def resolve_model_path(name: str) -> str:
     return str(bundled) if bundled is not None else str(name)
 
 
+def component_config(model: str, name: str) -> dict | None:
+    """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
+    import json
+
+    config = Path(resolve_model_path(model)).expanduser() / name
+    if not config.is_file() and not config.parents[1].exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(str(model), name)
+            config = Path(found) if isinstance(found, str) else config
+        except Exception:  # noqa: BLE001 - a malformed id: the loader says so
+            return None
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
+def is_flux_checkpoint(model: str) -> bool:
+    """Whether a folder or hub id holds a FLUX.1 transformer (not told for single files)."""
+    config = component_config(model, "transformer/config.json")
+    return config is not None and config.get("_class_name") == "FluxTransformer2DModel"
+
+
+def reads_control_itself(model: str) -> bool:
+    """FLUX.1 Depth/Canny [dev]: a FLUX transformer that reads the packed latents and control
+    latents side by side (2 x 4 x the VAE's channels) is its own control model, which one
+    `--control` feeds without `--controlnet`."""
+    if not is_flux_checkpoint(model):
+        return False
+    latent = (component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
+    transformer = component_config(model, "transformer/config.json") or {}
+    return transformer.get("in_channels") == 2 * 4 * latent
+
+
 def _offline() -> bool:
     """Nothing may be downloaded now (offline mode, or the hub does not answer): `hub.py`."""
     from .hub import can_download

@@ -295,8 +295,16 @@ class EditSettings:
         if any(not str(c).strip() for c in self.controlnet):
             raise InputError("A --controlnet name is empty: use a hub id or a folder.")
         n = len(self.controlnet)
-        if self.control and not n:
-            raise InputError("--control needs a --controlnet to read it; add --controlnet ID.")
+        if self.control and not n and not (len(self.control) == 1 and self.model_reads_control):
+            raise InputError(
+                "--control needs a --controlnet to read it (only a FLUX.1 Depth/Canny [dev] "
+                "model reads one itself); add --controlnet ID."
+            )
+        if not n and not self.control and self.model_reads_control:
+            raise InputError(
+                f"The model '{self.model}' (FLUX.1 Depth/Canny [dev]) reads a control image for "
+                "the video's structure: add --control depth (Depth [dev]) or --control canny."
+            )
         if n and len(self.control) != n:
             raise InputError(
                 f"Give one --control ({_control_choices()}) per "
@@ -319,6 +327,14 @@ class EditSettings:
             )
         for text in self.lora:
             parse_lora(text)
+
+    @property
+    def model_reads_control(self) -> bool:
+        """The model is its own control model (FLUX.1 Depth/Canny [dev]): one `--control`
+        names the image it reads, without `--controlnet`."""
+        from .models import reads_control_itself
+
+        return reads_control_itself(self.model)
 
     @property
     def control_scales(self) -> tuple[float, ...]:

@@ -223,8 +223,8 @@ class ControlImages(Conditioning):
 
 
 class ControlLatents(ControlImages):
-    """SD3 + ControlNets: the control images as the model reads them, VAE-encoded
-    (`sd3.Pix2VideoSD3ControlNetPipeline.prepare_conditioning`), so each frame's are encoded
+    """SD3 + ControlNets, FLUX.1 Depth/Canny: the control images as the model reads them,
+    VAE-encoded (the pipeline's `prepare_conditioning`), so each frame's are encoded
     once; stored float32 (16 channels at 1/8 size: a third of the images' bytes)."""
 
     dtype = "float32"
@@ -255,10 +255,10 @@ def make_conditioning(
 ) -> Conditioning:
     """The conditioning the settings ask for (ControlNets' control images, or depth)."""
     depth = DepthFolder(depth_dir, source) if depth_dir is not None else None  # checked now
-    if settings.controlnet:
-        from ..pipelines.checkpoints import is_sd3_checkpoint
+    if settings.controlnet or settings.control:  # ControlNets, or FLUX.1 Depth/Canny's own
+        from ..pipelines.checkpoints import is_flux_checkpoint, is_sd3_checkpoint
 
-        latents = is_sd3_checkpoint(settings.model)
+        latents = is_sd3_checkpoint(settings.model) or is_flux_checkpoint(settings.model)
         return (ControlLatents if latents else ControlImages)(kinds, source)
     return depth if depth is not None else EstimatedDepth(source.num_frames)
 

@@ -44,11 +44,11 @@ def model_identity(s: EditSettings):
 
 def depth_identity(s: EditSettings):
     """Depth/control images depend on the depth estimator, not on ControlNets or LoRAs."""
-    from ..pipelines.checkpoints import is_sd3_checkpoint
+    from ..pipelines.checkpoints import is_flux_checkpoint, is_sd3_checkpoint
     from .cache import model_fingerprint
 
-    if s.controlnet:
-        if is_sd3_checkpoint(s.model):  # control latents: made by the model's VAE
+    if s.controlnet or s.control:
+        if is_sd3_checkpoint(s.model) or is_flux_checkpoint(s.model):  # made by the model's VAE
             return {"checkpoint": model_fingerprint(s.model), "control": "latents"}
         return None  # the control sources name everything (depth model included)
     depth_id = model_fingerprint(s.model)

@@ -46,14 +46,18 @@ class SourceClip:
 
 
 def size_setting(s) -> int | tuple[int, int]:
-    """--size; "auto" is 1024 for an SDXL-family or SD3 model and 512 for the others."""
+    """--size; "auto" is 1024 for an SDXL-family, SD3 or FLUX model and 512 for the others."""
     from ..settings import AUTO_SIZE, processing_size
 
     large = False
     if s.size == AUTO_SIZE:
-        from ..pipelines.checkpoints import is_sd3_checkpoint, is_sdxl_checkpoint
+        from ..pipelines.checkpoints import (
+            is_flux_checkpoint,
+            is_sd3_checkpoint,
+            is_sdxl_checkpoint,
+        )
 
-        large = is_sdxl_checkpoint(s.model) or is_sd3_checkpoint(s.model)
+        large = any(f(s.model) for f in (is_sdxl_checkpoint, is_sd3_checkpoint, is_flux_checkpoint))
     return processing_size(s.size, large)
 
 

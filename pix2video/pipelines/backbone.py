@@ -1,13 +1,13 @@
 """What every Pix2Video pipeline shares, whatever its backbone: `Pix2VideoBase`.
 
-A backbone pipeline (SD2-depth in `sd2_depth.py`, SD 1.5 + ControlNet in
-`sd15_controlnet.py`, SDXL + ControlNet in `sdxl.py`, SD3 + ControlNet in `sd3.py`) says
+A backbone pipeline (SD2-depth `sd2_depth.py`, SD 1.5 + ControlNet `sd15_controlnet.py`,
+SDXL + ControlNet `sdxl.py`, SD3 + ControlNet `sd3.py`, FLUX.1 Depth/Canny `flux.py`) says
 only how its conditioning is made and how one model evaluation reads it:
 
-- `prepare_conditioning(frames, ...)`: per-frame conditioning (depth at latent size for
-  SD2-depth; control images at pixel size for ControlNets; SD3's control latents), one row
-  per frame;
-- `model_output(x, conditioning, t, text, batch)`: the raw model output for a batch;
+- `prepare_conditioning(frames, ...)`: per-frame conditioning (SD2's depth at latent size;
+  ControlNets' control images at pixel size; SD3's and FLUX's control latents), one row each;
+- `model_output(x, conditioning, t, text, batch)`: the raw model output for a batch (and
+  `guidance=` for a model with `embedded_guidance`, FLUX [dev]);
 - and, when it is not a UNet's decoder, where the cross-frame attention goes (`injection`)
   and the walk between noise levels (`sampling_schedule`).
 
@@ -70,6 +70,8 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     Subclasses register their modules (at least vae, text_encoder, tokenizer, unet,
     scheduler) and call `_init_common()`.
     """
+
+    embedded_guidance: bool = False  # FLUX [dev]: the scale is a model input, never a CFG pair
 
     def _init_common(self) -> None:
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -178,21 +180,21 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         text: torch.Tensor,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """Noise prediction with classifier-free guidance; `text` rows = [uncond, cond] or [cond].
+        """Noise prediction with classifier-free guidance; `text` rows = [uncond, cond] or [cond]
+        (`embedded_guidance`: [cond], the scale a model input).
 
         Both branches go through the model in one batched call; the attention processors
         keep the batch rows (branches) apart. `latent` may hold several frames (batched
         inversion, frame-batched editing), each with its own conditioning row; with
-        guidance the batch is [uncond of every frame, cond of every frame]
-        (`model_rows`). A v-predicting checkpoint's output is turned into the noise
-        estimate here, so inversion and editing both see noise.
-        """
+        guidance the batch is [uncond of every frame, cond of every frame] (`model_rows`).
+        A v-predicting checkpoint's output is turned into the noise estimate here."""
         if self.cancel_event is not None and self.cancel_event.is_set():
             raise EditCancelled("The edit was cancelled.")
         rows = text.shape[0]
         model_latent, model_conditioning, model_text = model_rows(latent, conditioning, text)
         batch = max(model_latent.shape[0], model_text.shape[0])
-        out = self.model_output(model_latent, model_conditioning, t, model_text, batch)
+        embedded = {"guidance": guidance_scale} if self.embedded_guidance else {}
+        out = self.model_output(model_latent, model_conditioning, t, model_text, batch, **embedded)
         self.unet_evaluations += batch
         if rows > 1:
             out_uncond, out_cond = out.chunk(2)
@@ -206,9 +208,12 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.scheduler.set_timesteps(num_inference_steps)
         return [int(t) for t in self.scheduler.timesteps]
 
-    def sampling_schedule(self, num_inference_steps: int) -> Schedule:
+    def sampling_schedule(
+        self, num_inference_steps: int, latent_size: Sequence[int] | None = None
+    ) -> Schedule:
         """The walk inversion and editing take: DDIM for the UNet backbones (a flow-matching
-        backbone returns a `core.flow_matching.FlowMatchSchedule`)."""
+        backbone returns a `core.flow_matching.FlowMatchSchedule`, FLUX's shifted by the
+        latents' (h, w), `latent_size`)."""
         return DDIMSchedule.from_scheduler(self.scheduler, num_inference_steps, self.device)
 
     @torch.inference_mode()
@@ -237,7 +242,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         return invert_frames(
             predict,
             latents.to(self.device),
-            self.sampling_schedule(num_inference_steps),
+            self.sampling_schedule(num_inference_steps, latents.shape[-2:]),
             batch_size=batch_size,
             trajectory=trajectory,
             progress=progress,
@@ -279,7 +284,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             warnings.warn(notice, stacklevel=2)
         text = (
             prompt_embedding
-            if options.guidance_scale == 1
+            if options.guidance_scale == 1 or self.embedded_guidance
             else torch.cat([negative_embedding, prompt_embedding])
         )
         rows = depth if callable(depth) else (lambda frames: depth[frames])
@@ -293,7 +298,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             options = options.with_frame_batch(measured)
         loop = EditLoop(
             predict,
-            self.sampling_schedule(options.num_inference_steps),
+            self.sampling_schedule(options.num_inference_steps, inverted_latents.shape[-2:]),
             self.injection(options),
             options,
             num_frames,

@@ -13,7 +13,9 @@ costs the same with or without them. Every failure is one sentence.
 An SDXL-family UNet (`is_sdxl_checkpoint`) also reads 4 channels and needs ControlNets; it
 gets `sdxl.Pix2VideoSDXLControlNetPipeline` (single files: configs of `sdxl.SDXL_CONFIG`).
 An SD3/SD3.5 checkpoint (`is_sd3_checkpoint`: an `SD3Transformer2DModel`, folder or hub id)
-gets `sd3.Pix2VideoSD3ControlNetPipeline` with SD3 ControlNets.
+gets `sd3.Pix2VideoSD3ControlNetPipeline` with SD3 ControlNets; a FLUX.1 Depth/Canny [dev] one
+(`is_flux_checkpoint`: a `FluxTransformer2DModel` reading latents and control latents)
+`flux.Pix2VideoFluxControlPipeline`, its own control model.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import ModelNotAvailableError
-from ..models import DEFAULT_MODEL, _offline, load_pretrained, resolve_model_path
+from ..models import (
+    DEFAULT_MODEL,
+    _offline,
+    is_flux_checkpoint,
+    load_pretrained,
+    resolve_model_path,
+)
+from ..models import component_config as _component_config
 from .onednn import use_onednn_linears
 
 if TYPE_CHECKING:
@@ -104,27 +113,16 @@ def is_sd3_checkpoint(model: str) -> bool:
 
 def model_geometry(model: str) -> tuple[int, int]:
     """(latent channels, what frame sides must be multiples of) without loading the model:
-    16 and 16 for SD3 (VAE factor 8 times patch 2), 4 and 8 for the UNet families."""
-    if not is_sd3_checkpoint(model):
+    16 and 16 for SD3 and FLUX (VAE factor 8 times patch 2: SD3's patch, FLUX's 2x2
+    packing), 4 and 8 for the UNet families."""
+    flux = is_flux_checkpoint(model)
+    if not (flux or is_sd3_checkpoint(model)):
         return 4, 8
     vae = _component_config(model, "vae/config.json") or {}
     transformer = _component_config(model, "transformer/config.json") or {}
     factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
-    return int(vae.get("latent_channels", 16)), factor * int(transformer.get("patch_size", 2))
-
-
-def _component_config(model: str, name: str) -> dict | None:
-    """A component's config (e.g. `unet/config.json`) from a folder or the hub cache, or None."""
-    config = Path(resolve_model_path(model)).expanduser() / name
-    if not config.is_file() and not config.parents[1].exists():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(str(model), name)
-            config = Path(found) if isinstance(found, str) else config
-        except Exception:  # noqa: BLE001 - a malformed id: the loader says so
-            return None
-    return json.loads(config.read_text()) if config.is_file() else None
+    patch = 2 if flux else int(transformer.get("patch_size", 2))
+    return int(vae.get("latent_channels", 16)), factor * patch
 
 
 FEW_STEP_SCHEDULERS = ("LCMScheduler", "TCDScheduler")
@@ -182,9 +180,11 @@ def load_backbone(
 ):
     """The pipeline the checkpoint calls for, with its ControlNets and LoRAs, on `device`."""
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    sd3 = is_sd3_checkpoint(model)
-    channels = None if sd3 else unet_in_channels(model)
-    if sd3:
+    sd3, flux = is_sd3_checkpoint(model), is_flux_checkpoint(model)
+    channels = None if sd3 or flux else unet_in_channels(model)
+    if flux:
+        pipe = _load_flux(model, controlnets, kwargs)
+    elif sd3:
         pipe = _load_sd3(model, controlnets, kwargs)
     elif channels == 5:
         if controlnets:
@@ -334,6 +334,38 @@ def _load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
         "diffusion model",
         controlnet=nets,
         **kwargs,
+    )
+
+
+def _load_flux(model: str, controlnets: Sequence[str], kwargs: dict):
+    """`flux.Pix2VideoFluxControlPipeline` for FLUX.1 Depth/Canny [dev]; one sentence each
+    refusal: schnell (few-step), a FLUX without control, a FLUX ControlNet (not yet)."""
+    from .flux import Pix2VideoFluxControlPipeline
+
+    transformer = _component_config(model, "transformer/config.json") or {}
+    latent = (_component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
+    if not transformer.get("guidance_embeds", False):
+        raise ModelNotAvailableError(
+            f"The model '{model}' is a few-step FLUX.1 [schnell]-kind checkpoint (no guidance "
+            "embedding): Pix2Video inverts every frame at the edit's step count, and at 1-4 "
+            "steps that inversion does not map back to the frames, so use FLUX.1 Depth [dev] "
+            "or Canny [dev] with 20-50 steps."
+        )
+    if controlnets:
+        raise ModelNotAvailableError(
+            f"The FLUX model '{model}' takes no --controlnet: FLUX ControlNets "
+            "(FluxControlNetPipeline) are not supported yet, and FLUX.1 Depth/Canny [dev] read "
+            "the control image themselves (--control depth|canny without --controlnet)."
+        )
+    if transformer.get("in_channels") != 2 * 4 * latent:
+        raise ModelNotAvailableError(
+            f"The model '{model}' is a FLUX.1 model without control (its transformer reads "
+            f"{transformer.get('in_channels')} channels, not the packed latents and control "
+            "latents side by side), so nothing gives the video's structure; use "
+            "black-forest-labs/FLUX.1-Depth-dev or FLUX.1-Canny-dev with --control depth|canny."
+        )
+    return load_pretrained(
+        Pix2VideoFluxControlPipeline.from_pretrained, model, "diffusion model", **kwargs
     )
 
 

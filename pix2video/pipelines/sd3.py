@@ -143,7 +143,9 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
         """Joint attention of `options.inject_blocks` (the default set when None)."""
         return JointAttentionInjection(self.transformer, options.inject_blocks)
 
-    def sampling_schedule(self, num_inference_steps: int) -> FlowMatchSchedule:
+    def sampling_schedule(
+        self, num_inference_steps: int, latent_size: Sequence[int] | None = None
+    ) -> FlowMatchSchedule:
         return FlowMatchSchedule.from_scheduler(self.scheduler, num_inference_steps, self.device)
 
     # ------------------------------------------------------------------ text
