@@ -42,7 +42,7 @@ from ..core.inversion import DDIMSchedule, ProgressCallback, Schedule, invert_fr
 from ..core.options import EditOptions
 from ..errors import EditCancelled, InputError
 from .frame_batch import edit_frame_batch, model_rows
-from .inputs import check_call_inputs
+from .inputs import check_call_inputs, check_prompt_tokens
 from .masks import composite, latent_mask
 from .scheduler import epsilon_from_v
 
@@ -126,17 +126,11 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """(1, 77, D) text embedding; a prompt longer than the text encoder's context is an error."""
-        max_length = self.tokenizer.model_max_length
-        n_tokens = len(self.tokenizer(prompt, truncation=False).input_ids)
-        if n_tokens > max_length:
-            raise InputError(
-                f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoder reads at most "
-                f"{max_length} (including start and end): shorten it."
-            )
+        check_prompt_tokens(prompt, self.tokenizer)
         ids = self.tokenizer(
             prompt,
             padding="max_length",
-            max_length=max_length,
+            max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids

@@ -41,6 +41,7 @@ from ..core.flux_attention import FluxAttentionInjection
 from ..core.options import EditOptions
 from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase
+from .inputs import check_prompt_tokens
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
 
@@ -117,7 +118,7 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """(1, T5 tokens + 1, D): T5's states, then CLIP's pooled output (module doc)."""
-        self._check_prompt_length(prompt)
+        check_prompt_tokens(prompt, self.tokenizer_2, self.max_sequence_length)
         clip_ids = self.tokenizer(
             prompt,
             padding="max_length",
@@ -144,16 +145,6 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
                 "an unconditional branch): leave it out."
             )
         return self.encode_prompt("")
-
-    def _check_prompt_length(self, prompt: str) -> None:
-        if not isinstance(prompt, str):
-            raise InputError(f"A prompt must be a string; got {type(prompt).__name__}.")
-        n_tokens = len(self.tokenizer_2(prompt, truncation=False).input_ids)
-        if n_tokens > self.max_sequence_length:
-            raise InputError(
-                f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoder reads at "
-                f"most {self.max_sequence_length} (including the end): shorten it."
-            )
 
     # ------------------------------------------------------------------ conditioning
     def prepare_conditioning(

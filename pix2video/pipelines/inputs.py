@@ -95,3 +95,17 @@ def check_given_tensors(
                 f"Expected {n} masks of {height}x{width} (one per frame, height x width); got "
                 f"{len(masks)} of shapes {sorted(shapes)}."
             )
+
+
+def check_prompt_tokens(prompt: str, tokenizer, limit: int | None = None) -> None:
+    """One sentence when `prompt` is longer than a text encoder reads (`limit`, else the
+    tokenizer's own context), where diffusers would silently cut it."""
+    if not isinstance(prompt, str):
+        raise InputError(f"A prompt must be a string; got {type(prompt).__name__}.")
+    limit = limit or tokenizer.model_max_length
+    n_tokens = len(tokenizer(prompt, truncation=False).input_ids)
+    if n_tokens > limit:
+        raise InputError(
+            f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoder reads at "
+            f"most {limit} (including its start and end tokens): shorten it."
+        )

@@ -40,6 +40,7 @@ from ..core.joint_attention import JointAttentionInjection
 from ..core.options import EditOptions
 from ..errors import InputError, ModelNotAvailableError
 from .backbone import FrameLike, Pix2VideoBase
+from .inputs import check_prompt_tokens
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
 
@@ -193,18 +194,11 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
         return self.text_encoder_3(ids.to(self.device))[0].float()
 
     def _check_prompt_length(self, prompt: str) -> None:
-        if not isinstance(prompt, str):
-            raise InputError(f"A prompt must be a string; got {type(prompt).__name__}.")
+        """T5 reads the longest prompt (`max_sequence_length`); without T5, CLIP's 77 tokens."""
         if self.text_encoder_3 is not None:
-            tokenizer, limit = self.tokenizer_3, self.max_sequence_length
+            check_prompt_tokens(prompt, self.tokenizer_3, self.max_sequence_length)
         else:
-            tokenizer, limit = self.tokenizer, self.tokenizer.model_max_length
-        n_tokens = len(tokenizer(prompt, truncation=False).input_ids)
-        if n_tokens > limit:
-            raise InputError(
-                f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoder reads at "
-                f"most {limit} (including the end): shorten it."
-            )
+            check_prompt_tokens(prompt, self.tokenizer)
 
     # ------------------------------------------------------------------ conditioning
     def prepare_conditioning(

@@ -33,7 +33,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-from ..errors import InputError
+from .inputs import check_prompt_tokens
 from .scheduler import reference_scheduler
 from .sd15_controlnet import Pix2VideoControlNetPipeline
 
@@ -122,12 +122,7 @@ class Pix2VideoSDXLControlNetPipeline(
             (self.tokenizer_2, self.text_encoder_2),
         ):
             max_length = tokenizer.model_max_length
-            n_tokens = len(tokenizer(prompt, truncation=False).input_ids)
-            if n_tokens > max_length:
-                raise InputError(
-                    f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoders read "
-                    f"at most {max_length} (including start and end): shorten it."
-                )
+            check_prompt_tokens(prompt, tokenizer)
             ids = tokenizer(
                 prompt,
                 padding="max_length",
