@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from tiny_sd3 import _t5, t5_tokenizer
-from tiny_sd15 import ASSETS
+from tiny_sd15 import ASSETS, build_lora
 
 HEADS, HEAD_DIM = 2, 8  # inner width 16
 CLIP_WIDTH = 16
@@ -118,23 +118,5 @@ def flux_variant(folder: Path, out: Path, **config) -> Path:
 def build_flux_lora(folder: Path, path: Path) -> Path:
     """A random rank-4 LoRA on the transformer's attention projections, one .safetensors file."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
-    transformer = FluxTransformer2DModel.from_pretrained(folder / "transformer")
-    torch.manual_seed(7)
-    transformer.add_adapter(
-        LoraConfig(
-            r=4,
-            lora_alpha=4,
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-            init_lora_weights=False,  # random B: a LoRA that changes the output
-        )
-    )
-    FluxPipeline.save_lora_weights(
-        path.parent,
-        transformer_lora_layers=get_peft_model_state_dict(transformer),
-        weight_name=path.name,
-        safe_serialization=True,
-    )
-    return path
+    return build_lora(folder, path, FluxPipeline, FluxTransformer2DModel, "transformer")

@@ -251,16 +251,19 @@ def save_original_checkpoint(folder: Path, path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- LoRA, depth model
-def build_lora(folder: Path, path: Path, pipeline_class=None) -> Path:
-    """A random rank-4 LoRA on the UNet's attention projections, as one .safetensors file
-    written by `pipeline_class.save_lora_weights` (SD 1.5's, or the family's)."""
+def build_lora(
+    folder: Path, path: Path, pipeline_class=None, model_class=None, component: str = "unet"
+) -> Path:
+    """A random rank-4 LoRA on the attention projections of the pipeline's `component` (its
+    UNet, or a transformer of `model_class`), as one .safetensors file written by
+    `pipeline_class.save_lora_weights` (SD 1.5's, or the family's)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    model = (model_class or UNet2DConditionModel).from_pretrained(folder / component)
     torch.manual_seed(7)
-    unet.add_adapter(
+    model.add_adapter(
         LoraConfig(
             r=4,
             lora_alpha=4,
@@ -270,7 +273,7 @@ def build_lora(folder: Path, path: Path, pipeline_class=None) -> Path:
     )
     (pipeline_class or StableDiffusionPipeline).save_lora_weights(
         path.parent,
-        unet_lora_layers=get_peft_model_state_dict(unet),
+        **{f"{component}_lora_layers": get_peft_model_state_dict(model)},
         weight_name=path.name,
         safe_serialization=True,
     )

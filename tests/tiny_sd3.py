@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tiny_sd15 import ASSETS
+from tiny_sd15 import ASSETS, build_lora
 
 HEADS, HEAD_DIM = 2, 8  # inner width 16
 CLIP_L, CLIP_G, T5_WIDTH = 16, 24, 48
@@ -159,23 +159,5 @@ def build_sd3_controlnet(
 def build_sd3_lora(folder: Path, path: Path) -> Path:
     """A random rank-4 LoRA on the transformer's attention projections, one .safetensors file."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
-    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
-    torch.manual_seed(7)
-    transformer.add_adapter(
-        LoraConfig(
-            r=4,
-            lora_alpha=4,
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-            init_lora_weights=False,  # random B: a LoRA that changes the output
-        )
-    )
-    StableDiffusion3Pipeline.save_lora_weights(
-        path.parent,
-        transformer_lora_layers=get_peft_model_state_dict(transformer),
-        weight_name=path.name,
-        safe_serialization=True,
-    )
-    return path
+    return build_lora(folder, path, StableDiffusion3Pipeline, SD3Transformer2DModel, "transformer")
