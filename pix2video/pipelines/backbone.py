@@ -42,7 +42,7 @@ from ..core.inversion import DDIMSchedule, ProgressCallback, Schedule, invert_fr
 from ..core.options import EditOptions
 from ..errors import EditCancelled, InputError
 from .frame_batch import edit_frame_batch, model_rows
-from .inputs import check_call_inputs, check_prompt_tokens
+from .inputs import check_call_inputs, check_prompt_tokens, padded_ids
 from .masks import composite, latent_mask
 from .scheduler import epsilon_from_v
 
@@ -127,13 +127,7 @@ class Pix2VideoBase(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """(1, 77, D) text embedding; a prompt longer than the text encoder's context is an error."""
         check_prompt_tokens(prompt, self.tokenizer)
-        ids = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        ids = padded_ids(self.tokenizer, prompt)
         return self.text_encoder(ids.to(self.device))[0]
 
     def encode_negative_prompt(self, prompt: str) -> torch.Tensor:

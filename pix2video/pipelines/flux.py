@@ -41,7 +41,7 @@ from ..core.flux_attention import FluxAttentionInjection
 from ..core.options import EditOptions
 from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase
-from .inputs import check_prompt_tokens
+from .inputs import check_prompt_tokens, padded_ids
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
 
@@ -119,21 +119,9 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """(1, T5 tokens + 1, D): T5's states, then CLIP's pooled output (module doc)."""
         check_prompt_tokens(prompt, self.tokenizer_2, self.max_sequence_length)
-        clip_ids = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        clip_ids = padded_ids(self.tokenizer, prompt)
         pooled = self.text_encoder(clip_ids.to(self.device)).pooler_output.float()
-        t5_ids = self.tokenizer_2(
-            prompt,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        t5_ids = padded_ids(self.tokenizer_2, prompt, self.max_sequence_length)
         states = self.text_encoder_2(t5_ids.to(self.device))[0].float()
         return pack_text(states, pooled)
 

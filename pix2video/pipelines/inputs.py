@@ -109,3 +109,15 @@ def check_prompt_tokens(prompt: str, tokenizer, limit: int | None = None) -> Non
             f"The prompt {prompt[:40]!r}... has {n_tokens} tokens; the text encoder reads at "
             f"most {limit} (including its start and end tokens): shorten it."
         )
+
+
+def padded_ids(tokenizer, prompt: str, max_length: int | None = None) -> torch.Tensor:
+    """(1, max_length) token ids of `prompt`, padded and cut to `max_length` (else the
+    tokenizer's own context), as every text encoder here reads them."""
+    return tokenizer(
+        prompt,
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

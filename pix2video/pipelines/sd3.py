@@ -40,7 +40,7 @@ from ..core.joint_attention import JointAttentionInjection
 from ..core.options import EditOptions
 from ..errors import InputError, ModelNotAvailableError
 from .backbone import FrameLike, Pix2VideoBase
-from .inputs import check_prompt_tokens
+from .inputs import check_prompt_tokens, padded_ids
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
 
@@ -163,13 +163,7 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
             (self.tokenizer, self.text_encoder),
             (self.tokenizer_2, self.text_encoder_2),
         ):
-            ids = tokenizer(
-                prompt,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
+            ids = padded_ids(tokenizer, prompt)
             output = encoder(ids.to(self.device), output_hidden_states=True)
             states.append(output.hidden_states[-2].float())
             pooled.append(output[0].float())
@@ -183,14 +177,7 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
         if self.text_encoder_3 is None:
             width = self.transformer.config.joint_attention_dim
             return torch.zeros(1, self.max_sequence_length, width, device=self.device)
-        ids = self.tokenizer_3(
-            prompt,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        ).input_ids
+        ids = padded_ids(self.tokenizer_3, prompt, self.max_sequence_length)
         return self.text_encoder_3(ids.to(self.device))[0].float()
 
     def _check_prompt_length(self, prompt: str) -> None:

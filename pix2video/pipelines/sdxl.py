@@ -33,7 +33,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-from .inputs import check_prompt_tokens
+from .inputs import check_prompt_tokens, padded_ids
 from .scheduler import reference_scheduler
 from .sd15_controlnet import Pix2VideoControlNetPipeline
 
@@ -121,15 +121,8 @@ class Pix2VideoSDXLControlNetPipeline(
             (self.tokenizer, self.text_encoder),
             (self.tokenizer_2, self.text_encoder_2),
         ):
-            max_length = tokenizer.model_max_length
             check_prompt_tokens(prompt, tokenizer)
-            ids = tokenizer(
-                prompt,
-                padding="max_length",
-                max_length=max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
+            ids = padded_ids(tokenizer, prompt)
             output = encoder(ids.to(self.device), output_hidden_states=True)
             states.append(output.hidden_states[-2])
             if output[0].ndim == 2:  # the projected, pooled embedding (second encoder)
