@@ -295,6 +295,11 @@ class EditSettings:
         if any(not str(c).strip() for c in self.controlnet):
             raise InputError("A --controlnet name is empty: use a hub id or a folder.")
         n = len(self.controlnet)
+        if n and self.model_reads_control:  # told here, so the page refuses it before it starts
+            raise InputError(
+                f"The model '{self.model}' (FLUX.1 Depth/Canny [dev]) reads its control image "
+                "itself and takes no --controlnet: leave it out and give one --control depth|canny."
+            )
         if self.control and not n and not (len(self.control) == 1 and self.model_reads_control):
             raise InputError(
                 "--control needs a --controlnet to read it (only a FLUX.1 Depth/Canny [dev] "

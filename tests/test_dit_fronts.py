@@ -10,19 +10,23 @@ identical frames share their conditioning and inversion as on the UNet backbones
 
 from __future__ import annotations
 
+import re
+import signal
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support import png_frames
+from support import COCKATOO, TINY_BLIP, browser_page, needs_chromium, png_frames, wait_status
 from test_trait_corpus import check_output, source_frames
 from trait_corpus import TRAITS
 
 from pix2video import EditSettings
 from pix2video.errors import EditCancelled
 from pix2video.job import edit_clip
+from pix2video.media import read_clip
 
 STEPS, SIZE = 2, 128  # SD3/FLUX frame sides are multiples of 16: 128 x 80 for the corpus
 SUBSET = ("every_third.avi", "black_lead.mp4", "vfr.mp4", "rotated.mp4", "odd_size.mp4")
@@ -164,3 +168,76 @@ def test_sd3_and_flux_rows_of_one_batch(models, corpus, pipelines, tmp_path):
     sd3 = check_output(trait, tmp_path / "out" / "sd3.mp4")
     flux = check_output(trait, tmp_path / "out" / "flux.mp4")
     assert np.abs(sd3[0].astype(int) - flux[0]).mean() > 1  # two models, two edits
+
+
+# --------------------------------------------------------------------------- the page
+@pytest.mark.integration
+@needs_chromium
+def test_the_page_previews_and_edits_with_an_sd3_folder(models, tmp_path, report_measurement):
+    """`pix2video ui --model SD3_FOLDER --controlnet CN --control canny`: in the browser, the
+    anchor preview, then the edit (3 frames at 128 px, 2 steps), as with the UNet models."""
+    from test_ui import Server, free_port
+
+    args = ["--model", models.sd3, "--controlnet", models.controlnet, "--control", "canny"]
+    args += ["--port", free_port(), "--cache-dir", tmp_path / "cache", "--dtype", "float32"]
+    args += ["--captioner", TINY_BLIP] if TINY_BLIP.is_dir() else []
+    server = Server.start([str(a) for a in args], tmp_path)
+    try:
+        with browser_page(server.url) as page:
+            assert f"Model: {models.sd3}" in page.locator("body").inner_text()
+            page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
+            wait_status(page, "Source prompt suggested|source prompt is needed")
+            page.locator("#prompt textarea").fill("a red sports car")
+            page.locator("#source-prompt textarea").fill("a swan on a lake")
+            page.get_by_text("Advanced").click()
+            page.locator("#steps input").fill("2")
+            page.locator("#max-frames input").fill("3")
+            page.locator("#size textarea").fill("128")
+            tic = time.perf_counter()
+            page.locator("#preview-button").click()
+            page.wait_for_selector("#preview-image img", timeout=120_000)
+            preview_s = time.perf_counter() - tic
+            wait_status(page, "Anchor frame")
+            tic = time.perf_counter()
+            page.locator("#edit-button").click()
+            page.wait_for_selector("#result-video video[src]", timeout=120_000)
+            edit_s = time.perf_counter() - tic
+            assert "with the source's audio" in wait_status(page, "Edited 3 frames")
+            src = page.locator("#result-video video").get_attribute("src")
+            result = tmp_path / "result.mp4"
+            result.write_bytes(page.request.get(src).body())
+    finally:
+        code = server.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in server.output, server.output
+    frames = read_clip(result).frames
+    assert len(frames) == 3 and frames[0].shape[1] == 128 and frames[0].shape[0] % 16 == 0
+    report_measurement("ui browser, tiny SD3: preview click -> image, s", f"{preview_s:.1f}")
+    report_measurement("ui browser, tiny SD3: edit click -> video, s", f"{edit_s:.1f}")
+
+
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        ((), r"^Error: The model '.*' \(FLUX.1 Depth/Canny \[dev\]\) reads a control image "),
+        (("--control", "depth", "--control", "canny"), r"^Error: --control needs a --controlnet"),
+        (
+            ("--controlnet", "X", "--control", "depth"),
+            r"^Error: The model .* reads its control image itself and takes no --controlnet: ",
+        ),
+    ],
+    ids=["no-control", "two-controls", "a-controlnet"],
+)
+def test_the_page_with_a_flux_folder_refuses_what_it_cannot_read_in_one_sentence(
+    models, extra, pattern
+):
+    """A FLUX.1 Depth [dev] server takes one --control and no --controlnet; anything else is
+    one sentence before Gradio or a model loads."""
+    from click.testing import CliRunner
+    from test_ui import free_port
+
+    from pix2video import cli
+
+    args = ["ui", "--model", str(models.flux), "--port", str(free_port()), *extra]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2 and re.match(pattern, result.output), result.output
+    assert result.output.count("\n") == 1, result.output
