@@ -118,7 +118,7 @@ def models() -> Section:
 
     from .hub import endpoint, hub_reachable, offline_mode
     from .hub_cache import cached_models, format_size
-    from .models import BUNDLED_MODELS
+    from .models import BUNDLED_MODELS, gated_hint, known_models
 
     if offline_mode():
         hub = "offline mode (HF_HUB_OFFLINE)"
@@ -126,10 +126,17 @@ def models() -> Section:
         hub = "reachable" if hub_reachable() else "cannot be reached (downloads are off)"
     lines = [("hub", f"{endpoint()}: {hub}"), ("hub cache", str(constants.HF_HUB_CACHE))]
     cached = cached_models()
+    known = known_models()
     for model in cached:
-        lines.append((model.model, f"{format_size(model.size)}, {model.files} files"))
+        what = f" ({known[model.model]})" if model.model in known else ""
+        lines.append((model.model, f"{format_size(model.size)}, {model.files} files{what}"))
     if not cached:
         lines.append(("cached models", "none"))
+    names = {model.model for model in cached}
+    for name, what in known.items():  # what pix2video uses unasked or knows, not cached yet
+        if name not in names:
+            get = f"`pix2video download {name}`{gated_hint(name)}"
+            lines.append((name, f"not cached ({what}); get it with {get}"))
     bundled = sorted({str(path) for path in BUNDLED_MODELS.values()})
     for path in bundled:
         present = "present" if Path(path).is_dir() else "MISSING (reinstall pix2video)"

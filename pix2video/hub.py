@@ -18,6 +18,7 @@ import contextvars
 import functools
 import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -39,6 +40,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 SKIPPED_SUFFIXES = (".h5", ".msgpack", ".onnx", ".onnx_data", ".ot", ".tflite", ".mlmodel", ".pb")
 SKIPPED_FOLDERS = {"onnx", "openvino", "coreml", "flax", "tf"}
 VARIANTS = {"fp16", "bf16", "ema", "non_ema", "fp32"}
+LIBRARY_WEIGHTS = {"diffusion_pytorch_model", "model", "pytorch_model"}
 
 DownloadProgress = Callable[[str, int, int], None]
 """``progress(model, bytes_done, bytes_total)``: a model's download, all its files together."""
@@ -227,11 +229,17 @@ def wanted_files(paths: list[str]) -> list[str]:
     """The files a loader reads: configs, tokenizers and one copy of each model's weights.
 
     Per folder, `.safetensors` weights when there are any (else `.bin`, else `.ckpt`/`.pt`),
-    without precision/EMA variants (``*.fp16.safetensors``) when the plain file exists; no
-    TensorFlow/Flax/ONNX/OpenVINO copies; in a diffusers repository (``model_index.json``)
-    no single-file checkpoints at its top level.
+    without precision/EMA variants (``*.fp16.safetensors``) when the plain file exists, and
+    only the library's own files (``diffusion_pytorch_model*``, ``model*``) where a folder has
+    them beside a single-file copy (SD3.5's ControlNets); no TensorFlow/Flax/ONNX/OpenVINO
+    copies; in a diffusers repository (``model_index.json``) weights only in component
+    folders (a ``config.json``): no single-file checkpoints at its top level (FLUX.1 Depth's
+    23 GB one), no ComfyUI ``text_encoders/`` (SD3.5's, 15 GB).
     """
     diffusers_repo = "model_index.json" in paths
+    components = {
+        str(PurePosixPath(p).parent) for p in paths if PurePosixPath(p).name == "config.json"
+    }
     folders: dict[str, list[str]] = {}
     chosen = []
     for path in paths:
@@ -239,12 +247,13 @@ def wanted_files(paths: list[str]) -> list[str]:
         if set(pure.parts[:-1]) & SKIPPED_FOLDERS or pure.suffix in SKIPPED_SUFFIXES:
             continue
         if pure.suffix in WEIGHT_SUFFIXES:
-            if diffusers_repo and len(pure.parts) == 1:
+            if diffusers_repo and str(pure.parent) not in components:
                 continue
             folders.setdefault(str(pure.parent), []).append(path)
         else:
             chosen.append(path)
     for weights in folders.values():
+        weights = [p for p in weights if _library_file(p)] or weights
         for suffixes in ((".safetensors",), (".bin",), (".ckpt", ".pt", ".pth")):
             found = [p for p in weights if PurePosixPath(p).suffix in suffixes]
             if found:
@@ -252,6 +261,12 @@ def wanted_files(paths: list[str]) -> list[str]:
                 chosen += plain or found
                 break
     return sorted(chosen)
+
+
+def _library_file(path: str) -> bool:
+    """A weights file named as diffusers/transformers save them (sharded or not)."""
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", PurePosixPath(path).name.split(".")[0])
+    return stem in LIBRARY_WEIGHTS
 
 
 def _variant(path: str) -> str | None:

@@ -26,7 +26,22 @@ BUNDLED_MODELS = {
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # why this one: see `evaluation.clip_score`
 DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edits (`masks`)
-DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth (Depth Anything V2 also works)
+DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth of the UNet families
+DEFAULT_DIT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+"""--control depth of SD3/SD3.5 and FLUX.1 Depth [dev]: a Depth Anything estimator, the family
+FLUX.1 Depth's own preprocessing uses, sharper than DPT at their 1024 px. Small (~100 MB,
+Apache-2.0) rather than Large (CC-BY-NC-4.0, not for commercial work); name Large with
+--depth-model."""
+SD3_FLUX_MODELS = {
+    "stabilityai/stable-diffusion-3.5-medium": "SD3.5 Medium",
+    "stabilityai/stable-diffusion-3.5-large": "SD3.5 Large",
+    "stabilityai/stable-diffusion-3.5-large-controlnet-depth": "SD3.5 Large depth ControlNet",
+    "stabilityai/stable-diffusion-3.5-large-controlnet-canny": "SD3.5 Large canny ControlNet",
+    "black-forest-labs/FLUX.1-Depth-dev": "FLUX.1 Depth [dev]",
+    "black-forest-labs/FLUX.1-Canny-dev": "FLUX.1 Canny [dev]",
+}
+"""The SD3/FLUX checkpoints `download` and `doctor` know by name; all are gated on the hub."""
+GATED_HINT = "it is gated: accept its licence on its hub page and log in (`hf auth login`) first"
 BLIP = "Salesforce/blip-image-captioning-base"  # the source prompt (`pipelines.caption`)
 TINY_CAPTIONER = "tiny-blip"  # random weights, like `tiny`: captions are arbitrary words
 AUTO = "auto"
@@ -82,6 +97,32 @@ def reads_control_itself(model: str) -> bool:
     latent = (component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
     transformer = component_config(model, "transformer/config.json") or {}
     return transformer.get("in_channels") == 2 * 4 * latent
+
+
+def known_models() -> dict[str, str]:
+    """Hub id -> what it is, for every model pix2video uses unasked or knows by name."""
+    return {
+        DEFAULT_MODEL: "the default diffusion model",
+        BLIP: "the default captioner",
+        DEFAULT_MASK_MODEL: "the default segmentation model",
+        DEFAULT_DEPTH_MODEL: "the default depth model of the UNet models",
+        DEFAULT_DIT_DEPTH_MODEL: "the default depth model of SD3 and FLUX",
+        DEFAULT_CLIP_MODEL: "the CLIP model of eval",
+        **SD3_FLUX_MODELS,
+    }
+
+
+def default_depth_model(model: str | None) -> str:
+    """The `--control depth` estimator when none is named: Depth Anything V2 for an SD3/FLUX
+    transformer (told by its config, or a known hub id not yet cached), DPT otherwise."""
+    if model and (model in SD3_FLUX_MODELS or component_config(model, "transformer/config.json")):
+        return DEFAULT_DIT_DEPTH_MODEL
+    return DEFAULT_DEPTH_MODEL
+
+
+def gated_hint(name: str) -> str:
+    """'; it is gated: ...' for the gated models pix2video knows, else ''."""
+    return f"; {GATED_HINT}" if name in SD3_FLUX_MODELS else ""
 
 
 def _offline() -> bool:
@@ -157,7 +198,8 @@ def not_available(name: str, what: str, fallback_hint: str = "") -> ModelNotAvai
     return ModelNotAvailableError(
         f"The {what} '{name}' is not available offline: it is not in the local hub cache "
         f"and {offline_reason()}; get it with `pix2video download {name}` where there is "
-        f"internet (then copy the hub cache), or pass a local folder{fallback_hint}."
+        f"internet (then copy the hub cache), or pass a local folder{fallback_hint}"
+        f"{gated_hint(name)}."
     )
 
 
@@ -175,15 +217,18 @@ def models_for(
     clip_model: str | None = None,
     names: tuple[str, ...] = (),
     defaults: bool = False,
+    controls: tuple[str, ...] = (),
 ) -> list[tuple[str, str]]:
     """(what, name) of every model these options load, without repeats; `defaults` adds the
-    default of each kind that is not given (what `pix2video edit/ui/eval` use unasked)."""
+    default of each kind that is not given (what `pix2video edit/ui/eval` use unasked), and
+    `--control depth` the depth model it reads with `model` (`default_depth_model`)."""
     if defaults:
         model = model or DEFAULT_MODEL
         captioner = captioner or AUTO
         mask_model = mask_model or DEFAULT_MASK_MODEL
-        depth_model = depth_model or DEFAULT_DEPTH_MODEL
         clip_model = clip_model or DEFAULT_CLIP_MODEL
+    if defaults or "depth" in controls:
+        depth_model = depth_model or default_depth_model(model)
     wanted = [("model", n) for n in names]
     wanted += [("diffusion model", model)] if model else []
     wanted += [("ControlNet", c) for c in controlnets]

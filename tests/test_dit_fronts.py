@@ -241,3 +241,32 @@ def test_the_page_with_a_flux_folder_refuses_what_it_cannot_read_in_one_sentence
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 2 and re.match(pattern, result.output), result.output
     assert result.output.count("\n") == 1, result.output
+
+
+# --------------------------------------------------------------------------- the depth model
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_control_depth_without_a_depth_model_reads_depth_anything_v2(
+    backbone, models, corpus, pipelines, tmp_path, monkeypatch
+):
+    """SD3 and FLUX read Depth Anything V2 Small when no --depth-model is named; offline
+    with an empty hub cache that is one sentence naming it and the command that gets it, in
+    seconds and with no output."""
+    from huggingface_hub import constants
+
+    from pix2video.errors import ModelNotAvailableError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    (trait,) = [t for t in TRAITS if t.file == "two.mp4"]
+    values = dict(control=("depth",), depth_model=None)
+    s = settings(models, backbone, trait.write(corpus), tmp_path / "out.mp4", **values)
+    tic = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError) as caught:
+        edit_clip(s, pipelines=pipelines)
+    seconds = time.perf_counter() - tic
+    assert str(caught.value) == (
+        "The depth model (image processor) 'depth-anything/Depth-Anything-V2-Small-hf' is not "
+        "available offline: it is not in the local hub cache and HF_HUB_OFFLINE is set; get it "
+        "with `pix2video download depth-anything/Depth-Anything-V2-Small-hf` where there is "
+        "internet (then copy the hub cache), or pass a local folder."
+    )
+    assert seconds < 30 and not (tmp_path / "out.mp4").exists()

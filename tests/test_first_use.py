@@ -255,6 +255,104 @@ def test_wanted_files_take_one_copy_of_the_weights():
     ]
 
 
+def test_wanted_files_of_sd35_flux_and_sd35_controlnets_skip_their_single_file_copies():
+    """SD3.5 repositories also hold ComfyUI's `text_encoders/` (15 GB) and a single-file
+    checkpoint, FLUX.1 Depth its 23 GB single file and `ae.safetensors`, SD3.5's ControlNets
+    a single-file copy beside diffusers' file: none of them is read by diffusers."""
+    from pix2video.hub import wanted_files
+
+    sd35 = [
+        "model_index.json", "sd3.5_large.safetensors", "text_encoders/clip_g.safetensors",
+        "text_encoders/t5xxl_fp16.safetensors", "text_encoders/README.md",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+        "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "text_encoder_3/config.json", "text_encoder_3/model-00001-of-00002.safetensors",
+        "text_encoder_3/model-00002-of-00002.safetensors", "tokenizer_3/spiece.model",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    ]  # fmt: skip
+    assert wanted_files(sd35) == sorted(
+        p
+        for p in sd35
+        if not p.startswith(("sd3.5_large", "text_encoders/clip", "text_encoders/t5"))
+    )
+    flux = ["model_index.json", "flux1-depth-dev.safetensors", "ae.safetensors",
+            "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors"]  # fmt: skip
+    assert wanted_files(flux) == [
+        "model_index.json", "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+    ]  # fmt: skip
+    controlnet = ["config.json", "diffusion_pytorch_model.safetensors",
+                  "sd3.5_large_controlnet_depth.safetensors", "README.md"]  # fmt: skip
+    assert wanted_files(controlnet) == [
+        "README.md",
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    lora = ["README.md", "pytorch_lora_weights.safetensors"]  # no library file: kept as it is
+    assert wanted_files(lora) == lora
+
+
+def test_sd3_and_flux_read_depth_anything_v2_by_default_and_download_knows_it(tmp_path):
+    from pix2video.models import (
+        DEFAULT_DEPTH_MODEL,
+        DEFAULT_DIT_DEPTH_MODEL,
+        default_depth_model,
+        models_for,
+    )
+
+    folder = tmp_path / "my-flux" / "transformer"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"_class_name": "FluxTransformer2DModel"}')
+    assert DEFAULT_DIT_DEPTH_MODEL == "depth-anything/Depth-Anything-V2-Small-hf"
+    for model in (str(folder.parent), "black-forest-labs/FLUX.1-Depth-dev",
+                  "stabilityai/stable-diffusion-3.5-large"):  # fmt: skip
+        assert default_depth_model(model) == DEFAULT_DIT_DEPTH_MODEL, model
+    for model in ("tiny", "stabilityai/stable-diffusion-2-depth", "runwayml/v1-5", None):
+        assert default_depth_model(model) == DEFAULT_DEPTH_MODEL, model
+    flux = "black-forest-labs/FLUX.1-Canny-dev"
+    assert models_for(flux, controls=("canny",)) == [("diffusion model", flux)]
+    assert models_for(flux, controls=("depth",)) == [
+        ("diffusion model", flux), ("depth model", DEFAULT_DIT_DEPTH_MODEL),
+    ]  # fmt: skip
+    assert ("depth model", "my/depth") in models_for(
+        flux, controls=("depth",), depth_model="my/depth"
+    )
+    assert ("depth model", DEFAULT_DEPTH_MODEL) in models_for(defaults=True)  # SD2's as before
+    assert ("depth model", DEFAULT_DIT_DEPTH_MODEL) in models_for(flux, defaults=True)
+
+
+@pytest.mark.integration
+def test_sd35_and_flux_offline_with_an_empty_cache_are_one_sentence_in_seconds(tmp_path):
+    """`download` of SD3.5 Large, its depth ControlNet and FLUX.1 Depth with their depth model
+    names each missing one, says they are gated, in seconds; `doctor` lists every model it
+    knows with the command that gets it."""
+    env = hub_env(tmp_path, closed_port_url())
+    sd35 = "stabilityai/stable-diffusion-3.5-large"
+    flux = "black-forest-labs/FLUX.1-Depth-dev"
+    depth = "depth-anything/Depth-Anything-V2-Small-hf"
+    args = ["download", "--model", sd35, "--controlnet", f"{sd35}-controlnet-depth", flux]
+    tic = time.perf_counter()
+    done = pix2video([*args, "--control", "depth"], env)
+    seconds = time.perf_counter() - tic
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr == (
+        f"Error: Cannot download {flux}, {sd35}, {sd35}-controlnet-depth, {depth}: the hub "
+        f"({env['HF_ENDPOINT']}) cannot be reached; run `pix2video download` where there is "
+        "internet and copy the hub cache (HF_HOME) here; "
+        f"{flux}, {sd35}, {sd35}-controlnet-depth are gated: accept each licence on the hub "
+        "page and log in (`hf auth login`) first.\n"
+    )
+    assert seconds < 60, seconds  # the hub is asked once, 3 s at most; the rest is Python
+    doctor = pix2video(["doctor"], env)
+    assert doctor.returncode == 0, doctor.stderr
+    for name in (sd35, f"{sd35}-controlnet-depth", flux, "black-forest-labs/FLUX.1-Canny-dev",
+                 "stabilityai/stable-diffusion-3.5-medium", depth):  # fmt: skip
+        line = next(line for line in doctor.stdout.splitlines() if line.split()[:1] == [name])
+        assert "not cached (" in line and f"get it with `pix2video download {name}`" in line
+    print(f"offline download answer: {seconds:.1f} s")
+
+
 def test_download_meter_says_megabytes_and_speed_at_most_every_interval():
     from pix2video.hub import DownloadMeter
 

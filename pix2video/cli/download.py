@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     help="Captioning model (hub id; auto: the one `edit` uses with --model).",
 )
 @click.option("--mask-model", default=None, show_default="none", help="CLIPSeg model (hub id).")
+@click.option(
+    "--control",
+    multiple=True,
+    show_default="none",
+    help="What conditions the model, as in `edit`; depth: the depth model it reads (Depth "
+    "Anything V2 for SD3/FLUX, DPT otherwise) unless --depth-model names one.",
+)
 @click.option("--depth-model", default=None, show_default="none", help="Depth model (hub id).")
 @click.option(
     "--clip-model", default=None, show_default="none", help="CLIP model of `eval` (hub id)."
@@ -45,8 +52,8 @@ if TYPE_CHECKING:
     callback=set_debug,
     help="Full tracebacks, and the libraries' own logs.",
 )
-def download(names, model, controlnet, captioner, mask_model, depth_model, clip_model, defaults,
-             quiet, debug) -> None:  # fmt: skip
+def download(names, model, controlnet, captioner, mask_model, control, depth_model, clip_model,
+             defaults, quiet, debug) -> None:  # fmt: skip
     """Download models into the hub cache, with progress; say what is already there.
 
     Names the same models as the options of `pix2video edit` (and NAMES, any hub ids);
@@ -59,13 +66,15 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
     Examples:
       pix2video download --all
       pix2video download --model stabilityai/stable-diffusion-2-depth --captioner auto
+      pix2video download --model black-forest-labs/FLUX.1-Depth-dev --control depth
     """
     from ..hub import can_download, offline_reason
-    from ..models import models_for
+    from ..models import SD3_FLUX_MODELS, models_for
 
     wanted = models_for(
-        model, tuple(controlnet), captioner, mask_model, depth_model, clip_model, names, defaults
-    )
+        model, tuple(controlnet), captioner, mask_model, depth_model, clip_model, names,
+        defaults, tuple(control),
+    )  # fmt: skip
     if not wanted:
         raise InputError(
             "Name what to download: hub ids, --model, --controlnet, --captioner, --mask-model, "
@@ -80,9 +89,16 @@ def download(names, model, controlnet, captioner, mask_model, depth_model, clip_
             if not _get_model(name, what, online, reporter):
                 missing.append(name)
     if missing:
+        gated = [name for name in missing if name in SD3_FLUX_MODELS]
+        licences = (
+            f"; {', '.join(gated)} {'is' if len(gated) == 1 else 'are'} gated: accept "
+            f"{'its licence' if len(gated) == 1 else 'each licence'} on the hub page and log "
+            "in (`hf auth login`) first"
+        )
         raise ModelNotAvailableError(
             f"Cannot download {', '.join(missing)}: {offline_reason()}; run `pix2video "
-            "download` where there is internet and copy the hub cache (HF_HOME) here."
+            "download` where there is internet and copy the hub cache (HF_HOME) here"
+            f"{licences if gated else ''}."
         )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..models import DEFAULT_CLIP_MODEL, DEFAULT_DEPTH_MODEL
+from ..models import DEFAULT_CLIP_MODEL, DEFAULT_DEPTH_MODEL, DEFAULT_DIT_DEPTH_MODEL
 from ..settings import (
     CONTROL_KINDS,
     DTYPES,
@@ -100,9 +100,10 @@ def backbone_options(f: Callable) -> Callable:
         click.option(
             "--depth-model",
             default=None,
-            show_default=f"{DEFAULT_DEPTH_MODEL} for --control depth; SD2-depth: its own",
+            show_default=f"{DEFAULT_DEPTH_MODEL} for --control depth, SD3/FLUX: "
+            f"{DEFAULT_DIT_DEPTH_MODEL}; SD2-depth: its own",
             help="Depth estimator (transformers, hub id or folder), e.g. "
-            "depth-anything/Depth-Anything-V2-Small-hf; also replaces SD2-depth's own.",
+            "depth-anything/Depth-Anything-V2-Large-hf; also replaces SD2-depth's own.",
         ),
         click.option(
             "--lora",

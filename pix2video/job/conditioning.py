@@ -127,9 +127,9 @@ class DepthControl(ControlKind):
     """A depth map from a depth-estimation model (`--depth-model`, kept loaded)."""
 
     def __init__(self, settings: EditSettings) -> None:
-        from ..models import DEFAULT_DEPTH_MODEL
+        from ..models import default_depth_model
 
-        self.model = settings.depth_model or DEFAULT_DEPTH_MODEL
+        self.model = settings.depth_model or default_depth_model(settings.model)
         self.estimator = None
 
     def load(self, device) -> None:
