@@ -29,9 +29,9 @@ DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"  # text -> mask for local edit
 DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # --control depth of the UNet families
 DEFAULT_DIT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 """--control depth of SD3/SD3.5 and FLUX.1 Depth [dev]: a Depth Anything estimator, the family
-FLUX.1 Depth's own preprocessing uses, sharper than DPT at their 1024 px. Small (~100 MB,
-Apache-2.0) rather than Large (CC-BY-NC-4.0, not for commercial work); name Large with
---depth-model."""
+Black Forest Labs' own FLUX.1 Depth code makes its depth images with (as recalled, v1 Large).
+Small (~100 MB, Apache-2.0) rather than Large (CC-BY-NC-4.0, not for commercial work); name
+Large with --depth-model."""
 SD3_FLUX_MODELS = {
     "stabilityai/stable-diffusion-3.5-medium": "SD3.5 Medium",
     "stabilityai/stable-diffusion-3.5-large": "SD3.5 Large",
