@@ -309,6 +309,48 @@ def closed_form_doubled_image_keys(attn, image, text) -> torch.Tensor:
     return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))
 
 
+def test_mmdit_x_image_attention_gets_diffusers_processor_and_reads_the_references(pipe64):
+    """SD3.5 Medium's `attn2` (image tokens only): a frame without references gets diffusers'
+    processor bitwise; frame 1 reading frame 0 equals diffusers' processor over frame 1's
+    tokens followed by frame 0's (image queries attend to both; SD3 has no rotary
+    positions), both CFG branches, float64."""
+    attn = pipe64.transformer.transformer_blocks[0].attn2
+    g = torch.Generator().manual_seed(11)
+    image = torch.randn(4, 8, attn.query_dim, generator=g, dtype=torch.float64)  # (branch, frame)
+    plain = JointAttnProcessor2_0()
+    store = FeatureStore(reference_plan(1, "anchor"))
+    with torch.inference_mode(), store.frame_step(0, 0):
+        alone = JointCrossFrameAttnProcessor(store, "attn2")(attn, image[[0, 2]])
+    assert torch.equal(alone, plain(attn, image[[0, 2]]))
+    store = FeatureStore(reference_plan(2, "anchor"), chunk_size=2)
+    with torch.inference_mode(), store.chunk_step(range(2), 0):
+        out = JointCrossFrameAttnProcessor(store, "attn2")(attn, image)
+    with torch.inference_mode():
+        both = plain(attn, torch.cat([image[[1, 3]], image[[0, 2]]], dim=1))[:, :8]
+        assert (out[[1, 3]] - both).abs().max().item() < 1e-12
+        assert (out[[1, 3]] - plain(attn, image[[1, 3]])).abs().max().item() > 1e-3
+        assert torch.equal(out[[0, 2]], plain(attn, image[[0, 2]]))
+
+
+@pytest.mark.parametrize("attend", ["anchor+previous", "previous"])
+def test_frame_batch_3_equals_one_at_a_time_with_mmdit_x_image_attention(
+    pipe64, clip64, attend, report_measurement
+):
+    """Block 0 (MMDiT-X): its joint and its image attention both injected, three frames
+    per model call equal one at a time in float64."""
+    x_t, conditioning, prompt, negative = clip64
+    run = {
+        n: pipe64.edit(
+            x_t, conditioning, prompt, negative, num_inference_steps=2, frame_batch=n,
+            attend=attend, inject_blocks=(0,),
+        )[0]
+        for n in (1, 3)
+    }  # fmt: skip
+    gap = (run[3] - run[1]).abs().max().item()
+    report_measurement(f"SD3 attn2 frame-batch 3 vs 1 ({attend}, float64)", f"{gap:.2e}")
+    assert gap < 1e-12, gap
+
+
 @pytest.fixture(scope="module")
 def clip64(pipe64):
     frames = make_frames(3, HEIGHT, WIDTH, seed=5)
@@ -366,6 +408,7 @@ def test_inject_blocks_chooses_the_processors(pipe):
         installed = pipe.transformer.attn_processors
         assert layers == [
             "transformer_blocks.0.attn.processor",
+            "transformer_blocks.0.attn2.processor",  # block 0 is MMDiT-X (tiny_sd3)
             "transformer_blocks.2.attn.processor",
         ]
         chosen = [n for n, p in installed.items() if isinstance(p, JointCrossFrameAttnProcessor)]

@@ -32,6 +32,12 @@ paper's rule, its decoder's counterpart: the later half of the joint blocks
 (`default_inject_blocks`: 12..23 of SD3.5 Medium's 24, 19..37 of Large's 38).
 `EditOptions.inject_blocks` (`--inject-blocks`) overrides it, e.g. every block, as Shin et
 al. share features; comparing the two on real weights is open work.
+
+SD3.5 Medium's MMDiT-X blocks (`dual_attention_layers`, 0..12) have a second attention,
+`attn2`, over the image tokens alone: a plain image self-attention, the exact analogue of the
+UNet's. A chosen block injects there too (image queries read the references' image tokens,
+made by `attn2`'s own projections and key norm from its stored input), so the whole
+image-to-image attention of the block attends to the anchor and the previous frame.
 """
 
 from __future__ import annotations
@@ -57,8 +63,14 @@ def joint_attention_layer(block: int) -> str:
     return f"transformer_blocks.{block}.attn.processor"
 
 
+def image_attention_layer(block: int) -> str:
+    """The processor name of MMDiT-X block `block`'s image-only attention (`attn2`)."""
+    return f"transformer_blocks.{block}.attn2.processor"
+
+
 class JointCrossFrameAttnProcessor:
-    """Joint attention whose image queries also read the references' image tokens.
+    """Joint attention whose image queries also read the references' image tokens; without
+    text (an MMDiT-X block's `attn2`), image self-attention that reads them.
 
     Rows of a call are branch-major (branch, position in the chunk), as the UNet processor's;
     rows whose references are as many share one attention call, CFG branches stay apart.
@@ -76,12 +88,14 @@ class JointCrossFrameAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         store = self.store
         store.put(self.layer, hidden_states)
         positions = store.positions
-        if positions is None or encoder_hidden_states is None:  # outside an edit's chunk
+        if positions is None:  # outside an edit's chunk
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask)
+        if encoder_hidden_states is None:  # attn2: image self-attention, text-free rows
+            encoder_hidden_states = hidden_states[:, :0]
         rows = split_rows(hidden_states, len(positions))
         text_rows = split_rows(encoder_hidden_states, len(positions))
 
@@ -102,18 +116,29 @@ class JointCrossFrameAttnProcessor:
             image = rows[:, group].flatten(0, 1)
             text = text_rows[:, group].flatten(0, 1)
             if count == 0:
-                image_part, text_part = self.plain(attn, image, text)
+                image_part, text_part = self._plain(attn, image, text)
             else:
                 context = torch.stack([torch.cat(sources[j], dim=1) for j in group], dim=1)
                 image_part, text_part = joint_attend(attn, image, text, context.flatten(0, 1))
             if len(group) == len(positions):
-                return image_part, text_part
+                return _outputs(image_part, text_part)
             if image_out is None:
                 image_out = image_part.new_empty(rows.shape[:2] + image_part.shape[1:])
                 text_out = text_part.new_empty(text_rows.shape[:2] + text_part.shape[1:])
             image_out[:, group] = split_rows(image_part, len(group))
             text_out[:, group] = split_rows(text_part, len(group))
-        return image_out.flatten(0, 1), text_out.flatten(0, 1)
+        return _outputs(image_out.flatten(0, 1), text_out.flatten(0, 1))
+
+    def _plain(self, attn: Attention, image: torch.Tensor, text: torch.Tensor):
+        """diffusers' processor: joint, or image-only where the rows have no text tokens."""
+        if text.shape[1]:
+            return self.plain(attn, image, text)
+        return self.plain(attn, image), text
+
+
+def _outputs(image: torch.Tensor, text: torch.Tensor):
+    """(image, text) of joint attention; the image output alone for `attn2` (no text)."""
+    return (image, text) if text.shape[1] else image
 
 
 def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -131,24 +156,28 @@ def joint_attend(
     """SD3 joint attention of `attn`'s projections with extra image keys/values from `context`.
 
     Image queries attend to [own image, own text, context]; text queries to [own image,
-    own text] only. Returns the (image, text) outputs, projected as diffusers' processor.
+    own text] only. Returns the (image, text) outputs, projected as diffusers' processor;
+    with no text tokens (`attn2`) the text output is empty.
     """
     query = _norm(attn.norm_q, _heads(attn, attn.to_q(image)))
-    key = _norm(attn.norm_k, _heads(attn, attn.to_k(image)))
-    value = _heads(attn, attn.to_v(image))
-    text_query = _norm(attn.norm_added_q, _heads(attn, attn.add_q_proj(text)))
-    text_key = _norm(attn.norm_added_k, _heads(attn, attn.add_k_proj(text)))
-    text_value = _heads(attn, attn.add_v_proj(text))
+    own_key = _norm(attn.norm_k, _heads(attn, attn.to_k(image)))
+    own_value = _heads(attn, attn.to_v(image))
     ref_key = _norm(attn.norm_k, _heads(attn, attn.to_k(context)))
     ref_value = _heads(attn, attn.to_v(context))
-    own_key, own_value = torch.cat([key, text_key], dim=2), torch.cat([value, text_value], dim=2)
+    if text.shape[1]:  # joint: the frame's own keys are its image and text tokens
+        text_query = _norm(attn.norm_added_q, _heads(attn, attn.add_q_proj(text)))
+        text_key = _norm(attn.norm_added_k, _heads(attn, attn.add_k_proj(text)))
+        own_key = torch.cat([own_key, text_key], dim=2)
+        own_value = torch.cat([own_value, _heads(attn, attn.add_v_proj(text))], dim=2)
     image_out = F.scaled_dot_product_attention(
         query, torch.cat([own_key, ref_key], dim=2), torch.cat([own_value, ref_value], dim=2)
     )
-    text_out = F.scaled_dot_product_attention(text_query, own_key, own_value)
     image_out = image_out.transpose(1, 2).flatten(2).to(query.dtype)
-    text_out = text_out.transpose(1, 2).flatten(2).to(query.dtype)
     image_out = attn.to_out[1](attn.to_out[0](image_out))
+    if not text.shape[1]:
+        return image_out, text
+    text_out = F.scaled_dot_product_attention(text_query, own_key, own_value)
+    text_out = text_out.transpose(1, 2).flatten(2).to(query.dtype)
     if not attn.context_pre_only:
         text_out = attn.to_add_out(text_out)
     return image_out, text_out
@@ -171,7 +200,14 @@ class JointAttentionInjection:
         self.blocks = blocks
 
     def layers(self) -> list[str]:
-        return [joint_attention_layer(b) for b in self.blocks]
+        """Each chosen block's joint attention, and its `attn2` where it has one (module doc)."""
+        blocks = self.transformer.transformer_blocks
+        layers = []
+        for b in self.blocks:
+            layers.append(joint_attention_layer(b))
+            if getattr(blocks[b], "attn2", None) is not None:
+                layers.append(image_attention_layer(b))
+        return layers
 
     @contextmanager
     def installed(self, store: FeatureStore) -> Iterator[list[str]]:

@@ -139,4 +139,14 @@ def _edit_key(
         latent_guidance_target=s.latent_guidance_target if guided else None,
         feature_store_dtype=s.feature_store_dtype,
         **({"inject_blocks": list(blocks)} if blocks is not None else {}),
+        **({"image_attention": "injected"} if _has_image_attention(s.model) else {}),
     )
+
+
+def _has_image_attention(model: str) -> bool:
+    """SD3.5 Medium's kind (MMDiT-X `attn2` blocks), whose edits changed when the injection
+    reached `attn2`: its keys say so, so no edit cached before is served for them."""
+    from ..models import component_config
+
+    config = component_config(model, "transformer/config.json") or {}
+    return bool(config.get("dual_attention_layers"))
