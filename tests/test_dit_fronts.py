@@ -270,3 +270,39 @@ def test_control_depth_without_a_depth_model_reads_depth_anything_v2(
         "internet (then copy the hub cache), or pass a local folder."
     )
     assert seconds < 30 and not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.bitwise
+def test_sd3_edit_killed_while_editing_resumes_from_its_checkpoint(models, tmp_path):
+    """`pix2video edit` of the SD3 folder killed (SIGKILL) once a checkpoint is written: the
+    same command resumes after that step and writes the uninterrupted edit's frames."""
+    import torch
+    from test_cli import cached, run_subprocess, start_and_stop, stats
+
+    steps = 20
+
+    def args(name: str) -> list:
+        return [
+            "edit", COCKATOO, "-p", "a red sports car", "--source-prompt", "a swan on a lake",
+            "--model", models.sd3, "--controlnet", models.controlnet, "--control", "canny",
+            "--size", "64x32", "--max-frames", 4, "--steps", steps, "--dtype", "float32",
+            "-o", tmp_path / name, "--cache-dir", tmp_path / f"{name}-cache",
+            "--stats-json", tmp_path / f"{name}.json", "--checkpoint-interval", 0,
+        ]  # fmt: skip
+
+    whole = run_subprocess(args("whole"), tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    cache = tmp_path / "cut-cache"
+    code, _, _ = start_and_stop(args("cut"), tmp_path, lambda: cached(cache, "checkpoint"))
+    assert code == -signal.SIGKILL and not (tmp_path / "cut").exists()
+    (checkpoint,) = cached(cache, "checkpoint")
+    step = torch.load(checkpoint, weights_only=True)["value"]["step"]
+    resumed = run_subprocess(args("cut"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"editing: resumed after step {step + 1} of {steps}" in resumed.stdout
+    s = stats(tmp_path / "cut.json")
+    assert s["unet_evaluations_inversion"] == 0
+    assert s["unet_evaluations_editing"] == (steps - 1 - step) * 4 * 2
+    cut, uncut = png_frames(tmp_path / "cut"), png_frames(tmp_path / "whole")
+    assert len(cut) == 4 and all(np.array_equal(a, b) for a, b in zip(cut, uncut, strict=True))

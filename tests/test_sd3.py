@@ -560,7 +560,11 @@ def test_a_unet_backbone_refuses_inject_blocks_before_any_model_work(tiny_pipe):
 
 # ---------------------------------------------------------------------------- workers
 CHAIN_FRAMES, CHAIN_STEPS = 5, 3
-CHAIN_CONFIGS = {"anchor+previous": {}, "frame batch 2": {"frame_batch": 2}}
+CHAIN_CONFIGS = {
+    "anchor+previous": {},
+    "frame batch 2": {"frame_batch": 2},
+    "MMDiT-X block 0 (attn and attn2)": {"inject_blocks": (0,), "frame_batch": 2},
+}
 
 
 def _chain_edit(pipe, config: dict, chain=None) -> torch.Tensor:
