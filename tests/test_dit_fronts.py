@@ -306,3 +306,32 @@ def test_sd3_edit_killed_while_editing_resumes_from_its_checkpoint(models, tmp_p
     assert s["unet_evaluations_editing"] == (steps - 1 - step) * 4 * 2
     cut, uncut = png_frames(tmp_path / "cut"), png_frames(tmp_path / "whole")
     assert len(cut) == 4 and all(np.array_equal(a, b) for a, b in zip(cut, uncut, strict=True))
+
+
+@pytest.mark.integration
+def test_the_pages_endpoints_preview_and_edit_with_a_flux_depth_folder(models, tmp_path):
+    """`pix2video ui --model FLUX_FOLDER --control depth --depth-model DA`: /preview then /edit
+    through gradio_client, with the page's defaults for what the form leaves out (no
+    negative prompt: FLUX [dev] takes none)."""
+    gradio_client = pytest.importorskip("gradio_client", reason="the test extra installs gradio")
+    from test_ui import Server, free_port
+
+    args = ["--model", models.flux, "--control", "depth", "--depth-model", models.depth_model]
+    args += ["--port", free_port(), "--cache-dir", tmp_path / "cache", "--dtype", "float32"]
+    server = Server.start([str(a) for a in args], tmp_path)
+    try:
+        client = gradio_client.Client(server.url, verbose=False, download_files=str(tmp_path))
+        form = dict(
+            video=gradio_client.handle_file(str(COCKATOO)), prompt="a red sports car",
+            source_prompt="a swan on a lake", steps=2, max_frames=3, size="128",
+        )  # fmt: skip
+        image, status, _ = client.predict(**form, api_name="/preview")
+        assert status.startswith("Anchor frame"), status
+        video, status = client.predict(**form, api_name="/edit")
+        assert status.startswith("Edited 3 frames"), status
+        path = video["video"] if isinstance(video, dict) else video
+        frames = read_clip(path).frames
+    finally:
+        code = server.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in server.output, server.output
+    assert len(frames) == 3 and frames[0].shape[1] == 128
