@@ -41,6 +41,7 @@ SD3_FLUX_MODELS = {
     "black-forest-labs/FLUX.1-Canny-dev": "FLUX.1 Canny [dev]",
 }
 """The SD3/FLUX checkpoints `download` and `doctor` know by name; all are gated on the hub."""
+FLUX_CONTROL_MODELS = {"black-forest-labs/FLUX.1-Depth-dev", "black-forest-labs/FLUX.1-Canny-dev"}
 GATED_HINT = "it is gated: accept its licence on its hub page and log in (`hf auth login`) first"
 BLIP = "Salesforce/blip-image-captioning-base"  # the source prompt (`pipelines.caption`)
 TINY_CAPTIONER = "tiny-blip"  # random weights, like `tiny`: captions are arbitrary words
@@ -92,8 +93,8 @@ def reads_control_itself(model: str) -> bool:
     """FLUX.1 Depth/Canny [dev]: a FLUX transformer that reads the packed latents and control
     latents side by side (2 x 4 x the VAE's channels) is its own control model, which one
     `--control` feeds without `--controlnet`."""
-    if not is_flux_checkpoint(model):
-        return False
+    if not is_flux_checkpoint(model):  # a known one not cached yet is told by its name
+        return model in FLUX_CONTROL_MODELS
     latent = (component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
     transformer = component_config(model, "transformer/config.json") or {}
     return transformer.get("in_channels") == 2 * 4 * latent
@@ -176,6 +177,19 @@ def load_pretrained(
         f"({type(cached_error).__name__}: {first_line(cached_error)}); check the name, or "
         f"pass a local folder{fallback_hint}."
     ) from cached_error
+
+
+def fetch_missing(name: str, what: str) -> None:
+    """Download the hub id `name` now when the cache lacks it (with progress), so that what it
+    is (UNet or SD3/FLUX transformer) is read from its configs before a loader is chosen: on
+    first use an SD3.5 or FLUX id would otherwise take the UNet loaders' path. Offline: the
+    `not_available` sentence at once."""
+    from .hub import download_model, in_cache, is_hub_id
+
+    if name in BUNDLED_MODELS or not is_hub_id(name) or in_cache(name):
+        return
+    require_available(name, what)
+    download_model(name)
 
 
 def require_available(name: str, what: str, fallback_hint: str = "") -> None:

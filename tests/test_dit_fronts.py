@@ -335,3 +335,32 @@ def test_the_pages_endpoints_preview_and_edit_with_a_flux_depth_folder(models, t
         code = server.stop(signal.SIGTERM)
     assert code == 0 and "Traceback" not in server.output, server.output
     assert len(frames) == 3 and frames[0].shape[1] == 128
+
+
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("black-forest-labs/FLUX.1-Depth-dev", ("--control", "depth")),
+        ("stabilityai/stable-diffusion-3.5-large", ("--controlnet", "x/y", "--control", "canny")),
+    ],
+    ids=["flux-depth", "sd35-large"],
+)
+def test_a_known_sd35_or_flux_id_not_cached_is_one_sentence_naming_it(
+    model, extra, tmp_path, monkeypatch
+):
+    """On first use an SD3.5/FLUX hub id is fetched before its kind is told from its configs;
+    offline that is the model's one sentence (gated: log in first), not a rule of another
+    family (FLUX.1 Depth [dev] is its own control model, known by name)."""
+    from click.testing import CliRunner
+    from huggingface_hub import constants
+
+    from pix2video import cli
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    args = ["edit", str(COCKATOO), "-p", "a red car", "--source-prompt", "a bird"]
+    args += ["--model", model, *extra, "--max-frames", "1", "-o", str(tmp_path / "out.mp4")]
+    result = CliRunner().invoke(cli.main, args)
+    text = result.output.strip()
+    assert result.exit_code == 2 and "\n" not in text, result.output
+    assert text.startswith(f"Error: The diffusion model '{model}' is not available offline: ")
+    assert text.endswith("log in (`hf auth login`) first."), text

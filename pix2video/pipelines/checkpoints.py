@@ -31,6 +31,7 @@ from ..errors import ModelNotAvailableError
 from ..models import (
     DEFAULT_MODEL,
     _offline,
+    fetch_missing,
     is_flux_checkpoint,
     load_pretrained,
     resolve_model_path,
@@ -179,6 +180,7 @@ def load_backbone(
     model_config: str | None = None,
 ):
     """The pipeline the checkpoint calls for, with its ControlNets and LoRAs, on `device`."""
+    fetch_missing(model, "diffusion model")  # its configs say which loader it needs
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     sd3, flux = is_sd3_checkpoint(model), is_flux_checkpoint(model)
     channels = None if sd3 or flux else unet_in_channels(model)
