@@ -1,11 +1,15 @@
 """SD3/SD3.5 and FLUX.1 Depth through the front ends the UNet backbones have: messy footage
-(`trait_corpus`), a local (masked) edit, an interrupted edit resumed, and a batch row.
+(`trait_corpus`), a local (masked) edit, an edit cancelled or killed and resumed, a batch
+file, the web page, and the depth model and first-use sentences of `edit`.
 
 The tiny SD3 (with a canny SD3 ControlNet) and the tiny FLUX Depth [dev] (with a tiny Depth
 Anything) are saved to folders, as a user's models are, and run through the job API the CLI
-and the page call (`edit_clip`) and the batch runner (`run_batch`, local backend). Each
-trait clip keeps its frame count, timing, displayed aspect and audio (`check_output`), and
-identical frames share their conditioning and inversion as on the UNet backbones.
+and the page call (`edit_clip`), the batch runner (`run_batch`, local backend), the CLI and
+a `pix2video ui` server (integration). Each trait clip keeps its frame count, timing,
+displayed aspect and audio (`check_output`), and identical frames share their conditioning
+and inversion as on the UNet backbones. Five traits run here (those that reach the backbone);
+all 18 for both backbones took 50 s on this 2-core machine (36 tests), the same as the five
+for the container traits, which end at decoding.
 """
 
 from __future__ import annotations
