@@ -36,7 +36,7 @@ def format_summary(result: EditResult) -> list[str]:
         f"{result.unet_evaluations_editing / n:g}).",
     ]
     if result.dtype_reason:
-        lines.append(f"Precision: {result.dtype} on {result.device} ({result.dtype_reason}).")
+        lines.append(result.describe_precision())
     if result.captioned:
         lines.append(f'Source prompt (BLIP caption): "{result.source_prompt}"')
     if result.masked:
