@@ -182,10 +182,12 @@ def load_backbone(
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     sd3, flux = is_sd3_checkpoint(model), is_flux_checkpoint(model)
     channels = None if sd3 or flux else unet_in_channels(model)
-    if flux:
-        pipe = _load_flux(model, controlnets, kwargs)
-    elif sd3:
-        pipe = _load_sd3(model, controlnets, kwargs)
+    if flux or sd3:
+        from .transformer_checkpoints import load_flux, load_sd3
+
+        if sd3:
+            check_not_few_step(model)
+        pipe = (load_flux if flux else load_sd3)(model, controlnets, kwargs)
     elif channels == 5:
         if controlnets:
             raise ModelNotAvailableError(
@@ -294,79 +296,6 @@ def _load_controlnet_pipeline(
                 f"({'SDXL' if sdxl else 'SD 1.5'})."
             )
     return pipe
-
-
-def _load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
-    """`sd3.Pix2VideoSD3ControlNetPipeline` with its SD3 ControlNets; one sentence each failure."""
-    from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
-
-    from .sd3 import Pix2VideoSD3ControlNetPipeline, check_not_turbo
-
-    check_not_turbo(model)
-    check_not_few_step(model)
-    if not controlnets:
-        raise ModelNotAvailableError(
-            f"The model '{model}' (SD3) needs an SD3 ControlNet for the video's structure: add "
-            "--controlnet ID --control canny|depth (e.g. "
-            "stabilityai/stable-diffusion-3.5-large-controlnet-depth with --control depth)."
-        )
-    for name in controlnets:
-        config = _component_config(name, "config.json")
-        if config is not None and config.get("_class_name") != "SD3ControlNetModel":
-            raise ModelNotAvailableError(
-                f"The ControlNet '{name}' is a {config.get('_class_name')}, not an SD3 "
-                f"ControlNet, so the SD3 model '{model}' cannot use it."
-            )
-    nets = [
-        load_pretrained(SD3ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
-        for c in controlnets
-    ]
-    for name, net in zip(controlnets, nets, strict=True):
-        if net.config.extra_conditioning_channels:
-            raise ModelNotAvailableError(
-                f"The ControlNet '{name}' is an SD3 inpainting ControlNet (it reads a mask "
-                "beside the control image), which cannot condition a video edit; use a canny, "
-                "depth or blur one."
-            )
-    return load_pretrained(
-        Pix2VideoSD3ControlNetPipeline.from_pretrained,
-        model,
-        "diffusion model",
-        controlnet=nets,
-        **kwargs,
-    )
-
-
-def _load_flux(model: str, controlnets: Sequence[str], kwargs: dict):
-    """`flux.Pix2VideoFluxControlPipeline` for FLUX.1 Depth/Canny [dev]; one sentence each
-    refusal: schnell (few-step), a FLUX without control, a FLUX ControlNet (not yet)."""
-    from .flux import Pix2VideoFluxControlPipeline
-
-    transformer = _component_config(model, "transformer/config.json") or {}
-    latent = (_component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
-    if not transformer.get("guidance_embeds", False):
-        raise ModelNotAvailableError(
-            f"The model '{model}' is a few-step FLUX.1 [schnell]-kind checkpoint (no guidance "
-            "embedding): Pix2Video inverts every frame at the edit's step count, and at 1-4 "
-            "steps that inversion does not map back to the frames, so use FLUX.1 Depth [dev] "
-            "or Canny [dev] with 20-50 steps."
-        )
-    if controlnets:
-        raise ModelNotAvailableError(
-            f"The FLUX model '{model}' takes no --controlnet: FLUX ControlNets "
-            "(FluxControlNetPipeline) are not supported yet, and FLUX.1 Depth/Canny [dev] read "
-            "the control image themselves (--control depth|canny without --controlnet)."
-        )
-    if transformer.get("in_channels") != 2 * 4 * latent:
-        raise ModelNotAvailableError(
-            f"The model '{model}' is a FLUX.1 model without control (its transformer reads "
-            f"{transformer.get('in_channels')} channels, not the packed latents and control "
-            "latents side by side), so nothing gives the video's structure; use "
-            "black-forest-labs/FLUX.1-Depth-dev or FLUX.1-Canny-dev with --control depth|canny."
-        )
-    return load_pretrained(
-        Pix2VideoFluxControlPipeline.from_pretrained, model, "diffusion model", **kwargs
-    )
 
 
 def _load_single_file(
