@@ -34,6 +34,9 @@ from ..models import (
     is_flux_checkpoint,
     load_pretrained,
     resolve_model_path,
+    single_file_family,
+    single_file_shapes,
+    transformer_file_channels,
 )
 from ..models import component_config as _component_config
 from .onednn import use_onednn_linears
@@ -104,9 +107,9 @@ def is_sdxl_unet(config) -> bool:
 
 
 def is_sd3_checkpoint(model: str) -> bool:
-    """Whether a folder or hub id holds an SD3-family transformer (not told for single files)."""
+    """Whether a folder, hub id or single file holds an SD3-family transformer."""
     if is_single_file(model):
-        return False
+        return single_file_family(model) == "sd3"
     config = _component_config(model, "transformer/config.json")
     return config is not None and config.get("_class_name") == "SD3Transformer2DModel"
 
@@ -118,6 +121,11 @@ def model_geometry(model: str) -> tuple[int, int]:
     flux = is_flux_checkpoint(model)
     if not (flux or is_sd3_checkpoint(model)):
         return 4, 8
+    if is_single_file(model):  # its own shapes; the VAE's factor 8 (FLUX's and SD3's)
+        shapes = single_file_shapes(model)
+        conv = shapes.get("x_embedder.proj.weight") or shapes.get("pos_embed.proj.weight")
+        patch = 2 if flux or conv is None else int(conv[-1])
+        return transformer_file_channels(model)[1] // (patch * patch), 8 * patch
     vae = _component_config(model, "vae/config.json") or {}
     transformer = _component_config(model, "transformer/config.json") or {}
     factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
@@ -186,8 +194,8 @@ def load_backbone(
         from .transformer_checkpoints import load_flux, load_sd3
 
         if sd3:
-            check_not_few_step(model)
-        pipe = (load_flux if flux else load_sd3)(model, controlnets, kwargs)
+            check_not_few_step(model, model_config)
+        pipe = (load_flux if flux else load_sd3)(model, controlnets, kwargs, model_config)
     elif channels == 5:
         if controlnets:
             raise ModelNotAvailableError(

@@ -1,18 +1,86 @@
 """Loading the transformer backbones (SD3/SD3.5 with SD3 ControlNets; FLUX.1 Depth/Canny
 [dev]; FLUX.1 [dev] with FLUX ControlNets): what the checkpoint's configs say picks the
-pipeline, and every refusal is one sentence (`checkpoints.load_backbone` calls these)."""
+pipeline, and every refusal is one sentence (`checkpoints.load_backbone` calls these).
+
+A single file (`.safetensors`, told by its keys: `models.single_file_family`) holds the
+transformer alone, in the original layout (BFL's FLUX, Stability's SD3/SD3.5 files, whose
+text encoders, if any, are not read) or diffusers'. It is loaded with diffusers'
+`from_single_file` on the architecture's config, and the other components (VAE, text
+encoders, scheduler) come from the same place: `--model-config` (a diffusers folder or hub
+id), else the hub id diffusers itself picks for those keys (`DIFFUSERS_DEFAULT_PIPELINE_PATHS`,
+from the local cache when offline).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 
 from ..errors import ModelNotAvailableError
+from ..models import ORIGINAL_PREFIX, _offline, load_pretrained, single_file_shapes
 from ..models import component_config as _component_config
-from ..models import load_pretrained
 
 
-def load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
+def weights_source(
+    model: str, model_config: str | None, transformer_class, kwargs: dict
+) -> tuple[str, dict]:
+    """(where the configs and components come from, extra `from_pretrained` arguments): the
+    model itself, or for a single file its config's source and the transformer it holds."""
+    if not single_file_shapes(model):
+        return model, {}
+    source = model_config or default_config(model)
+    if source is None:
+        raise ModelNotAvailableError(
+            f"The single file '{model}' holds a transformer whose model diffusers cannot tell "
+            "from its keys; pass --model-config with the diffusers folder or hub id of the "
+            "model it belongs to (for example black-forest-labs/FLUX.1-dev)."
+        )
+    if Path(source).expanduser().is_dir():
+        source = str(Path(source).expanduser())
+    error: Exception | None = None
+    for local_only in [True] if _offline() else [True, False]:
+        try:
+            transformer = transformer_class.from_single_file(
+                str(Path(model).expanduser()),
+                config=source,
+                subfolder="transformer",
+                local_files_only=local_only,
+                **kwargs,
+            )
+            return source, {"transformer": transformer}
+        except Exception as exc:  # noqa: BLE001 - any loader failure becomes one sentence
+            error = exc
+    raise ModelNotAvailableError(
+        f"The single-file transformer '{model}' could not be loaded with the configs of "
+        f"'{source}' ({type(error).__name__}); pass --model-config with a diffusers folder or "
+        "hub id of the same architecture (and size)."
+    ) from error
+
+
+def default_config(model: str) -> str | None:
+    """The hub id diffusers picks for a single file's keys (FLUX.1 [dev]/Depth/Fill, SD3
+    Medium, SD3.5 Medium/Large), from the file's header; None when it cannot tell."""
+    from diffusers.loaders.single_file_utils import (
+        DIFFUSERS_DEFAULT_PIPELINE_PATHS,
+        infer_diffusers_model_type,
+    )
+
+    shapes = {
+        ORIGINAL_PREFIX + k: SimpleNamespace(shape=v) for k, v in single_file_shapes(model).items()
+    }
+    try:
+        kind = infer_diffusers_model_type(shapes)
+    except Exception:  # noqa: BLE001 - keys diffusers does not know
+        return None
+    if not kind.startswith(("flux-dev", "flux-depth", "flux-fill", "flux-schnell", "sd3", "sd35")):
+        return None
+    return DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+
+
+def load_sd3(model: str, controlnets: Sequence[str], kwargs: dict, model_config: str | None = None):
     """`sd3.Pix2VideoSD3ControlNetPipeline` with its SD3 ControlNets; one sentence each failure."""
+    from diffusers import SD3Transformer2DModel
     from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
 
     from .sd3 import Pix2VideoSD3ControlNetPipeline, check_not_turbo
@@ -42,24 +110,35 @@ def load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
                 "beside the control image), which cannot condition a video edit; use a canny, "
                 "depth or blur one."
             )
+    source, extra = weights_source(model, model_config, SD3Transformer2DModel, kwargs)
     return load_pretrained(
         Pix2VideoSD3ControlNetPipeline.from_pretrained,
-        model,
+        source,
         "diffusion model",
         controlnet=nets,
+        **extra,
         **kwargs,
     )
 
 
-def load_flux(model: str, controlnets: Sequence[str], kwargs: dict):
+def load_flux(
+    model: str, controlnets: Sequence[str], kwargs: dict, model_config: str | None = None
+):
     """`flux.Pix2VideoFluxControlPipeline` for FLUX.1 Depth/Canny [dev], or
     `flux_controlnet.Pix2VideoFluxControlNetPipeline` for FLUX.1 [dev] with FLUX ControlNets;
     one sentence each refusal: schnell (few-step), a FLUX without control, a ControlNet beside
     a model that reads the control image itself or of another family."""
+    from diffusers import FluxTransformer2DModel
+
     from .flux import Pix2VideoFluxControlPipeline
 
-    transformer = _component_config(model, "transformer/config.json") or {}
-    latent = (_component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
+    source, extra = weights_source(model, model_config, FluxTransformer2DModel, kwargs)
+    transformer = (
+        dict(extra["transformer"].config)
+        if extra
+        else _component_config(model, "transformer/config.json") or {}
+    )
+    latent = (_component_config(source, "vae/config.json") or {}).get("latent_channels", 16)
     if not transformer.get("guidance_embeds", False):
         raise ModelNotAvailableError(
             f"The model '{model}' is a few-step FLUX.1 [schnell]-kind checkpoint (no guidance "
@@ -74,7 +153,7 @@ def load_flux(model: str, controlnets: Sequence[str], kwargs: dict):
             "[dev]), so it takes no --controlnet: use --control depth|canny alone."
         )
     if controlnets:
-        return load_flux_controlnet(model, controlnets, kwargs)
+        return load_flux_controlnet(model, controlnets, kwargs, source, extra)
     if not reads_control:
         raise ModelNotAvailableError(
             f"The model '{model}' is a FLUX.1 model without control (its transformer reads "
@@ -83,11 +162,13 @@ def load_flux(model: str, controlnets: Sequence[str], kwargs: dict):
             "--controlnet ID --control depth|canny, or use black-forest-labs/FLUX.1-Depth-dev."
         )
     return load_pretrained(
-        Pix2VideoFluxControlPipeline.from_pretrained, model, "diffusion model", **kwargs
+        Pix2VideoFluxControlPipeline.from_pretrained, source, "diffusion model", **extra, **kwargs
     )
 
 
-def load_flux_controlnet(model: str, controlnets: Sequence[str], kwargs: dict):
+def load_flux_controlnet(
+    model: str, controlnets: Sequence[str], kwargs: dict, source: str, extra: dict
+):
     """FLUX.1 [dev] with FLUX ControlNets that read control latents (InstantX's kind)."""
     from diffusers.models.controlnets.controlnet_flux import FluxControlNetModel
 
@@ -123,8 +204,9 @@ def load_flux_controlnet(model: str, controlnets: Sequence[str], kwargs: dict):
         )
     return load_pretrained(
         Pix2VideoFluxControlNetPipeline.from_pretrained,
-        model,
+        source,
         "diffusion model",
         controlnet=nets,
+        **extra,
         **kwargs,
     )
