@@ -120,3 +120,29 @@ def test_single_file_refusals_are_one_sentence(tiny):
     with pytest.raises(ModelNotAvailableError, match=r"could not be loaded with the configs") as e:
         load_pipeline(str(path), controlnets=[str(tiny.sd3_controlnet)], model_config=str(tiny.sd3))
     assert one_sentence(str(e.value)), str(e.value)
+
+
+def test_cli_edits_with_a_flux_single_file_as_with_its_folder(tiny, tmp_path):
+    """`--model flux1-dev.safetensors --model-config FOLDER --controlnet CN`: the frames of
+    the folder's edit."""
+    from click.testing import CliRunner
+    from diffusers import FluxTransformer2DModel
+    from support import COCKATOO, png_frames
+
+    from pix2video.cli import main
+
+    path = tmp_path / "flux1-dev.safetensors"
+    save_file(transformer_state(tiny.flux_dev, FluxTransformer2DModel), path)
+    outputs = {}
+    for name, model in {
+        "folder": [tiny.flux_dev],
+        "file": [path, "--model-config", tiny.flux_dev],
+    }.items():
+        args = [COCKATOO, "-p", "a red car", "--source-prompt", "a swan", "--model", *model]
+        args += ["--controlnet", tiny.flux_controlnet, "--control", "canny", "--size", "64x32"]
+        args += ["--max-frames", 2, "--steps", 2, "--dtype", "float32", "-q", "--no-cache"]
+        result = CliRunner().invoke(main, ["edit", *map(str, args), "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        outputs[name] = png_frames(tmp_path / name)
+    assert len(outputs["file"]) == 2
+    assert all((a == b).all() for a, b in zip(outputs["file"], outputs["folder"], strict=True))
