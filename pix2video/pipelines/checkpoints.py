@@ -370,6 +370,9 @@ def apply_loras(pipe, loras: Sequence[tuple[str, float]]) -> None:
         names.append(adapter)
     pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
     pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    if any(getattr(getattr(pipe, n, None), "peft_config", None) for n in encoders):
+        pipe.text_encoders_fused = True  # `text_encoders.PromptMemory` cannot reload them
     pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
 
 

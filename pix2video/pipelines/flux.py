@@ -44,12 +44,13 @@ from .backbone import FrameLike, Pix2VideoBase
 from .inputs import check_prompt_tokens, padded_ids
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
+from .text_encoders import PromptMemory
 
 MAX_SEQUENCE_LENGTH = 512
 """T5 tokens of a prompt, diffusers' FLUX default."""
 
 
-class FluxBase(FluxLoraLoaderMixin, Pix2VideoBase):
+class FluxBase(PromptMemory, FluxLoraLoaderMixin, Pix2VideoBase):
     """What both FLUX [dev] pipelines share (module doc): text, walk, injection, control
     latents. A subclass registers its modules, calls `_init_common()` and gives
     `model_output`; `num_controls` control images per frame become its control latents."""
@@ -98,7 +99,7 @@ class FluxBase(FluxLoraLoaderMixin, Pix2VideoBase):
 
     # ------------------------------------------------------------------ text
     @torch.inference_mode()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def encode_text(self, prompt: str) -> torch.Tensor:
         """(1, T5 tokens + 1, D): T5's states, then CLIP's pooled output (module doc)."""
         check_prompt_tokens(prompt, self.tokenizer_2, self.max_sequence_length)
         clip_ids = padded_ids(self.tokenizer, prompt)

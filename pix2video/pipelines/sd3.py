@@ -43,6 +43,7 @@ from .backbone import FrameLike, Pix2VideoBase
 from .inputs import check_prompt_tokens, padded_ids
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
+from .text_encoders import PromptMemory
 
 MAX_SEQUENCE_LENGTH = 256
 """T5 tokens of a prompt, diffusers' SD3 default."""
@@ -59,7 +60,7 @@ def check_not_turbo(model: str) -> None:
         )
 
 
-class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
+class Pix2VideoSD3ControlNetPipeline(PromptMemory, SD3LoraLoaderMixin, Pix2VideoBase):
     """Text-guided video editing with an SD3/SD3.5 checkpoint and SD3 ControlNets.
 
     `from_pretrained(folder_or_hub_id, controlnet=...)`; `controlnet` is an
@@ -151,7 +152,7 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
 
     # ------------------------------------------------------------------ text
     @torch.inference_mode()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def encode_text(self, prompt: str) -> torch.Tensor:
         """(1, 77 + T5 tokens + 1, D): the prompt embedding, then the pooled one (module doc).
 
         A prompt longer than T5 reads (without T5: CLIP) is an error; CLIP reads its first
