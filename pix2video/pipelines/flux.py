@@ -42,6 +42,7 @@ from ..core.options import EditOptions
 from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase
 from .inputs import check_prompt_tokens, padded_ids
+from .offload import Offloadable
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
 from .text_encoders import PromptMemory
@@ -50,7 +51,7 @@ MAX_SEQUENCE_LENGTH = 512
 """T5 tokens of a prompt, diffusers' FLUX default."""
 
 
-class FluxBase(PromptMemory, FluxLoraLoaderMixin, Pix2VideoBase):
+class FluxBase(Offloadable, PromptMemory, FluxLoraLoaderMixin, Pix2VideoBase):
     """What both FLUX [dev] pipelines share (module doc): text, walk, injection, control
     latents. A subclass registers its modules, calls `_init_common()` and gives
     `model_output`; `num_controls` control images per frame become its control latents."""

@@ -43,7 +43,7 @@ class Pix2VideoFluxControlNetPipeline(FluxBase):
     `controlnet_scales` holds one conditioning scale per ControlNet (default 1.0 each).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->controlnet->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor"]
     family = "FLUX ControlNet"
 

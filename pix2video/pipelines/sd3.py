@@ -41,6 +41,7 @@ from ..core.options import EditOptions
 from ..errors import InputError, ModelNotAvailableError
 from .backbone import FrameLike, Pix2VideoBase
 from .inputs import check_prompt_tokens, padded_ids
+from .offload import Offloadable
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
 from .text_encoders import PromptMemory
@@ -60,7 +61,7 @@ def check_not_turbo(model: str) -> None:
         )
 
 
-class Pix2VideoSD3ControlNetPipeline(PromptMemory, SD3LoraLoaderMixin, Pix2VideoBase):
+class Pix2VideoSD3ControlNetPipeline(Offloadable, PromptMemory, SD3LoraLoaderMixin, Pix2VideoBase):
     """Text-guided video editing with an SD3/SD3.5 checkpoint and SD3 ControlNets.
 
     `from_pretrained(folder_or_hub_id, controlnet=...)`; `controlnet` is an
@@ -68,7 +69,9 @@ class Pix2VideoSD3ControlNetPipeline(PromptMemory, SD3LoraLoaderMixin, Pix2Video
     `controlnet_scales` holds one conditioning scale per ControlNet (default 1.0 each).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
+    model_cpu_offload_seq = (
+        "text_encoder->text_encoder_2->text_encoder_3->controlnet->transformer->vae"
+    )
     _optional_components = ["text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"]
 
     def __init__(
