@@ -63,9 +63,9 @@ class PromptMemory:
                 continue
             if self.text_encoders_reloadable:
                 onednn = any(isinstance(m, OneDNNLinear) for m in encoder.modules())
-                released[name] = (type(encoder), encoder.dtype, encoder.device, onednn)
+                released[name] = (type(encoder), encoder.dtype, onednn)
                 setattr(self, name, None)
-            else:
+            elif getattr(self, "offload_device", None) is None:  # offload's hooks park them
                 encoder.to("cpu")
         gc.collect()
         if torch.cuda.is_available():
@@ -81,19 +81,20 @@ class PromptMemory:
         """Bring back released encoders (from the checkpoint) and CPU-parked ones."""
         released = self.__dict__.get("_released_encoders", {})
         source = str(getattr(self.config, "_name_or_path", ""))
-        for name, (cls, dtype, device, onednn) in list(released.items()):
+        for name, (cls, dtype, onednn) in list(released.items()):
             encoder = cls.from_pretrained(
                 source, subfolder=name, torch_dtype=dtype, local_files_only=True
             )
             if onednn:  # as `checkpoints.load_backbone` made it: the same kernels, bitwise
                 use_onednn_linears(encoder)
-            setattr(self, name, encoder.to(device))
+            setattr(self, name, encoder.to(self.device))  # dropped again at the next release
             del released[name]
-        execution = self.device
+        if getattr(self, "offload_device", None) is not None:
+            return  # offload's hooks bring parked encoders to the GPU as they run
         for name in TEXT_ENCODERS:
             encoder = getattr(self, name, None)
-            if encoder is not None and encoder.device != execution:
-                encoder.to(execution)
+            if encoder is not None and encoder.device != self.device:
+                encoder.to(self.device)
 
 
 def _loadable(source: str) -> bool:
