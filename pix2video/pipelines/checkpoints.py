@@ -15,7 +15,9 @@ gets `sdxl.Pix2VideoSDXLControlNetPipeline` (single files: configs of `sdxl.SDXL
 An SD3/SD3.5 checkpoint (`is_sd3_checkpoint`: an `SD3Transformer2DModel`, folder or hub id)
 gets `sd3.Pix2VideoSD3ControlNetPipeline` with SD3 ControlNets; a FLUX.1 Depth/Canny [dev] one
 (`is_flux_checkpoint`: a `FluxTransformer2DModel` reading latents and control latents)
-`flux.Pix2VideoFluxControlPipeline`, its own control model.
+`flux.Pix2VideoFluxControlPipeline`, its own control model; FLUX.1 [dev] with FLUX ControlNets
+`flux_controlnet.Pix2VideoFluxControlNetPipeline` (`transformer_checkpoints.py`, also for
+their single files).
 """
 
 from __future__ import annotations
