@@ -109,6 +109,7 @@ class EditSettings:
     latent_guidance_target: str = METHOD.latent_guidance_target
     feature_store_dtype: str = "float32"
     offload_features: bool = False
+    offload: str | None = None  # "model" | "sequential": diffusers' CPU offload (transformers)
     vae_tiling: bool = False
     inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
     frame_batch: int | str = "auto"  # frames per editing UNet call; "auto": the device's best
@@ -289,6 +290,8 @@ class EditSettings:
 
     def _validate_backbone(self) -> None:
         """ControlNets with their controls and scales, LoRAs, depth model, canny thresholds."""
+        if self.offload is not None:
+            _choice("offload", self.offload, ("model", "sequential"))
         for name, value in (("model-config", self.model_config), ("depth-model", self.depth_model)):
             if value is not None and not str(value).strip():
                 raise InputError(f"The --{name} name is empty: use a hub id or a folder.")

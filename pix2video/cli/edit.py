@@ -189,6 +189,14 @@ def format_summary(result: EditResult) -> list[str]:
     "memory, some transfer time; same result).",
 )
 @click.option(
+    "--offload",
+    type=click.Choice(("model", "sequential")),
+    default=None,
+    show_default="none: the whole model on the device",
+    help="FLUX/SD3 on a GPU too small for them: keep the weights in CPU memory and move each "
+    "model (model) or each layer (sequential: least memory, slowest) to the GPU as it runs.",
+)
+@click.option(
     "--vae-tiling",
     is_flag=True,
     help="Encode/decode large frames tile by tile (less memory at high resolution; tiles "
