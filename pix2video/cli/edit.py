@@ -9,7 +9,7 @@ import click
 from ..core.options import ANCHORS, ATTEND_MODES, MAX_STEPS
 from ..job import EditResult, edit_clip
 from ..quiet import quiet_libraries
-from ..settings import FEATURE_STORE_DTYPES, WORKER_BACKENDS, EditSettings
+from ..settings import FEATURE_STORE_DTYPES, OFFLOAD_MODES, WORKER_BACKENDS, EditSettings
 from .errors import INTERRUPTED_NO_CACHE, STATE
 from .options import (
     backbone_options,
@@ -190,7 +190,7 @@ def format_summary(result: EditResult) -> list[str]:
 )
 @click.option(
     "--offload",
-    type=click.Choice(("model", "sequential")),
+    type=click.Choice(OFFLOAD_MODES),
     default=None,
     show_default="none: the whole model on the device",
     help="FLUX/SD3 on a GPU too small for them: keep the weights in CPU memory and move each "

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-
-OFFLOAD_MODES = ("model", "sequential")
+from ..settings import OFFLOAD_MODES
 
 
 def check_offload(mode: str | None, device: torch.device | str, transformer: bool) -> None:
