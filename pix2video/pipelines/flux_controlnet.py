@@ -30,12 +30,12 @@ from diffusers.models.controlnets.controlnet_flux import (
     FluxMultiControlNetModel,
 )
 
-from ..errors import InputError
+from .control import ControlNetScales
 from .flux import MAX_SEQUENCE_LENGTH, FluxBase
 from .sdxl import unpack_text
 
 
-class Pix2VideoFluxControlNetPipeline(FluxBase):
+class Pix2VideoFluxControlNetPipeline(ControlNetScales, FluxBase):
     """Text-guided video editing with FLUX.1 [dev] and one or more FLUX ControlNets.
 
     `from_pretrained(folder_or_hub_id, controlnet=...)` of a FLUX.1 [dev] checkpoint;
@@ -83,25 +83,8 @@ class Pix2VideoFluxControlNetPipeline(FluxBase):
         self.max_sequence_length = MAX_SEQUENCE_LENGTH
 
     @property
-    def controlnets(self) -> list[FluxControlNetModel]:
-        nets = self.controlnet
-        return list(nets.nets) if isinstance(nets, FluxMultiControlNetModel) else [nets]
-
-    @property
-    def num_controlnets(self) -> int:
-        return len(self.controlnets)
-
-    @property
     def num_controls(self) -> int:
         return self.num_controlnets
-
-    def set_controlnet_scales(self, scales: Sequence[float]) -> None:
-        """One conditioning scale per ControlNet, in their order."""
-        if len(scales) != self.num_controlnets:
-            raise InputError(
-                f"Give one control scale per ControlNet ({self.num_controlnets}); got {len(scales)}."
-            )
-        self.controlnet_scales = [float(s) for s in scales]
 
     def model_output(
         self,

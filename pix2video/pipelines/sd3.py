@@ -40,6 +40,7 @@ from ..core.joint_attention import JointAttentionInjection
 from ..core.options import EditOptions
 from ..errors import InputError, ModelNotAvailableError
 from .backbone import FrameLike, Pix2VideoBase
+from .control import ControlNetScales
 from .inputs import check_prompt_tokens, padded_ids
 from .offload import Offloadable
 from .sd15_controlnet import stack_control_images
@@ -61,7 +62,9 @@ def check_not_turbo(model: str) -> None:
         )
 
 
-class Pix2VideoSD3ControlNetPipeline(Offloadable, PromptMemory, SD3LoraLoaderMixin, Pix2VideoBase):
+class Pix2VideoSD3ControlNetPipeline(
+    ControlNetScales, Offloadable, PromptMemory, SD3LoraLoaderMixin, Pix2VideoBase
+):
     """Text-guided video editing with an SD3/SD3.5 checkpoint and SD3 ControlNets.
 
     `from_pretrained(folder_or_hub_id, controlnet=...)`; `controlnet` is an
@@ -117,23 +120,6 @@ class Pix2VideoSD3ControlNetPipeline(Offloadable, PromptMemory, SD3LoraLoaderMix
         self.controlnet_scales = [1.0] * len(self.controlnets)
         self.controlnet_evaluations = 0
         self.max_sequence_length = MAX_SEQUENCE_LENGTH
-
-    @property
-    def controlnets(self) -> list[SD3ControlNetModel]:
-        nets = self.controlnet
-        return list(nets.nets) if isinstance(nets, SD3MultiControlNetModel) else [nets]
-
-    @property
-    def num_controlnets(self) -> int:
-        return len(self.controlnets)
-
-    def set_controlnet_scales(self, scales: Sequence[float]) -> None:
-        """One conditioning scale per ControlNet, in their order."""
-        if len(scales) != self.num_controlnets:
-            raise InputError(
-                f"Give one control scale per ControlNet ({self.num_controlnets}); got {len(scales)}."
-            )
-        self.controlnet_scales = [float(s) for s in scales]
 
     @property
     def size_multiple(self) -> int:
