@@ -124,7 +124,23 @@ def denoiser_call(pipe, inputs, batch: int) -> torch.Tensor:
         return pipe.model_output(latent, conditioning, 500, text, batch)
 
 
+def count_cpu_attention() -> None:
+    """torch's FLOP counter knows the GPU attention kernels, not the CPU's flash attention
+    (`_scaled_dot_product_flash_attention_for_cpu`): without this, a 512 px UNet's ~125
+    GFLOP of self-attention would count as nothing. Same formula as the GPU kernels'."""
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _cpu_flash(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def flops_by_class(pipe, inputs, batch: int) -> dict[str, float]:
+    count_cpu_attention()
     counter = FlopCounterMode(display=False)
     with counter:
         denoiser_call(pipe, inputs, batch)
@@ -182,21 +198,18 @@ def drift(out, ref) -> tuple[float, float]:
     return latent, pixels
 
 
-def bench_backbone(name: str, args, frame: np.ndarray, rates: dict) -> list[str]:
-    rows = []
-    pipes = {}
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        if name == "sdxl-controlnet":
-            pipes[dtype_name] = BUILDERS[name](dtype=dtype)
-        else:
-            pipes[dtype_name] = BUILDERS[name]().to(dtype=dtype)  # same seed: same weights
-    inputs = call_inputs(pipes[args.dtypes[0]], name, args.size)
-    flops = {b: flops_by_class(pipes[args.dtypes[0]], inputs, b) for b in (1, 2)}
-    candidates = [(d, s) for d in args.dtypes for s in SETTINGS]
+def build(name: str, dtype_name: str):
+    dtype = DTYPES[dtype_name]
+    if name == "sdxl-controlnet":
+        return BUILDERS[name](dtype=dtype)  # created in `dtype`: no float32 copy on the way
+    return BUILDERS[name]().to(dtype=dtype)  # same seed: same weights in every dtype
+
+
+def measure(pipes: dict, inputs, args, frame: np.ndarray, name: str) -> dict:
+    """Calls (interleaved over `pipes`' dtypes and the linear settings), profile and edit."""
+    candidates = [(d, s) for d in pipes for s in SETTINGS]
     times = {(c, b): [] for c in candidates for b in (1, 2)}
     cpu = {(c, b): [] for c in candidates for b in (1, 2)}
-    outside, edits = {}, {}
     for rep in range(args.repeats + 1):  # the first round warms up and is not counted
         for d, s in candidates:
             set_linears(pipes[d], s)
@@ -206,26 +219,49 @@ def bench_backbone(name: str, args, frame: np.ndarray, rates: dict) -> list[str]
                 if rep:
                     times[((d, s), b)].append(time.perf_counter() - tic)
                     cpu[((d, s), b)].append(time.process_time() - cpu_tic)
-    edit_one_frame(pipes[args.dtypes[0]], name, frame, 1)  # warms the edit's own code paths
+    edit_one_frame(next(iter(pipes.values())), name, frame, 1)  # warms the edit's code paths
+    found = {}
     for d, s in candidates:
         set_linears(pipes[d], s)
-        outside[(d, s)] = outside_gemms(pipes[d], inputs, 1)
-        edits[(d, s)] = edit_one_frame(pipes[d], name, frame, args.edit_steps)
-    reference = edits.get(("float32", "mkl"))
-    first = (args.dtypes[0], "mkl")
-    base, cpu_base = (statistics.median(x[(first, 1)]) for x in (times, cpu))
-    for d, s in candidates:
-        t1, t2 = (statistics.median(times[((d, s), b)]) for b in (1, 2))
-        c1 = statistics.median(cpu[((d, s), 1)])
-        achieved = sum(flops[1].values()) / t1
+        seconds, out = edit_one_frame(pipes[d], name, frame, args.edit_steps)
+        found[(d, s)] = dict(
+            t1=statistics.median(times[((d, s), 1)]),
+            t2=statistics.median(times[((d, s), 2)]),
+            c1=statistics.median(cpu[((d, s), 1)]),
+            outside=outside_gemms(pipes[d], inputs, 1),
+            seconds=seconds,
+            out=out,
+        )
+    return found
+
+
+def bench_backbone(name: str, args, frame: np.ndarray, rates: dict) -> list[str]:
+    """One backbone's rows. Its dtypes run interleaved in one process, or one after the
+    other where both would not fit in memory together (`--one-dtype-at-a-time`)."""
+    groups = [[d] for d in args.dtypes] if args.one_dtype_at_a_time else [list(args.dtypes)]
+    found, flops = {}, None
+    for group in groups:
+        pipes = {d: build(name, d) for d in group}
+        inputs = call_inputs(next(iter(pipes.values())), name, args.size)
+        if flops is None:
+            flops = flops_by_class(next(iter(pipes.values())), inputs, 1)
+        found.update(measure(pipes, inputs, args, frame, name))
+        del pipes, inputs
+    reference = found.get(("float32", "mkl"))
+    base = found[(args.dtypes[0], "mkl")]
+    rows = []
+    for (d, s), f in found.items():
+        achieved = sum(flops.values()) / f["t1"]
         best = max(rates[d].values())
-        seconds, out = edits[(d, s)]
-        latent_drift, pixel_drift = drift(out, reference[1]) if reference else (float("nan"),) * 2
+        latent_drift, pixel_drift = (
+            drift(f["out"], reference["out"]) if reference else (float("nan"),) * 2
+        )
         rows.append(
-            f"| {name} | {d} | {s} | {t1:.2f} | {t2:.2f} | {base / t1:.2f}x | {c1:.2f} "
-            f"| {cpu_base / c1:.2f}x | {flops[1]['convolution']:.0f} / {flops[1]['linear']:.0f} / "
-            f"{flops[1]['attention']:.0f} | {achieved:.0f} | {achieved / best:.0%} "
-            f"| {outside[(d, s)]:.0%} | {seconds:.1f} | {latent_drift:.1e} | {pixel_drift:.2f} |"
+            f"| {name} | {d} | {s} | {f['t1']:.2f} | {f['t2']:.2f} | {base['t1'] / f['t1']:.2f}x "
+            f"| {f['c1']:.2f} | {base['c1'] / f['c1']:.2f}x | {flops['convolution']:.0f} / "
+            f"{flops['linear']:.0f} / {flops['attention']:.0f} | {achieved:.0f} "
+            f"| {achieved / best:.0%} | {f['outside']:.0%} | {f['seconds']:.1f} "
+            f"| {latent_drift:.1e} | {pixel_drift:.2f} |"
         )
         print(rows[-1], flush=True)
     return rows
@@ -255,6 +291,13 @@ def main() -> None:
     parser.add_argument("--edit-steps", type=int, default=2)
     parser.add_argument("--tiny-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--one-dtype-at-a-time",
+        action="store_true",
+        help="build and time one dtype, free it, then the next (SDXL in float32 and bfloat16 "
+        "together need ~27 GB); the rows are then not interleaved",
+    )
+    parser.add_argument("--skip-tiny", action="store_true", help="no tiny-model drift line")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     files = sorted(FRAMES_DIR.glob("*.png")) or sorted(FRAMES_DIR.glob("*.jpg"))
@@ -275,7 +318,8 @@ def main() -> None:
     print("|" + "---|" * 15)
     for name in args.backbones:
         bench_backbone(name, args, frame, rates)
-    print(tiny_drift(frame, args.tiny_steps))
+    if not args.skip_tiny:
+        print(tiny_drift(frame, args.tiny_steps))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ when `hub.can_download()` says the hub can be reached, else it is one sentence a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -83,8 +84,60 @@ def component_config(model: str, name: str) -> dict | None:
     return json.loads(config.read_text()) if config.is_file() else None
 
 
+ORIGINAL_PREFIX = "model.diffusion_model."
+TRANSFORMER_FILE_KEYS = {
+    "flux": (("double_blocks.0.img_attn.norm.key_norm.scale",), ("single_transformer_blocks.0.proj_mlp.weight",)),
+    "sd3": (("joint_blocks.0.x_block.attn.qkv.weight",), ("pos_embed.proj.weight", "transformer_blocks.0.attn.add_k_proj.weight")),
+}  # fmt: skip
+"""Per family, the keys of each layout of its transformer single file: the original one
+(BFL's, Stability's; the `model.diffusion_model.` prefix stripped), then diffusers'."""
+
+
+def single_file_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a `.safetensors` file's tensors, read from its header only (the
+    original layout's `model.diffusion_model.` prefix stripped); {} for anything else."""
+    path = Path(resolve_model_path(model)).expanduser()
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return {}
+    return dict(_header_shapes(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _header_shapes(path: str, mtime_ns: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            shapes = [(k, tuple(f.get_slice(k).get_shape())) for k in f.keys()]
+    except Exception:  # noqa: BLE001 - unreadable: not a transformer file; its loader says why
+        return ()
+    return tuple((k.removeprefix(ORIGINAL_PREFIX), shape) for k, shape in shapes)
+
+
+def single_file_family(model: str) -> str | None:
+    """ "flux" or "sd3" for a single file holding that transformer (either layout), else None."""
+    shapes = single_file_shapes(model)
+    for family, layouts in TRANSFORMER_FILE_KEYS.items():
+        if any(all(k in shapes for k in keys) for keys in layouts):
+            return family
+    return None
+
+
+def transformer_file_channels(model: str) -> tuple[int, int]:
+    """(input, output) channels per token of a FLUX/SD3 transformer single file: its first
+    and last projections (FLUX: packed 2x2; SD3: per patch)."""
+    shapes = single_file_shapes(model)
+    first = next(shapes[k] for k in ("img_in.weight", "x_embedder.weight", "x_embedder.proj.weight",
+                                      "pos_embed.proj.weight") if k in shapes)  # fmt: skip
+    last = next(shapes[k] for k in ("final_layer.linear.weight", "proj_out.weight") if k in shapes)
+    inputs = first[1] * (first[2] * first[3] if len(first) == 4 else 1)
+    return int(inputs), int(last[0])
+
+
 def is_flux_checkpoint(model: str) -> bool:
-    """Whether a folder or hub id holds a FLUX.1 transformer (not told for single files)."""
+    """Whether a folder, hub id or single file holds a FLUX.1 transformer."""
+    if single_file_family(model) == "flux":
+        return True
     config = component_config(model, "transformer/config.json")
     return config is not None and config.get("_class_name") == "FluxTransformer2DModel"
 
@@ -95,6 +148,9 @@ def reads_control_itself(model: str) -> bool:
     `--control` feeds without `--controlnet`."""
     if not is_flux_checkpoint(model):  # a known one not cached yet is told by its name
         return model in FLUX_CONTROL_MODELS
+    if single_file_shapes(model):
+        inputs, outputs = transformer_file_channels(model)
+        return inputs == 2 * outputs
     latent = (component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
     transformer = component_config(model, "transformer/config.json") or {}
     return transformer.get("in_channels") == 2 * 4 * latent
@@ -115,10 +171,13 @@ def known_models() -> dict[str, str]:
 
 def default_depth_model(model: str | None) -> str:
     """The `--control depth` estimator when none is named: Depth Anything V2 for an SD3/FLUX
-    transformer (told by its config, or a known hub id not yet cached), DPT otherwise."""
-    if model and (model in SD3_FLUX_MODELS or component_config(model, "transformer/config.json")):
+    transformer (told by its config or single file's keys, or a known hub id not yet cached),
+    DPT otherwise."""
+    if not model:
+        return DEFAULT_DEPTH_MODEL
+    if model in SD3_FLUX_MODELS or component_config(model, "transformer/config.json"):
         return DEFAULT_DIT_DEPTH_MODEL
-    return DEFAULT_DEPTH_MODEL
+    return DEFAULT_DIT_DEPTH_MODEL if single_file_family(model) else DEFAULT_DEPTH_MODEL
 
 
 def gated_hint(name: str) -> str:

@@ -29,6 +29,8 @@ CONTROL_KINDS: tuple[str, ...] = ("canny", "depth")
 """Control images computed per frame for a ControlNet; anything else given is a path. Each
 has its class in `job.conditioning.CONTROL_KIND_CLASSES` (tests/test_layout.py checks both
 name the same kinds); the command line and the error texts list these."""
+OFFLOAD_MODES: tuple[str, ...] = ("model", "sequential")
+"""diffusers' CPU offload of a transformer backbone's weights (`pipelines.offload`)."""
 AUTO_DTYPE = "auto"
 DTYPES: tuple[str, ...] = (AUTO_DTYPE, "float32", "float16", "bfloat16")
 """Model precisions; auto: float16 on CUDA, bfloat16 on a CPU that has it natively, else
@@ -109,6 +111,7 @@ class EditSettings:
     latent_guidance_target: str = METHOD.latent_guidance_target
     feature_store_dtype: str = "float32"
     offload_features: bool = False
+    offload: str | None = None  # "model" | "sequential": diffusers' CPU offload (transformers)
     vae_tiling: bool = False
     inversion_batch: int | None = None  # frames per inversion UNet call; None: the device's best
     frame_batch: int | str = "auto"  # frames per editing UNet call; "auto": the device's best
@@ -289,6 +292,8 @@ class EditSettings:
 
     def _validate_backbone(self) -> None:
         """ControlNets with their controls and scales, LoRAs, depth model, canny thresholds."""
+        if self.offload is not None:
+            _choice("offload", self.offload, OFFLOAD_MODES)
         for name, value in (("model-config", self.model_config), ("depth-model", self.depth_model)):
             if value is not None and not str(value).strip():
                 raise InputError(f"The --{name} name is empty: use a hub id or a folder.")

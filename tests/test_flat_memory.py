@@ -1,4 +1,5 @@
-"""Flat memory for local edits and ControlNet edits of long clips (`job.frame_store`).
+"""Flat memory for local edits, ControlNet edits and the transformer backbones' control
+latents on long clips (`job.frame_store`).
 
 A local edit's inversion trajectories and a ControlNet edit's control images are needed for
 every frame at every step; they wait on disk and are read back a step and a frame at a
@@ -238,3 +239,42 @@ def test_frame_batched_masked_edit_reads_each_chunks_source_latents_from_disk(tm
     assert outside.any() and (~outside).any()
     assert np.array_equal(finals[1][:, :, outside], finals[3][:, :, outside])
     assert np.abs(finals[1] - finals[3]).max() < 1e-2  # inside: float reassociation only
+
+
+@pytest.fixture(scope="module")
+def tiny_transformers(tmp_path_factory) -> dict[str, dict]:
+    """The settings of a tiny SD3.5 + SD3 ControlNet and a tiny FLUX.1 Canny/Depth [dev]."""
+    from tiny_flux import build_flux_control
+    from tiny_sd3 import build_sd3, build_sd3_controlnet
+
+    root = tmp_path_factory.mktemp("tiny-transformers")
+    return {
+        "SD3.5 + ControlNet": dict(
+            model=str(build_sd3(root / "sd3")),
+            controlnet=(str(build_sd3_controlnet(root / "sd3-controlnet", seed=1)),),
+            control=("canny",),
+        ),
+        "FLUX.1 Canny": dict(model=str(build_flux_control(root / "flux")), control=("canny",)),
+    }
+
+
+@pytest.mark.parametrize("backbone", ["SD3.5 + ControlNet", "FLUX.1 Canny"])
+def test_transformer_edit_of_20_frames_holds_no_more_than_of_6(
+    tmp_path, pipelines, tiny_transformers, scratch_root, backbone
+):
+    """The transformer backbones' per-frame control latents wait on disk like the UNets'
+    control images: a 20-frame edit holds what a 6-frame one does."""
+
+    def run(frames: int):
+        clip = generated_clip(tmp_path / f"clip{frames}.mp4", frames)
+        s = EditSettings(
+            input=clip, prompt="a glass sculpture", source_prompt="coloured stripes",
+            output=tmp_path / f"out{frames}.mp4", size="64", steps=1, dtype="float32",
+            no_cache=True, **tiny_transformers[backbone],
+        )  # fmt: skip
+        return edit_clip(s, pipelines=pipelines)
+
+    peaks = held(run)
+    # measured: 4 KiB (SD3) and 1 KiB (FLUX) of control latents alive at most, a frame's rows
+    assert peaks[6] == peaks[20] and 0 < peaks[20][1] <= 4 * 2**10
+    assert list(scratch_root.iterdir()) == []

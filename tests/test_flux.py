@@ -417,7 +417,7 @@ def test_load_pipeline_picks_the_flux_control_pipeline_for_a_saved_folder(tiny_f
     [
         ("schnell", r"few-step FLUX.1 \[schnell\]-kind checkpoint .*Canny \[dev\] with 20-50"),
         ("no-control", r"FLUX.1 model without control \(its transformer reads 16 channels"),
-        ("controlnet", r"takes no --controlnet: FLUX ControlNets .*are not supported yet"),
+        ("controlnet", r"reads the control image itself .*takes no --controlnet"),
     ],
 )
 def test_refusals_are_one_sentence(tiny_flux, case, pattern):

@@ -203,6 +203,14 @@ def test_endpoints_are_named_like_the_edit_options(client):
     assert defaults["steps"] == 50 and defaults["attend"] == "anchor+previous"
 
 
+def expected_precision() -> str:
+    """The precision line `--dtype auto` gives on this machine's CPU (the server's default)."""
+    from pix2video.precision import choose_dtype, cpu_flags, onednn_isa_limit
+
+    choice = choose_dtype("auto", "cpu", cpu_flags(), onednn_isa_limit())
+    return f"Precision: {choice.name} on cpu ({choice.reason})."
+
+
 @pytest.mark.integration
 def test_preview_then_edit_then_new_prompt_reuses_depth_and_inversion(client, report_measurement):
     handle = gradio_client.handle_file(str(COCKATOO))
@@ -216,6 +224,7 @@ def test_preview_then_edit_then_new_prompt_reuses_depth_and_inversion(client, re
     assert Image.open(edited).size == (256, 144)  # 1280x720 at a long side of 256
     assert Image.open(source).size == (256, 144)
     assert "Anchor frame (frame 0)" in status
+    assert expected_precision() in status, status  # the page says what ran, and why
 
     tic = time.perf_counter()
     video, status = client.predict(prompt="a golden cockatoo", **common, api_name="/edit")
@@ -228,6 +237,7 @@ def test_preview_then_edit_then_new_prompt_reuses_depth_and_inversion(client, re
     assert info["has_audio"] and source_info["has_audio"]
     assert len(read_clip(path).frames) == 4
     assert status.startswith("Edited 4 frames at 256x144")
+    assert expected_precision() in status, status
     # the preview inverted the anchor frame: the edit reuses it
     assert "inversion: 1 of 4 from the cache" in status, status
 
@@ -347,6 +357,7 @@ def test_browser_preview_edit_cancel(server, tmp_path, report_measurement):
         edit_s = time.perf_counter() - tic
         text = wait_status(page, "Edited 4 frames")
         assert "with the source's audio" in text
+        assert expected_precision() in text, text
         src = page.locator("#result-video video").get_attribute("src")
         response = page.request.get(src)
         assert response.ok, src

@@ -68,17 +68,21 @@ def _clip():
     )
 
 
-def build_flux_control(folder: Path) -> Path:
+def build_flux_control(folder: Path, control: bool = True) -> Path:
+    """FLUX.1 Depth/Canny [dev]'s topology; `control=False`: FLUX.1 [dev]'s (a `FluxPipeline`
+    whose transformer reads the packed latents only, for FLUX ControlNets)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         FluxControlPipeline,
+        FluxPipeline,
         FluxTransformer2DModel,
     )
     from transformers import CLIPTokenizer
 
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(**TRANSFORMER_KWARGS)
+    in_channels = TRANSFORMER_KWARGS["in_channels"] // (1 if control else 2)
+    transformer = FluxTransformer2DModel(**{**TRANSFORMER_KWARGS, "in_channels": in_channels})
     vae = AutoencoderKL(
         block_out_channels=[8, 8, 16, 16],
         in_channels=3,
@@ -94,7 +98,7 @@ def build_flux_control(folder: Path) -> Path:
         use_post_quant_conv=False,
     )
     tokenizer_2 = t5_tokenizer()
-    pipe = FluxControlPipeline(
+    pipe = (FluxControlPipeline if control else FluxPipeline)(
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_KWARGS),
         vae=vae,
         text_encoder=_clip(),
@@ -105,6 +109,36 @@ def build_flux_control(folder: Path) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def build_flux_controlnet(
+    folder: Path, path: Path, num_layers: int = 1, num_single_layers: int = 2, seed: int = 1
+) -> Path:
+    """A FLUX ControlNet (InstantX's kind: VAE-encoded control images) for the FLUX.1 [dev] in
+    `folder`, fewer blocks than the transformer (diffusers repeats their residuals over
+    intervals); the zero-initialised outputs (`controlnet_blocks`, `controlnet_x_embedder`)
+    get random weights, since at zero it has no effect and tests nothing."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.models.controlnets.controlnet_flux import FluxControlNetModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer")
+    torch.manual_seed(seed)
+    net = FluxControlNetModel.from_transformer(
+        transformer,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=HEAD_DIM,
+        num_attention_heads=HEADS,
+        load_weights_from_transformer=False,
+    )
+    with torch.no_grad():
+        for linear in [*net.controlnet_blocks, *net.controlnet_single_blocks]:
+            linear.weight.normal_(0, 0.3)
+            linear.bias.normal_(0, 0.3)
+        net.controlnet_x_embedder.weight.normal_(0, 0.3)
+        net.controlnet_x_embedder.bias.normal_(0, 0.1)
+    net.save_pretrained(path)
+    return path
 
 
 def flux_variant(folder: Path, out: Path, **config) -> Path:

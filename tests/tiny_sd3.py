@@ -161,3 +161,63 @@ def build_sd3_lora(folder: Path, path: Path) -> Path:
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     return build_lora(folder, path, StableDiffusion3Pipeline, SD3Transformer2DModel, "transformer")
+
+
+SD3_RENAMES = (  # diffusers' name -> the original (Stability's) one; the inverse of diffusers'
+    # `convert_sd3_transformer_checkpoint_to_diffusers`, checked by a round trip in the tests
+    (r"^pos_embed\.pos_embed$", "pos_embed"),
+    (r"^pos_embed\.proj\.", "x_embedder.proj."),
+    (r"^time_text_embed\.timestep_embedder\.linear_1\.", "t_embedder.mlp.0."),
+    (r"^time_text_embed\.timestep_embedder\.linear_2\.", "t_embedder.mlp.2."),
+    (r"^time_text_embed\.text_embedder\.linear_1\.", "y_embedder.mlp.0."),
+    (r"^time_text_embed\.text_embedder\.linear_2\.", "y_embedder.mlp.2."),
+    (r"^proj_out\.", "final_layer.linear."),
+    (r"^norm_out\.linear\.", "final_layer.adaLN_modulation.1."),
+    (r"\.attn\.norm_q\.", ".x_block.attn.ln_q."),
+    (r"\.attn\.norm_k\.", ".x_block.attn.ln_k."),
+    (r"\.attn\.norm_added_q\.", ".context_block.attn.ln_q."),
+    (r"\.attn\.norm_added_k\.", ".context_block.attn.ln_k."),
+    (r"\.attn2\.norm_q\.", ".x_block.attn2.ln_q."),
+    (r"\.attn2\.norm_k\.", ".x_block.attn2.ln_k."),
+    (r"\.attn\.to_out\.0\.", ".x_block.attn.proj."),
+    (r"\.attn2\.to_out\.0\.", ".x_block.attn2.proj."),
+    (r"\.attn\.to_add_out\.", ".context_block.attn.proj."),
+    (r"\.norm1\.linear\.", ".x_block.adaLN_modulation.1."),
+    (r"\.norm1_context\.linear\.", ".context_block.adaLN_modulation.1."),
+    (r"\.ff\.net\.0\.proj\.", ".x_block.mlp.fc1."),
+    (r"\.ff\.net\.2\.", ".x_block.mlp.fc2."),
+    (r"\.ff_context\.net\.0\.proj\.", ".context_block.mlp.fc1."),
+    (r"\.ff_context\.net\.2\.", ".context_block.mlp.fc2."),
+    (r"^transformer_blocks\.", "joint_blocks."),
+)
+SD3_QKV = {  # q, k, v of diffusers -> one original qkv
+    "attn.to_{}": "x_block.attn.qkv",
+    "attn.add_{}_proj": "context_block.attn.qkv",
+    "attn2.to_{}": "x_block.attn2.qkv",
+}
+
+
+def sd3_transformer_to_original(state: dict) -> dict:
+    """An SD3 transformer's diffusers state dict in Stability's single-file layout (with the
+    `model.diffusion_model.` prefix), as sd3.5_*.safetensors hold it."""
+    import re
+
+    state, out = dict(state), {}
+    last = max(int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")) + 1
+    for i in range(last):
+        for pattern, original in SD3_QKV.items():
+            for kind in ("weight", "bias"):
+                names = [f"transformer_blocks.{i}.{pattern.format(x)}.{kind}" for x in "qkv"]
+                if names[0] in state:
+                    out[f"joint_blocks.{i}.{original}.{kind}"] = torch.cat(
+                        [state.pop(n) for n in names]
+                    )
+    for key, value in state.items():
+        name = key
+        for pattern, replacement in SD3_RENAMES:
+            name = re.sub(pattern, replacement, name)
+        swapped = name.startswith("final_layer.adaLN") or name.startswith(
+            f"joint_blocks.{last - 1}.context_block.adaLN"
+        )
+        out[name] = torch.cat(value.chunk(2)[::-1]) if swapped else value
+    return {f"model.diffusion_model.{k}": v.contiguous() for k, v in out.items()}

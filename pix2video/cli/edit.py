@@ -9,7 +9,7 @@ import click
 from ..core.options import ANCHORS, ATTEND_MODES, MAX_STEPS
 from ..job import EditResult, edit_clip
 from ..quiet import quiet_libraries
-from ..settings import FEATURE_STORE_DTYPES, WORKER_BACKENDS, EditSettings
+from ..settings import FEATURE_STORE_DTYPES, OFFLOAD_MODES, WORKER_BACKENDS, EditSettings
 from .errors import INTERRUPTED_NO_CACHE, STATE
 from .options import (
     backbone_options,
@@ -36,7 +36,7 @@ def format_summary(result: EditResult) -> list[str]:
         f"{result.unet_evaluations_editing / n:g}).",
     ]
     if result.dtype_reason:
-        lines.append(f"Precision: {result.dtype} on {result.device} ({result.dtype_reason}).")
+        lines.append(result.describe_precision())
     if result.captioned:
         lines.append(f'Source prompt (BLIP caption): "{result.source_prompt}"')
     if result.masked:
@@ -187,6 +187,14 @@ def format_summary(result: EditResult) -> list[str]:
     is_flag=True,
     help="Keep the stored features in CPU memory while the model runs on a GPU (less GPU "
     "memory, some transfer time; same result).",
+)
+@click.option(
+    "--offload",
+    type=click.Choice(OFFLOAD_MODES),
+    default=None,
+    show_default="none: the whole model on the device",
+    help="FLUX/SD3 on a GPU too small for them: keep the weights in CPU memory and move each "
+    "model (model) or each layer (sequential: least memory, slowest) to the GPU as it runs.",
 )
 @click.option(
     "--vae-tiling",

@@ -26,7 +26,13 @@ from .preparation import PreparedEdit, initial_result, prepare_edit, with_model
 from .prompts import (
     caption_anchor,
 )
-from .results import AnchorPreview, EditResult, MessageCallback, ProgressCallback
+from .results import (
+    AnchorPreview,
+    EditResult,
+    MessageCallback,
+    ProgressCallback,
+    describe_precision,
+)
 from .source import read_source
 
 
@@ -102,6 +108,7 @@ class EditJob:
             captioned=p.prompts.captioned,
             unet_evaluations=pipe.unet_evaluations - evaluations,
             seconds=time.perf_counter() - tic,
+            precision=describe_precision(p.dtype, p.device, p.dtype_reason),
         )
 
     def _run(self) -> EditResult:

@@ -34,18 +34,23 @@ class PipelineCache:
         loras: tuple[tuple[str, float], ...] = (),
         depth_model: str | None = None,
         model_config: str | None = None,
+        offload: str | None = None,
     ) -> Pix2VideoBase:
-        """The loaded pipeline; on a GPU its UNet is channels-last (faster convolutions)."""
+        """The loaded pipeline; on a GPU its UNet is channels-last (faster convolutions).
+        With `offload` its weights are loaded into CPU memory and run on `device` through
+        diffusers' CPU offload (`pipelines.offload`)."""
         import torch
 
         from ..pipelines.checkpoints import load_pipeline
 
         extras = (tuple(controlnets), tuple(loras), depth_model, model_config)
-        key = (model, str(device), str(dtype), compile, extras)
+        key = (model, str(device), str(dtype), compile, extras, offload)
         with self._lock:
             pipe = self._pipes.pop(key, None)
             if pipe is None:
-                pipe = load_pipeline(model, device, dtype, *extras)
+                pipe = load_pipeline(model, "cpu" if offload else device, dtype, *extras)
+                if offload:
+                    pipe.enable_offload(offload, device)
                 unet = getattr(pipe, "unet", None)  # None: SD3, a transformer
                 if pipe.device.type == "cuda" and unet is not None:
                     unet.to(memory_format=torch.channels_last)
@@ -66,6 +71,12 @@ def load_pipe(
 
     if not library_logs:
         silence_libraries()
+    if s.offload:  # before loading: a refusal costs nothing
+        from ..pipelines.checkpoints import is_flux_checkpoint, is_sd3_checkpoint
+        from ..pipelines.offload import check_offload
+
+        transformer = is_flux_checkpoint(s.model) or is_sd3_checkpoint(s.model)
+        check_offload(s.offload, device, transformer)
     pipe = pipelines.get(
         s.model,
         device,
@@ -75,6 +86,7 @@ def load_pipe(
         loras=s.loras,
         depth_model=s.depth_model if not s.controlnet else None,
         model_config=s.model_config,
+        offload=s.offload,
     )
     if s.controlnet:
         pipe.set_controlnet_scales(s.control_scales)

@@ -49,7 +49,9 @@ def source_text(ctx: JobContext, source: SourceClip, device) -> tuple[str, bool]
 def encode_source_prompt(
     pipe, text: str, captioned: bool, edit_embeddings: tuple[Any, Any]
 ) -> Prompts:
-    """Every prompt encoded; a caption too long for the text encoder is one sentence."""
+    """Every prompt encoded; a caption too long for the text encoder is one sentence. The
+    job's prompts are all encoded now, so a transformer backbone frees its text encoders
+    (`pipelines.text_encoders`: a reused pipeline reloads them only for a new prompt)."""
     try:
         embedding = pipe.encode_prompt(text)
     except InputError as exc:
@@ -59,6 +61,9 @@ def encode_source_prompt(
             f"The caption {text[:40]!r}... is too long for the text encoder; "
             "pass a shorter --source-prompt."
         ) from exc
+    release = getattr(pipe, "release_text_encoders", None)
+    if release is not None:
+        release()
     return Prompts(*edit_embeddings, embedding, text, captioned)
 
 

@@ -26,6 +26,12 @@ CANCELLED = "The edit was cancelled; finished work is cached: run it again to re
 CANCELLED_NO_CACHE = "The edit was cancelled; nothing was kept (the cache is off)."
 
 
+def describe_precision(dtype: str, device: str, reason: str) -> str:
+    """The precision line of the summaries (CLI, web page): what ran, where, and why."""
+    why = f" ({reason})" if reason else ""
+    return f"Precision: {dtype} on {device}{why}."
+
+
 @dataclass
 class EditResult:
     """What an edit did: where the output went, what it cost, what came from the cache."""
@@ -74,6 +80,9 @@ class EditResult:
     def unet_evaluations(self) -> int:
         return self.unet_evaluations_inversion + self.unet_evaluations_editing
 
+    def describe_precision(self) -> str:
+        return describe_precision(self.dtype, self.device, self.dtype_reason)
+
     def describe_mask(self) -> str:
         """A local edit's line in the summaries (CLI, web page)."""
         return (
@@ -114,3 +123,4 @@ class AnchorPreview:
     captioned: bool
     unet_evaluations: int
     seconds: float
+    precision: str = ""  # `describe_precision`'s line: the dtype it ran in, and why

@@ -15,7 +15,9 @@ gets `sdxl.Pix2VideoSDXLControlNetPipeline` (single files: configs of `sdxl.SDXL
 An SD3/SD3.5 checkpoint (`is_sd3_checkpoint`: an `SD3Transformer2DModel`, folder or hub id)
 gets `sd3.Pix2VideoSD3ControlNetPipeline` with SD3 ControlNets; a FLUX.1 Depth/Canny [dev] one
 (`is_flux_checkpoint`: a `FluxTransformer2DModel` reading latents and control latents)
-`flux.Pix2VideoFluxControlPipeline`, its own control model.
+`flux.Pix2VideoFluxControlPipeline`, its own control model; FLUX.1 [dev] with FLUX ControlNets
+`flux_controlnet.Pix2VideoFluxControlNetPipeline` (`transformer_checkpoints.py`, also for
+their single files).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from ..models import (
     is_flux_checkpoint,
     load_pretrained,
     resolve_model_path,
+    single_file_family,
+    single_file_shapes,
+    transformer_file_channels,
 )
 from ..models import component_config as _component_config
 from .onednn import use_onednn_linears
@@ -105,9 +110,9 @@ def is_sdxl_unet(config) -> bool:
 
 
 def is_sd3_checkpoint(model: str) -> bool:
-    """Whether a folder or hub id holds an SD3-family transformer (not told for single files)."""
+    """Whether a folder, hub id or single file holds an SD3-family transformer."""
     if is_single_file(model):
-        return False
+        return single_file_family(model) == "sd3"
     config = _component_config(model, "transformer/config.json")
     return config is not None and config.get("_class_name") == "SD3Transformer2DModel"
 
@@ -119,6 +124,11 @@ def model_geometry(model: str) -> tuple[int, int]:
     flux = is_flux_checkpoint(model)
     if not (flux or is_sd3_checkpoint(model)):
         return 4, 8
+    if is_single_file(model):  # its own shapes; the VAE's factor 8 (FLUX's and SD3's)
+        shapes = single_file_shapes(model)
+        conv = shapes.get("x_embedder.proj.weight") or shapes.get("pos_embed.proj.weight")
+        patch = 2 if flux or conv is None else int(conv[-1])
+        return transformer_file_channels(model)[1] // (patch * patch), 8 * patch
     vae = _component_config(model, "vae/config.json") or {}
     transformer = _component_config(model, "transformer/config.json") or {}
     factor = 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
@@ -184,10 +194,12 @@ def load_backbone(
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     sd3, flux = is_sd3_checkpoint(model), is_flux_checkpoint(model)
     channels = None if sd3 or flux else unet_in_channels(model)
-    if flux:
-        pipe = _load_flux(model, controlnets, kwargs)
-    elif sd3:
-        pipe = _load_sd3(model, controlnets, kwargs)
+    if flux or sd3:
+        from .transformer_checkpoints import load_flux, load_sd3
+
+        if sd3:
+            check_not_few_step(model, model_config)
+        pipe = (load_flux if flux else load_sd3)(model, controlnets, kwargs, model_config)
     elif channels == 5:
         if controlnets:
             raise ModelNotAvailableError(
@@ -298,79 +310,6 @@ def _load_controlnet_pipeline(
     return pipe
 
 
-def _load_sd3(model: str, controlnets: Sequence[str], kwargs: dict):
-    """`sd3.Pix2VideoSD3ControlNetPipeline` with its SD3 ControlNets; one sentence each failure."""
-    from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
-
-    from .sd3 import Pix2VideoSD3ControlNetPipeline, check_not_turbo
-
-    check_not_turbo(model)
-    check_not_few_step(model)
-    if not controlnets:
-        raise ModelNotAvailableError(
-            f"The model '{model}' (SD3) needs an SD3 ControlNet for the video's structure: add "
-            "--controlnet ID --control canny|depth (e.g. "
-            "stabilityai/stable-diffusion-3.5-large-controlnet-depth with --control depth)."
-        )
-    for name in controlnets:
-        config = _component_config(name, "config.json")
-        if config is not None and config.get("_class_name") != "SD3ControlNetModel":
-            raise ModelNotAvailableError(
-                f"The ControlNet '{name}' is a {config.get('_class_name')}, not an SD3 "
-                f"ControlNet, so the SD3 model '{model}' cannot use it."
-            )
-    nets = [
-        load_pretrained(SD3ControlNetModel.from_pretrained, c, "ControlNet", **kwargs)
-        for c in controlnets
-    ]
-    for name, net in zip(controlnets, nets, strict=True):
-        if net.config.extra_conditioning_channels:
-            raise ModelNotAvailableError(
-                f"The ControlNet '{name}' is an SD3 inpainting ControlNet (it reads a mask "
-                "beside the control image), which cannot condition a video edit; use a canny, "
-                "depth or blur one."
-            )
-    return load_pretrained(
-        Pix2VideoSD3ControlNetPipeline.from_pretrained,
-        model,
-        "diffusion model",
-        controlnet=nets,
-        **kwargs,
-    )
-
-
-def _load_flux(model: str, controlnets: Sequence[str], kwargs: dict):
-    """`flux.Pix2VideoFluxControlPipeline` for FLUX.1 Depth/Canny [dev]; one sentence each
-    refusal: schnell (few-step), a FLUX without control, a FLUX ControlNet (not yet)."""
-    from .flux import Pix2VideoFluxControlPipeline
-
-    transformer = _component_config(model, "transformer/config.json") or {}
-    latent = (_component_config(model, "vae/config.json") or {}).get("latent_channels", 16)
-    if not transformer.get("guidance_embeds", False):
-        raise ModelNotAvailableError(
-            f"The model '{model}' is a few-step FLUX.1 [schnell]-kind checkpoint (no guidance "
-            "embedding): Pix2Video inverts every frame at the edit's step count, and at 1-4 "
-            "steps that inversion does not map back to the frames, so use FLUX.1 Depth [dev] "
-            "or Canny [dev] with 20-50 steps."
-        )
-    if controlnets:
-        raise ModelNotAvailableError(
-            f"The FLUX model '{model}' takes no --controlnet: FLUX ControlNets "
-            "(FluxControlNetPipeline) are not supported yet, and FLUX.1 Depth/Canny [dev] read "
-            "the control image themselves (--control depth|canny without --controlnet)."
-        )
-    if transformer.get("in_channels") != 2 * 4 * latent:
-        raise ModelNotAvailableError(
-            f"The model '{model}' is a FLUX.1 model without control (its transformer reads "
-            f"{transformer.get('in_channels')} channels, not the packed latents and control "
-            "latents side by side), so nothing gives the video's structure; use "
-            "black-forest-labs/FLUX.1-Depth-dev or FLUX.1-Canny-dev with --control depth|canny."
-        )
-    return load_pretrained(
-        Pix2VideoFluxControlPipeline.from_pretrained, model, "diffusion model", **kwargs
-    )
-
-
 def _load_single_file(
     model: str, nets: list, model_config: str | None, kwargs: dict, sdxl: bool = False
 ):
@@ -435,6 +374,9 @@ def apply_loras(pipe, loras: Sequence[tuple[str, float]]) -> None:
         names.append(adapter)
     pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
     pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    if any(getattr(getattr(pipe, n, None), "peft_config", None) for n in encoders):
+        pipe.text_encoders_fused = True  # `text_encoders.PromptMemory` cannot reload them
     pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
 
 

@@ -15,6 +15,7 @@ that diffusers' documentation uses):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -90,3 +91,28 @@ class ControlFiles(MaskFiles):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
         return resize_frames([image[..., :3]], size)[0]
+
+
+class ControlNetScales:
+    """A pipeline mixin for one or more ControlNets (SD 1.5, SDXL, SD3, FLUX): `controlnet`
+    is one model or diffusers' Multi*ControlNetModel of several (its `nets`), and each net
+    has its conditioning scale."""
+
+    controlnet_scales: list[float]
+
+    @property
+    def controlnets(self) -> list:
+        nets = getattr(self.controlnet, "nets", None)
+        return list(nets) if nets is not None else [self.controlnet]
+
+    @property
+    def num_controlnets(self) -> int:
+        return len(self.controlnets)
+
+    def set_controlnet_scales(self, scales: Sequence[float]) -> None:
+        """One conditioning scale per ControlNet, in their order."""
+        if len(scales) != self.num_controlnets:
+            raise InputError(
+                f"Give one control scale per ControlNet ({self.num_controlnets}); got {len(scales)}."
+            )
+        self.controlnet_scales = [float(s) for s in scales]

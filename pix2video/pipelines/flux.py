@@ -42,45 +42,29 @@ from ..core.options import EditOptions
 from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase
 from .inputs import check_prompt_tokens, padded_ids
+from .offload import Offloadable
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
+from .text_encoders import PromptMemory
 
 MAX_SEQUENCE_LENGTH = 512
 """T5 tokens of a prompt, diffusers' FLUX default."""
 
 
-class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
-    """Text-guided video editing with FLUX.1 Depth [dev] or Canny [dev] (the control model
-    is the checkpoint itself: its transformer reads the control latents beside the latents).
-
-    `from_pretrained(folder_or_hub_id)` of a `FluxControlPipeline` checkpoint.
-    """
+class FluxBase(Offloadable, PromptMemory, FluxLoraLoaderMixin, Pix2VideoBase):
+    """What both FLUX [dev] pipelines share (module doc): text, walk, injection, control
+    latents. A subclass registers its modules, calls `_init_common()` and gives
+    `model_output`; `num_controls` control images per frame become its control latents."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
     embedded_guidance = True
+    family = "FLUX Control"
+    """The pipeline's name in its error sentences."""
 
-    def __init__(
-        self,
-        scheduler: FlowMatchEulerDiscreteScheduler,
-        vae: AutoencoderKL,
-        text_encoder,
-        tokenizer,
-        text_encoder_2,
-        tokenizer_2,
-        transformer: FluxTransformer2DModel,
-    ) -> None:
-        super().__init__()
-        self.register_modules(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            transformer=transformer,
-            scheduler=scheduler,
-        )
-        self._init_common()
-        self.max_sequence_length = MAX_SEQUENCE_LENGTH
+    @property
+    def num_controls(self) -> int:
+        """Control images per frame (one for FLUX.1 Depth/Canny: the model's own)."""
+        return 1
 
     @property
     def size_multiple(self) -> int:
@@ -116,7 +100,7 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
 
     # ------------------------------------------------------------------ text
     @torch.inference_mode()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def encode_text(self, prompt: str) -> torch.Tensor:
         """(1, T5 tokens + 1, D): T5's states, then CLIP's pooled output (module doc)."""
         check_prompt_tokens(prompt, self.tokenizer_2, self.max_sequence_length)
         clip_ids = padded_ids(self.tokenizer, prompt)
@@ -141,36 +125,93 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
         depth_maps: torch.Tensor | np.ndarray | None = None,
         control_images: Sequence | None = None,
     ) -> torch.Tensor:
-        """(N, C, h, w) control latents of the frames' control images (module doc).
+        """(N, C * k, h, w) control latents of the frames' k control images (module doc).
 
-        `control_images[i]` is frame i's depth or canny image, an H x W x 3 uint8 array (or
-        PIL image) of the frames' size.
+        `control_images[i]` is frame i's depth or canny image (k = 1) or its list of k images
+        (one per ControlNet), each an H x W x 3 uint8 array (or PIL image) of the frames' size.
         """
         if depth_maps is not None:
             raise InputError(
-                "A FLUX Control pipeline takes control images (control.py makes depth images), "
-                "not depth maps."
+                f"A {self.family} pipeline takes control images (control.py makes depth "
+                "images), not depth maps."
             )
         if control_images is None:
             raise InputError(
-                "A FLUX Control pipeline needs one control image per frame (its depth or canny "
-                "image)."
+                f"A {self.family} pipeline needs one control image per frame (its depth or "
+                "canny image)."
             )
-        rows = stack_control_images(frames, control_images, 1)
+        rows = stack_control_images(frames, control_images, self.num_controls)
         return torch.cat([self.control_latents(row[None]) for row in rows])
 
     @torch.inference_mode()
-    def control_latents(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, C, h, w) of one frame's (1, 3, H, W) uint8 control image."""
+    def control_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """(1, C * k, h, w) of one frame's (1, 3k, H, W) uint8 control images."""
         config = self.vae.config
-        pixels = 2.0 * (image.float() / 255.0) - 1.0  # diffusers' VaeImageProcessor
-        pixels = pixels.to(device=self.device, dtype=self.vae.dtype)
-        mean = self.vae.encode(pixels).latent_dist.mean
-        return ((mean - config.shift_factor) * config.scaling_factor).float()
+        latents = []
+        for image in images.split(3, dim=1):
+            pixels = 2.0 * (image.float() / 255.0) - 1.0  # diffusers' VaeImageProcessor
+            pixels = pixels.to(device=self.device, dtype=self.vae.dtype)
+            mean = self.vae.encode(pixels).latent_dist.mean
+            latents.append(((mean - config.shift_factor) * config.scaling_factor).float())
+        return torch.cat(latents, dim=1)
 
     def conditioning_shape(self, height: int, width: int) -> tuple[int, ...]:
         f = self.vae_scale_factor
-        return (self.latent_channels, height // f, width // f)
+        return (self.latent_channels * self.num_controls, height // f, width // f)
+
+    def token_inputs(self, latent: torch.Tensor, batch: int):
+        """(pack, image ids, text ids) of `batch` rows of (·, C, h, w) latents: diffusers'
+        `_pack_latents` bound to their shape, the grid's ids for the rotary embedding, and
+        the text's (zeros)."""
+        dtype, device = self.transformer.dtype, latent.device
+        channels, height, width = latent.shape[1:]
+
+        def pack(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
+            return FluxControlPipeline._pack_latents(x, batch, channels, height, width)
+
+        image_ids = FluxControlPipeline._prepare_latent_image_ids(
+            batch, height // 2, width // 2, device, dtype
+        )
+        text_ids = torch.zeros(self.max_sequence_length, 3, device=device, dtype=dtype)
+        return pack, image_ids, text_ids
+
+    def unpack(self, tokens: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """(batch, C, h, w) float32 of the transformer's output tokens for `latent`'s grid."""
+        f = self.vae_scale_factor
+        height, width = latent.shape[-2:]
+        return FluxControlPipeline._unpack_latents(tokens, height * f, width * f, f).float()
+
+
+class Pix2VideoFluxControlPipeline(FluxBase):
+    """Text-guided video editing with FLUX.1 Depth [dev] or Canny [dev] (the control model
+    is the checkpoint itself: its transformer reads the control latents beside the latents).
+
+    `from_pretrained(folder_or_hub_id)` of a `FluxControlPipeline` checkpoint.
+    """
+
+    def __init__(
+        self,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKL,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        transformer: FluxTransformer2DModel,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+        self._init_common()
+        self.max_sequence_length = MAX_SEQUENCE_LENGTH
 
     # ------------------------------------------------------------------ the model
     def model_output(
@@ -186,29 +227,17 @@ class Pix2VideoFluxControlPipeline(FluxLoraLoaderMixin, Pix2VideoBase):
         side by side, the guidance scale embedded (module doc)."""
         dtype, device = self.transformer.dtype, latent.device
         embeds, pooled = unpack_text(text.to(dtype), self.transformer.config.pooled_projection_dim)
-        channels, height, width = latent.shape[1:]
-        pack = FluxControlPipeline._pack_latents
-        x = latent.to(dtype).expand(batch, -1, -1, -1)
-        c = control.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
-        tokens = torch.cat(
-            [pack(x, batch, channels, height, width), pack(c, batch, channels, height, width)],
-            dim=2,
-        )
-        image_ids = FluxControlPipeline._prepare_latent_image_ids(
-            batch, height // 2, width // 2, device, dtype
-        )
-        text_ids = torch.zeros(embeds.shape[1], 3, device=device, dtype=dtype)
+        pack, image_ids, text_ids = self.token_inputs(latent, batch)
         timestep = torch.full((batch,), t, dtype=torch.float32, device=device)
         scale = torch.full((batch,), guidance, dtype=torch.float32, device=device)
         velocity = self.transformer(
-            hidden_states=tokens,
+            hidden_states=torch.cat([pack(latent), pack(control)], dim=2),
             timestep=timestep / 1000,
             guidance=scale if self.transformer.config.guidance_embeds else None,
             pooled_projections=pooled.expand(batch, -1),
             encoder_hidden_states=embeds.expand(batch, -1, -1),
-            txt_ids=text_ids,
+            txt_ids=text_ids[: embeds.shape[1]],
             img_ids=image_ids,
             return_dict=False,
         )[0]
-        f = self.vae_scale_factor
-        return FluxControlPipeline._unpack_latents(velocity, height * f, width * f, f).float()
+        return self.unpack(velocity, latent)

@@ -25,6 +25,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
 from ..errors import InputError
 from .backbone import FrameLike, Pix2VideoBase
+from .control import ControlNetScales
 from .scheduler import reference_scheduler
 
 
@@ -67,7 +68,7 @@ def stack_control_images(
     return torch.stack(rows)
 
 
-class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
+class Pix2VideoControlNetPipeline(ControlNetScales, Pix2VideoBase, FromSingleFileMixin):
     """Text-guided video editing with an SD 1.5-architecture checkpoint and ControlNets.
 
     `Pix2VideoControlNetPipeline.from_pretrained(folder_or_hub_id, controlnet=...)` or
@@ -106,20 +107,6 @@ class Pix2VideoControlNetPipeline(Pix2VideoBase, FromSingleFileMixin):
         self._init_common()
         self.controlnet_scales = [1.0] * self.num_controlnets
         self.controlnet_evaluations = 0
-
-    @property
-    def num_controlnets(self) -> int:
-        if isinstance(self.controlnet, MultiControlNetModel):
-            return len(self.controlnet.nets)
-        return 1
-
-    def set_controlnet_scales(self, scales: Sequence[float]) -> None:
-        """One conditioning scale per ControlNet, in their order."""
-        if len(scales) != self.num_controlnets:
-            raise InputError(
-                f"Give one control scale per ControlNet ({self.num_controlnets}); got {len(scales)}."
-            )
-        self.controlnet_scales = [float(s) for s in scales]
 
     # ------------------------------------------------------------------ conditioning
     def prepare_conditioning(

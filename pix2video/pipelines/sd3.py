@@ -40,9 +40,12 @@ from ..core.joint_attention import JointAttentionInjection
 from ..core.options import EditOptions
 from ..errors import InputError, ModelNotAvailableError
 from .backbone import FrameLike, Pix2VideoBase
+from .control import ControlNetScales
 from .inputs import check_prompt_tokens, padded_ids
+from .offload import Offloadable
 from .sd15_controlnet import stack_control_images
 from .sdxl import pack_text, unpack_text
+from .text_encoders import PromptMemory
 
 MAX_SEQUENCE_LENGTH = 256
 """T5 tokens of a prompt, diffusers' SD3 default."""
@@ -59,7 +62,9 @@ def check_not_turbo(model: str) -> None:
         )
 
 
-class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
+class Pix2VideoSD3ControlNetPipeline(
+    ControlNetScales, Offloadable, PromptMemory, SD3LoraLoaderMixin, Pix2VideoBase
+):
     """Text-guided video editing with an SD3/SD3.5 checkpoint and SD3 ControlNets.
 
     `from_pretrained(folder_or_hub_id, controlnet=...)`; `controlnet` is an
@@ -67,7 +72,9 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
     `controlnet_scales` holds one conditioning scale per ControlNet (default 1.0 each).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae"
+    model_cpu_offload_seq = (
+        "text_encoder->text_encoder_2->text_encoder_3->controlnet->transformer->vae"
+    )
     _optional_components = ["text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"]
 
     def __init__(
@@ -115,23 +122,6 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
         self.max_sequence_length = MAX_SEQUENCE_LENGTH
 
     @property
-    def controlnets(self) -> list[SD3ControlNetModel]:
-        nets = self.controlnet
-        return list(nets.nets) if isinstance(nets, SD3MultiControlNetModel) else [nets]
-
-    @property
-    def num_controlnets(self) -> int:
-        return len(self.controlnets)
-
-    def set_controlnet_scales(self, scales: Sequence[float]) -> None:
-        """One conditioning scale per ControlNet, in their order."""
-        if len(scales) != self.num_controlnets:
-            raise InputError(
-                f"Give one control scale per ControlNet ({self.num_controlnets}); got {len(scales)}."
-            )
-        self.controlnet_scales = [float(s) for s in scales]
-
-    @property
     def size_multiple(self) -> int:
         """Frame sides: multiples of the VAE's factor times the transformer's patch."""
         return self.vae_scale_factor * self.transformer.config.patch_size
@@ -151,7 +141,7 @@ class Pix2VideoSD3ControlNetPipeline(SD3LoraLoaderMixin, Pix2VideoBase):
 
     # ------------------------------------------------------------------ text
     @torch.inference_mode()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def encode_text(self, prompt: str) -> torch.Tensor:
         """(1, 77 + T5 tokens + 1, D): the prompt embedding, then the pooled one (module doc).
 
         A prompt longer than T5 reads (without T5: CLIP) is an error; CLIP reads its first

@@ -25,6 +25,7 @@ def describe_result(result: EditResult) -> str:
         f"({result.steps} steps; {result.describe_rate()}{audio}).",
         f"UNet evaluations: inversion {result.unet_evaluations_inversion}, editing "
         f"{result.unet_evaluations_editing}; {describe_cache(result)}.",
+        result.describe_precision(),
     ]
     if result.masked:
         lines.append(result.describe_mask())
@@ -58,6 +59,7 @@ def describe_preview(preview: AnchorPreview) -> str:
         f"Anchor frame (frame {preview.frame_index}) edited in {preview.seconds:.1f} s "
         f"({preview.unet_evaluations} UNet evaluations); the full edit with these settings "
         "gives this frame exactly and reuses its inversion."
+        + (f"\n{preview.precision}" if preview.precision else "")
     )
 
 
