@@ -59,9 +59,6 @@ def _inputs(ctx: JobContext, anchor_only: bool):
 
         mask_files = MaskFiles(s.mask)
     kinds = control_kinds(s)
-    from ..models import fetch_missing
-
-    fetch_missing(s.model, "diffusion model")  # first use: its configs set the frame geometry
     source = read_source(ctx, anchor_only=anchor_only)
     if mask_files is not None:
         mask_files.check_count(source.num_frames)  # a folder's count fails here, early

@@ -67,12 +67,14 @@ def read_source(ctx: JobContext, anchor_only: bool = False) -> SourceClip:
     With `anchor_only` and the first frame as anchor, the pass stops after that frame.
     """
     from ..media import fit_size
+    from ..models import fetch_missing
     from ..pipelines.checkpoints import model_geometry
 
     s = ctx.settings
     tic = time.perf_counter()
     path = Path(s.input).expanduser()
     reader = open_reader(ctx, path)  # fails on a bad input before torch is imported
+    fetch_missing(s.model, "diffusion model")  # first use: its configs set the frame geometry
 
     from .cache import hash_array
 
