@@ -6,7 +6,8 @@
 
 1. the tests marked `cuda` (`tests/test_cuda.py`: float16/bfloat16 pipelines, the SDXL VAE's
    float32 upcast, `--frame-batch auto`, `--compile`, `doctor`; with 2+ GPUs the NCCL exchange
-   of one clip against one process), with their measured gaps;
+   of one clip against one process; `tests/test_offload.py`: FLUX with `--offload model` and
+   `sequential` against the whole model on the GPU), with their measured gaps;
 2. the full-size SD2-depth architecture (random weights) in float16 at 512x512: seconds per
    frame and peak GPU memory for N = 1, 2, 4, 8 and auto frames per UNet call
    (`frame_batch.py`, each N in a process of its own);
@@ -38,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXAMPLE = ROOT / "examples" / "cockatoo.mp4"  # in the checkout: no shared data needed
 BUDGET_S = 8 * 60  # the parts' limits add up to less
+CUDA_TEST_FILES = ("tests/test_cuda.py", "tests/test_offload.py")  # where `cuda` tests live
 
 
 @dataclass
@@ -107,7 +109,7 @@ def failed(code: int | None, limit: int, output: str) -> str:
 def cuda_tests(plan: Plan) -> list[str]:
     """pytest -m cuda: counts, each test's outcome, the measurements it reported."""
     limit = plan.limits["tests"]
-    command = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-v"]
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", *CUDA_TEST_FILES, "-v"]
     code, out = run(command, limit)
     lines = ["## Tests marked cuda", ""]
     summary = re.findall(r"^=* ?(\d+ (?:passed|skipped|failed|error).*?) in [\d.]+s", out, re.M)

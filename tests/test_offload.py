@@ -1,7 +1,7 @@
 """`--offload model|sequential` (`pipelines/offload.py`): what can be checked without a GPU.
 
-The offloaded edit itself (diffusers' hooks moving the weights to a GPU) needs a GPU and is
-not run here; these tests check the refusals (the CPU; a UNet backbone; a wrong mode), each
+The offloaded edit itself (diffusers' hooks moving the weights to a GPU) needs a GPU: its test
+is skipped without one (no GPU was lent to the sessions that built this). The others check the refusals (the CPU; a UNet backbone; a wrong mode), each
 one sentence before anything is loaded, and that the pipeline reports the execution device
 once offload is on.
 """
@@ -70,3 +70,29 @@ def test_under_offload_the_pipeline_reports_the_execution_device(flux):
     pipe.__dict__["_offload_execution"] = torch.device("cuda", 0)  # as `enable_offload` sets it
     assert pipe.device == torch.device("cuda", 0)
     assert pipe.transformer.device.type == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_an_offloaded_edit_on_a_gpu_equals_the_whole_model_there(tmp_path, flux, mode):
+    """On a GPU: the same FLUX.1 Depth edit with the weights offloaded and without."""
+    import numpy as np
+    from support import png_frames
+
+    from pix2video import edit_clip
+
+    frames = {}
+    for offload in (None, mode):
+        name = f"out-{offload}"
+        s = EditSettings(
+            input=COCKATOO, prompt="a golden cockatoo", source_prompt="a white cockatoo",
+            model=str(flux), control=("canny",), size="64x32", max_frames=2, steps=2,
+            device="cuda", dtype="float32", offload=offload, output=tmp_path / name,
+            no_cache=True,
+        )  # fmt: skip
+        result = edit_clip(s)
+        assert result.frames == 2 and result.device.startswith("cuda")
+        frames[offload] = png_frames(tmp_path / name)
+    for a, b in zip(frames[None], frames[mode], strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1  # the same kernels on the same GPU
