@@ -7,7 +7,7 @@ Anything) are saved to folders, as a user's models are, and run through the job 
 and the page call (`edit_clip`), the batch runner (`run_batch`, local backend), the CLI and
 a `pix2video ui` server (integration). Each trait clip keeps its frame count, timing,
 displayed aspect and audio (`check_output`), and identical frames share their conditioning
-and inversion as on the UNet backbones. Five traits run here, those that reach the backbone
+and inversion as on the UNet backbones. Eight traits run here, those that reach the backbone
 (the others end at decoding, the same for every backbone); all 18 traits on both backbones
 pass too (36 tests, 50 s on this 2-core machine, run once by hand).
 """
@@ -33,8 +33,12 @@ from pix2video.job import edit_clip
 from pix2video.media import read_clip
 
 STEPS, SIZE = 2, 128  # SD3/FLUX frame sides are multiples of 16: 128 x 80 for the corpus
-SUBSET = ("every_third.avi", "black_lead.mp4", "vfr.mp4", "rotated.mp4", "odd_size.mp4")
-"""Repeated frames, black frames, a variable frame rate, a rotation matrix, an odd size: the
+SUBSET = (
+    "every_third.avi", "frozen.mp4", "black_lead.mp4", "vfr.mp4", "rotated.mp4",
+    "odd_size.mp4", "one.mp4", "two.mp4",
+)  # fmt: skip
+"""Repeated frames, a frozen stretch, black frames, a variable frame rate, a rotation matrix,
+an odd size, clips of one and two frames (the anchor alone; the anchor and one frame): the
 traits that reach the backbone (the container traits end at decoding, the same for all)."""
 TRAIT_SUBSET = [t for t in TRAITS if t.file in SUBSET]
 
