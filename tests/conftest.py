@@ -290,3 +290,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for nodeid, name, value in _measurements:
         terminalreporter.write_line(f"{name}: {value}")
         terminalreporter.write_line(f"    ({nodeid})")
+
+
+@pytest.fixture
+def posterior_mean(monkeypatch):
+    """diffusers encodes control images (SD3, FLUX) with a posterior *sample* drawn without a
+    generator; ours takes the mean (deterministic, cacheable): a comparison with diffusers'
+    pipeline makes its draw the mean. Nothing of ours is replaced."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    monkeypatch.setattr(
+        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
+    )

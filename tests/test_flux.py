@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from diffusers import FluxControlPipeline
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from PIL import Image
 from support import COCKATOO, frame_gap, make_frames, png_frames
@@ -93,15 +92,6 @@ def edit(pipe, x_t, conditioning, prompt=EDIT, **options) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- base path
-@pytest.fixture
-def posterior_mean(monkeypatch):
-    """diffusers encodes the control image with a posterior *sample*; ours takes the mean
-    (deterministic, cacheable): the comparison makes diffusers' draw the mean."""
-    monkeypatch.setattr(
-        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
-    )
-
-
 def diffusers_path(pipe, image, x_t) -> torch.Tensor:
     """diffusers' `FluxControlPipeline` on `pipe`'s components from `x_t`: final latents,
     unpacked to (1, C, h, w)."""

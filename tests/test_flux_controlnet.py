@@ -22,7 +22,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from diffusers import FluxControlNetPipeline
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 from support import COCKATOO, make_frames, png_frames
 
@@ -80,15 +79,6 @@ def edit(pipe, x_t, conditioning, prompt=EDIT, **options) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- base path
-@pytest.fixture
-def posterior_mean(monkeypatch):
-    """diffusers encodes the control image with a posterior *sample*; ours takes the mean
-    (deterministic, cacheable): the comparison makes diffusers' draw the mean."""
-    monkeypatch.setattr(
-        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
-    )
-
-
 def diffusers_path(pipe, images, x_t, scales) -> torch.Tensor:
     """diffusers' `FluxControlNetPipeline` on `pipe`'s components from `x_t`: final latents,
     unpacked to (1, C, h, w)."""

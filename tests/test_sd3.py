@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from diffusers import StableDiffusion3ControlNetPipeline
 from diffusers.models.attention_processor import JointAttnProcessor2_0
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.controlnets.controlnet_sd3 import SD3ControlNetModel
 from PIL import Image
 from support import COCKATOO, frame_gap, make_frames, png_frames
@@ -134,16 +133,6 @@ def diffusers_path(pipe, controlnet, images, x_t, scale, **call) -> torch.Tensor
         output_type="latent",
         **call,
     ).images
-
-
-@pytest.fixture
-def posterior_mean(monkeypatch):
-    """diffusers encodes control images with a posterior *sample* drawn without a generator;
-    ours takes the mean (deterministic, cacheable): the comparison makes diffusers' draw the
-    mean. Nothing of ours is replaced."""
-    monkeypatch.setattr(
-        DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean
-    )
 
 
 def test_anchor_frame_equals_diffusers_sd3_controlnet_pipeline(
