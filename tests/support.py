@@ -11,6 +11,7 @@ import multiprocessing.process
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -275,3 +276,31 @@ def wait_status(page, pattern: str, timeout: float = 60_000) -> str:
         timeout=timeout,
     )
     return page.locator("#status textarea").input_value()
+
+
+def fill_edit_form(page, video: Path, prompt: str, source_prompt: str, **advanced) -> None:
+    """Upload `video`, wait for the captioner's word (so it cannot overwrite what is typed
+    next), type the prompts and set the Advanced fields (`steps`, `max_frames`, `size`)."""
+    page.locator("#input-video input[type=file]").set_input_files(str(video))
+    wait_status(page, "Source prompt suggested|source prompt is needed")
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#source-prompt textarea").fill(source_prompt)
+    page.get_by_text("Advanced").click()
+    for name, value in advanced.items():
+        field = "textarea" if name == "size" else "input"
+        page.locator(f"#{name.replace('_', '-')} {field}").fill(str(value))
+
+
+def preview_then_edit(page, frames: int, timeout: float = 120_000) -> tuple[float, float, str]:
+    """Click Preview and wait for the anchor frame, then Edit and wait for the video:
+    (seconds to the preview, seconds to the video, the status after the edit)."""
+    tic = time.perf_counter()
+    page.locator("#preview-button").click()
+    page.wait_for_selector("#preview-image img", timeout=timeout)
+    preview_s = time.perf_counter() - tic
+    wait_status(page, "Anchor frame")
+    tic = time.perf_counter()
+    page.locator("#edit-button").click()
+    page.wait_for_selector("#result-video video[src]", timeout=timeout)
+    edit_s = time.perf_counter() - tic
+    return preview_s, edit_s, wait_status(page, f"Edited {frames} frames")

@@ -23,7 +23,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support import COCKATOO, TINY_BLIP, browser_page, needs_chromium, png_frames, wait_status
+from support import (
+    COCKATOO,
+    TINY_BLIP,
+    browser_page,
+    fill_edit_form,
+    needs_chromium,
+    png_frames,
+    preview_then_edit,
+)
 from test_trait_corpus import check_output, source_frames
 from trait_corpus import TRAITS
 
@@ -193,24 +201,12 @@ def test_the_page_previews_and_edits_with_an_sd3_folder(models, tmp_path, report
     try:
         with browser_page(server.url) as page:
             assert f"Model: {models.sd3}" in page.locator("body").inner_text()
-            page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
-            wait_status(page, "Source prompt suggested|source prompt is needed")
-            page.locator("#prompt textarea").fill("a red sports car")
-            page.locator("#source-prompt textarea").fill("a swan on a lake")
-            page.get_by_text("Advanced").click()
-            page.locator("#steps input").fill("2")
-            page.locator("#max-frames input").fill("3")
-            page.locator("#size textarea").fill("128")
-            tic = time.perf_counter()
-            page.locator("#preview-button").click()
-            page.wait_for_selector("#preview-image img", timeout=120_000)
-            preview_s = time.perf_counter() - tic
-            wait_status(page, "Anchor frame")
-            tic = time.perf_counter()
-            page.locator("#edit-button").click()
-            page.wait_for_selector("#result-video video[src]", timeout=120_000)
-            edit_s = time.perf_counter() - tic
-            assert "with the source's audio" in wait_status(page, "Edited 3 frames")
+            fill_edit_form(
+                page, COCKATOO, "a red sports car", "a swan on a lake",
+                steps=2, max_frames=3, size=128,
+            )  # fmt: skip
+            preview_s, edit_s, text = preview_then_edit(page, frames=3)
+            assert "with the source's audio" in text
             src = page.locator("#result-video video").get_attribute("src")
             result = tmp_path / "result.mp4"
             result.write_bytes(page.request.get(src).body())

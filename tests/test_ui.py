@@ -27,7 +27,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from support import COCKATOO, TINY_BLIP, browser_page, needs_chromium, wait_status
+from support import (
+    COCKATOO,
+    TINY_BLIP,
+    browser_page,
+    fill_edit_form,
+    needs_chromium,
+    preview_then_edit,
+    wait_status,
+)
 
 from pix2video import cli
 from pix2video.media import probe, read_clip
@@ -334,28 +342,11 @@ def test_browser_preview_edit_cancel(server, tmp_path, report_measurement):
         for elem_id in ELEM_IDS:  # the names scripts rely on
             assert page.locator(f"#{elem_id}").count() == 1, elem_id
 
-        page.locator("#input-video input[type=file]").set_input_files(str(COCKATOO))
-        # the captioner fills in the source prompt (or says one is needed); wait for it
-        # so that it cannot overwrite what is typed next
-        wait_status(page, "Source prompt suggested|source prompt is needed")
-        page.locator("#prompt textarea").fill("a cockatoo made of gold")
-        page.locator("#source-prompt textarea").fill("a white cockatoo on a perch")
-        page.get_by_text("Advanced").click()
-        page.locator("#steps input").fill("2")
-        page.locator("#max-frames input").fill("4")
-        page.locator("#size textarea").fill("256")
-
-        tic = time.perf_counter()
-        page.locator("#preview-button").click()
-        page.wait_for_selector("#preview-image img", timeout=60_000)
-        preview_s = time.perf_counter() - tic
-        wait_status(page, "Anchor frame")
-
-        tic = time.perf_counter()
-        page.locator("#edit-button").click()
-        page.wait_for_selector("#result-video video[src]", timeout=120_000)
-        edit_s = time.perf_counter() - tic
-        text = wait_status(page, "Edited 4 frames")
+        fill_edit_form(
+            page, COCKATOO, "a cockatoo made of gold", "a white cockatoo on a perch",
+            steps=2, max_frames=4, size=256,
+        )  # fmt: skip
+        preview_s, edit_s, text = preview_then_edit(page, frames=4)
         assert "with the source's audio" in text
         assert expected_precision() in text, text
         src = page.locator("#result-video video").get_attribute("src")
