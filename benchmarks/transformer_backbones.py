@@ -10,7 +10,8 @@ the full-size architecture with random weights built in bfloat16 from its config
 from `full_size.precomputed_prompts`), linear layers through oneDNN as `load_pipeline` does
 on the CPU, one blackswan frame edited at `--steps` steps through the pipeline's
 `__call__` (control latents or depth, inversion, editing, decoding; ControlNets fed the
-frame's canny edges, SD2-depth a synthetic depth ramp). Per run:
+frame's canny edges, SD2-depth a synthetic depth ramp), after an untimed 1-step edit of
+the same frame (`--warmup`: the first calls' one-time costs out of the timing). Per run:
 
 - wall seconds for the frame and its split (`out.timings`);
 - denoiser evaluations per frame (`out.unet_evaluations`: images through the transformer or
@@ -78,20 +79,26 @@ class BlockTimer:
     """Wall time of every call of the given modules, summed per kind (forward hooks)."""
 
     def __init__(self, kinds: dict[str, list]) -> None:
-        self.seconds = dict.fromkeys(kinds, 0.0)
-        self.calls = dict.fromkeys(kinds, 0)
+        self.reset(kinds)
         for kind, modules in kinds.items():
             for module in modules:
                 module.register_forward_pre_hook(self._start)
                 module.register_forward_hook(self._stop(kind))
+
+    def reset(self, kinds) -> None:
+        self.seconds = dict.fromkeys(kinds, 0.0)
+        self.calls = dict.fromkeys(kinds, 0)
+        self.each = {kind: [] for kind in kinds}  # every call's seconds
 
     def _start(self, module, _inputs):
         module._tic = time.perf_counter()
 
     def _stop(self, kind):
         def hook(module, _inputs, _output):
-            self.seconds[kind] += time.perf_counter() - module._tic
+            seconds = time.perf_counter() - module._tic
+            self.seconds[kind] += seconds
             self.calls[kind] += 1
+            self.each[kind].append(seconds)
 
         return hook
 
@@ -142,6 +149,9 @@ def run_one(model: str, size: int, blocks: tuple[int, ...], args) -> dict:
         conditioning = {"depth_maps": (ramp + 0.1 * frame.mean(-1) / 255)[None]}
     else:
         conditioning = {"control_images": [canny_image(frame, 100, 200)]}
+    if args.warmup:  # one-time costs (first kernels, allocations) out of the timing
+        pipe([frame], PROMPT, SOURCE, num_inference_steps=args.warmup, **conditioning)
+        timer.reset(kinds)
     controlnet_before = getattr(pipe, "controlnet_evaluations", 0)
     reset_peak_rss()  # the edit's peak: weights (resident) + activations
     tic = time.perf_counter()
@@ -166,30 +176,32 @@ def run_one(model: str, size: int, blocks: tuple[int, ...], args) -> dict:
         build_seconds=build_seconds,
         block_seconds=timer.seconds,
         block_calls=timer.calls,
+        call_seconds={k: timer.each[k] for k in ("denoiser", "controlnet") if k in timer.each},
+        warmup_steps=args.warmup,
     )
     if model in FULL_BLOCKS:
-        result.update(per_block(model, timer, result))
+        result.update(per_block(result))
     return result
 
 
-def per_block(model: str, timer: BlockTimer, result: dict) -> dict:
-    """Seconds per block per evaluation image, and the projection to the full model."""
-    images = result["evaluations_per_frame"]
-    calls = result["forward_calls_per_frame"]
+def per_block(row: dict) -> dict:
+    """A FLUX or SD3 run's seconds per block per evaluation image (a batched call of 2 counts
+    2), the rest of the transformer per image, and the projection to the full model: the
+    measured blocks' time replaced by the full count's."""
+    model, seconds, block_calls = row["model"], row["block_seconds"], row["block_calls"]
+    images, calls = row["evaluations_per_frame"], max(row["forward_calls_per_frame"], 1)
     kinds = ("double", "single") if model == "flux" else ("joint",)
-    counts = {k: timer.calls[k] // max(calls, 1) for k in kinds}
-    per = {k: timer.seconds[k] / max(timer.calls[k], 1) for k in kinds}
-    in_blocks = sum(timer.seconds[k] for k in kinds)
-    rest = (timer.seconds["denoiser"] - in_blocks) / max(calls, 1)
+    counts = {k: block_calls[k] // calls for k in kinds}
+    per = {k: seconds[k] / (counts[k] * images) for k in kinds}
+    rest = (seconds["denoiser"] - sum(seconds[k] for k in kinds)) / images
     full = dict(zip(kinds, FULL_BLOCKS[model], strict=True))
-    added = sum((full[k] - counts[k]) * per[k] for k in kinds) * calls
+    added = sum((full[k] - counts[k]) * per[k] for k in kinds) * images
     return dict(
         block_counts=counts,
-        seconds_per_block_call=per,
-        denoiser_rest_per_call=rest,
-        images_per_call=images / max(calls, 1),
-        projected_seconds_per_frame=result["seconds_per_frame"] + added,
-        projected_denoiser_per_call=rest + sum(full[k] * per[k] for k in kinds),
+        seconds_per_block_image=per,
+        denoiser_rest_per_image=rest,
+        projected_denoiser_per_image=rest + sum(full[k] * per[k] for k in kinds),
+        projected_seconds_per_frame=row["seconds_per_frame"] + added,
     )
 
 
@@ -214,24 +226,46 @@ def table(rows: list[dict]) -> list[str]:
             f"({r['forward_calls_per_frame']}) | {r['controlnet_images_per_frame']} "
             f"| {r['weights_bytes'] / 2**30:.2f} GiB | {r['peak_rss_bytes'] / 2**30:.2f} GiB |"
         )
-    block_rows = [r for r in rows if "seconds_per_block_call" in r]
+    block_rows = [{**r, **per_block(r)} for r in rows if r["model"] in FULL_BLOCKS]
     if block_rows:
         lines += [
             "",
-            "| model | blocks | size | s per block per call | rest of the model per call "
-            "| full model per call (projected) | s/frame (projected to the full model) |",
+            "| model | blocks | size | s per block per image | rest of the model per image "
+            "| full model per image (projected) | s/frame (projected to the full model) |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in block_rows:
-            per = ", ".join(f"{k} {v:.2f}" for k, v in r["seconds_per_block_call"].items())
+            per = ", ".join(f"{k} {v:.2f}" for k, v in r["seconds_per_block_image"].items())
             counts = " + ".join(f"{v} {k}" for k, v in r["block_counts"].items())
             full = " + ".join(
                 f"{n} {k}" for k, n in zip(r["block_counts"], FULL_BLOCKS[r["model"]], strict=True)
             )
             lines.append(
                 f"| {NAMES[r['model']]} | {counts} | {r['size']}x{r['size']} | {per} "
-                f"| {r['denoiser_rest_per_call']:.2f} | {r['projected_denoiser_per_call']:.1f} "
+                f"| {r['denoiser_rest_per_image']:.2f} | {r['projected_denoiser_per_image']:.1f} "
                 f"({full}) | {r['projected_seconds_per_frame']:.0f} |"
+            )
+    lines += block_differences(block_rows)
+    return lines
+
+
+def block_differences(rows: list[dict]) -> list[str]:
+    """Two FLUX runs at one size: the denoiser's time per call, more blocks less fewer, beside
+    what the hooks give for the blocks that differ (a check on the per-block cost)."""
+    lines = []
+    flux = [r for r in rows if r["model"] == "flux"]
+    for size in sorted({r["size"] for r in flux}):
+        runs = sorted((r for r in flux if r["size"] == size), key=lambda r: r["blocks"])
+        for a, b in zip(runs, runs[1:], strict=False):
+            calls = a["forward_calls_per_frame"]
+            measured = (b["block_seconds"]["denoiser"] - a["block_seconds"]["denoiser"]) / calls
+            extra = {k: b["block_counts"][k] - a["block_counts"][k] for k in ("double", "single")}
+            per = b["seconds_per_block_image"]
+            hooks = sum(extra[k] * per[k] for k in extra)
+            lines.append(
+                f"FLUX {size}x{size}: {'+'.join(map(str, b['blocks']))} blocks less "
+                f"{'+'.join(map(str, a['blocks']))}: {measured:.2f} s per call; the hooks' "
+                f"{extra['double']} double + {extra['single']} single: {hooks:.2f} s"
             )
     return lines
 
@@ -249,6 +283,13 @@ def main() -> None:
         "double,single (default 2,4), SD3 joint blocks (default 24)",
     )
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="steps of an untimed edit of the same frame first (0: none); the peak RSS "
+        "and the counts are the timed edit's",
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--linears", default="onednn", choices=["onednn", "mkl"])
     parser.add_argument("--threads", type=int, default=2)
