@@ -244,6 +244,7 @@ def test_refusals_are_one_sentence(tiny, case, pattern):
     "case, pattern",
     [
         ("count", r"Expected one control image per ControlNet \(2\) for every frame; got 1"),
+        ("bare", r"Expected one control image per ControlNet \(2\) for every frame; got 1\."),
         ("scales", r"Give one control scale per ControlNet \(2\); got 1"),
         ("depth", r"FLUX ControlNet pipeline takes control images .*not depth maps"),
         ("negative", r"FLUX \[dev\] models take no negative prompt"),
@@ -255,6 +256,8 @@ def test_bad_inputs_are_one_sentence(pipe64, case, pattern):
                   control_images=controls(frames, 2))  # fmt: skip
     if case == "count":
         kwargs.update(control_images=[[image] for image in controls(frames)])
+    elif case == "bare":  # one image, not in a list, where two nets want two: one, not its rows
+        kwargs.update(control_images=controls(frames))
     elif case == "depth":
         kwargs.update(depth_maps=np.zeros((1, HEIGHT, WIDTH), np.float32))
     elif case == "negative":

@@ -48,7 +48,7 @@ def stack_control_images(
         )
     rows = []
     for images in control_images:
-        images = [images] if k == 1 and not isinstance(images, (list, tuple)) else images
+        images = images if isinstance(images, (list, tuple)) else [images]  # one bare image
         if len(images) != k:
             raise InputError(
                 f"Expected one control image per ControlNet ({k}) for every frame; got "
