@@ -159,10 +159,13 @@ class FluxBase(Offloadable, PromptMemory, FluxLoraLoaderMixin, Pix2VideoBase):
         f = self.vae_scale_factor
         return (self.latent_channels * self.num_controls, height // f, width // f)
 
-    def token_inputs(self, latent: torch.Tensor, batch: int):
-        """(pack, image ids, text ids) of `batch` rows of (·, C, h, w) latents: diffusers'
-        `_pack_latents` bound to their shape, the grid's ids for the rotary embedding, and
-        the text's (zeros)."""
+    def transformer_inputs(
+        self, latent: torch.Tensor, t: float, text: torch.Tensor, batch: int, guidance: float
+    ):
+        """(inputs, pack) for `batch` rows of (·, C, h, w) latents: the keyword arguments of a
+        FLUX transformer call (the latents packed as diffusers' `_pack_latents` packs them, the
+        grid's ids for the rotary embedding, the text's (zeros), the embedded guidance where the
+        model has it), and `pack` bound to their shape for other latents of that grid."""
         dtype, device = self.transformer.dtype, latent.device
         channels, height, width = latent.shape[1:]
 
@@ -170,11 +173,21 @@ class FluxBase(Offloadable, PromptMemory, FluxLoraLoaderMixin, Pix2VideoBase):
             x = x.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
             return FluxControlPipeline._pack_latents(x, batch, channels, height, width)
 
-        image_ids = FluxControlPipeline._prepare_latent_image_ids(
-            batch, height // 2, width // 2, device, dtype
-        )
+        embeds, pooled = unpack_text(text.to(dtype), self.transformer.config.pooled_projection_dim)
         text_ids = torch.zeros(self.max_sequence_length, 3, device=device, dtype=dtype)
-        return pack, image_ids, text_ids
+        scale = torch.full((batch,), guidance, dtype=torch.float32, device=device)
+        inputs = dict(
+            hidden_states=pack(latent),
+            timestep=torch.full((batch,), t, dtype=torch.float32, device=device) / 1000,
+            guidance=scale if self.transformer.config.guidance_embeds else None,
+            pooled_projections=pooled.expand(batch, -1),
+            encoder_hidden_states=embeds.expand(batch, -1, -1),
+            txt_ids=text_ids[: embeds.shape[1]],
+            img_ids=FluxControlPipeline._prepare_latent_image_ids(
+                batch, height // 2, width // 2, device, dtype
+            ),
+        )
+        return inputs, pack
 
     def unpack(self, tokens: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """(batch, C, h, w) float32 of the transformer's output tokens for `latent`'s grid."""
@@ -225,19 +238,7 @@ class Pix2VideoFluxControlPipeline(FluxBase):
     ) -> torch.Tensor:
         """The velocity (batch, C, h, w): latents and control latents packed into tokens
         side by side, the guidance scale embedded (module doc)."""
-        dtype, device = self.transformer.dtype, latent.device
-        embeds, pooled = unpack_text(text.to(dtype), self.transformer.config.pooled_projection_dim)
-        pack, image_ids, text_ids = self.token_inputs(latent, batch)
-        timestep = torch.full((batch,), t, dtype=torch.float32, device=device)
-        scale = torch.full((batch,), guidance, dtype=torch.float32, device=device)
-        velocity = self.transformer(
-            hidden_states=torch.cat([pack(latent), pack(control)], dim=2),
-            timestep=timestep / 1000,
-            guidance=scale if self.transformer.config.guidance_embeds else None,
-            pooled_projections=pooled.expand(batch, -1),
-            encoder_hidden_states=embeds.expand(batch, -1, -1),
-            txt_ids=text_ids[: embeds.shape[1]],
-            img_ids=image_ids,
-            return_dict=False,
-        )[0]
+        inputs, pack = self.transformer_inputs(latent, t, text, batch, guidance)
+        inputs["hidden_states"] = torch.cat([inputs["hidden_states"], pack(control)], dim=2)
+        velocity = self.transformer(**inputs, return_dict=False)[0]
         return self.unpack(velocity, latent)

@@ -32,7 +32,6 @@ from diffusers.models.controlnets.controlnet_flux import (
 
 from .control import ControlNetScales
 from .flux import MAX_SEQUENCE_LENGTH, FluxBase
-from .sdxl import unpack_text
 
 
 class Pix2VideoFluxControlNetPipeline(ControlNetScales, FluxBase):
@@ -97,25 +96,12 @@ class Pix2VideoFluxControlNetPipeline(ControlNetScales, FluxBase):
     ) -> torch.Tensor:
         """The velocity (batch, C, h, w): the ControlNets' residuals (summed), then the
         transformer, the guidance scale embedded (module doc)."""
-        dtype, device = self.transformer.dtype, latent.device
-        embeds, pooled = unpack_text(text.to(dtype), self.transformer.config.pooled_projection_dim)
-        pack, image_ids, text_ids = self.token_inputs(latent, batch)
-        inputs = dict(
-            hidden_states=pack(latent),
-            timestep=torch.full((batch,), t, dtype=torch.float32, device=device) / 1000,
-            pooled_projections=pooled.expand(batch, -1),
-            encoder_hidden_states=embeds.expand(batch, -1, -1),
-            txt_ids=text_ids[: embeds.shape[1]],
-            img_ids=image_ids,
-        )
-        scale = torch.full((batch,), guidance, dtype=torch.float32, device=device)
-        double, single = self.controlnet_residuals(
-            inputs, [pack(c) for c in self._split(control)], scale
-        )
+        inputs, pack = self.transformer_inputs(latent, t, text, batch, guidance)
+        controls = [pack(c) for c in self._split(control)]
+        double, single = self.controlnet_residuals(inputs, controls, guidance)
         return self.unpack(
             self.transformer(
                 **inputs,
-                guidance=scale if self.transformer.config.guidance_embeds else None,
                 controlnet_block_samples=double,
                 controlnet_single_block_samples=single,
                 return_dict=False,
@@ -128,22 +114,22 @@ class Pix2VideoFluxControlNetPipeline(ControlNetScales, FluxBase):
         return control.chunk(self.num_controlnets, dim=1)
 
     def controlnet_residuals(
-        self, inputs: dict, controls: list[torch.Tensor], scale: torch.Tensor
+        self, inputs: dict, controls: list[torch.Tensor], guidance: float
     ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
         """The double- and single-stream residuals of all ControlNets, each times its scale,
-        summed (`FluxMultiControlNetModel`); the guidance embedded as the first one's config
-        says (diffusers' pipeline)."""
-        guidance = scale if self.controlnets[0].config.guidance_embeds else None
+        summed (`FluxMultiControlNetModel`), from the transformer's `inputs`; the guidance
+        embedded as the first one's config says (diffusers' pipeline)."""
+        scale = torch.full_like(inputs["timestep"], guidance)
+        inputs = {
+            **inputs,
+            "guidance": scale if self.controlnets[0].config.guidance_embeds else None,
+        }
         double = single = None
         for net, image, weight in zip(
             self.controlnets, controls, self.controlnet_scales, strict=True
         ):
             blocks, singles = net(
-                **inputs,
-                controlnet_cond=image,
-                conditioning_scale=weight,
-                guidance=guidance,
-                return_dict=False,
+                **inputs, controlnet_cond=image, conditioning_scale=weight, return_dict=False
             )
             double = blocks if double is None else _add(double, blocks)
             single = singles if single is None else _add(single, singles)
